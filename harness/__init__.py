@@ -1,0 +1,6 @@
+"""torch-persistence-harness: property-based checks of PyTorch save/load promises."""
+
+from harness.capabilities import Capabilities, probe
+from harness.state import TrainingState
+
+__all__ = ["Capabilities", "TrainingState", "probe"]

@@ -1,0 +1,1 @@
+"""pytest plugin of torch-persistence-harness (registered through the ``pytest11`` entry point)."""
