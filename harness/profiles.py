@@ -17,16 +17,21 @@ __all__ = ["ENVIRONMENT_VARIABLE", "PROFILES", "choose_profile", "register_profi
 
 ENVIRONMENT_VARIABLE = "HARNESS_PROFILE"
 
+# Built on Hypothesis's "default" profile, not on whatever profile is loaded at import
+# (Hypothesis loads its own "ci" profile when it detects CI, tox included).
+_BASE = settings.get_profile("default")
+
 PROFILES: dict[str, settings] = {
-    "dev": settings(max_examples=10, deadline=None, print_blob=True),
+    "dev": settings(_BASE, max_examples=10, deadline=None, print_blob=True),
     "ci": settings(
+        _BASE,
         max_examples=20,
         derandomize=True,
         database=None,
         deadline=None,
         print_blob=True,
     ),
-    "thorough": settings(max_examples=500, deadline=None, print_blob=True),
+    "thorough": settings(_BASE, max_examples=500, deadline=None, print_blob=True),
 }
 
 
