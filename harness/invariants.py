@@ -15,13 +15,23 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
+from harness.capabilities import probe
 from harness.compare import assert_identical
-from harness.persistence import SaveOptions, UnsupportedOptions, round_trip, save
+from harness.devices import CPU_MAP_LOCATIONS, storages_tagged_as
+from harness.persistence import (
+    DEFAULT_OPTIONS,
+    SaveOptions,
+    UnsupportedOptions,
+    load,
+    round_trip,
+    save,
+)
 from harness.suite import Invariant
 
 __all__ = [
     "INVARIANTS",
     "bundle_round_trip",
+    "cuda_checkpoint_on_cpu",
     "non_persistent_buffer_names",
     "state_dict_round_trip",
 ]
@@ -106,11 +116,59 @@ def _same_bytes_when_saved_twice(obj: Any, options: SaveOptions) -> str:
     return f"saving the same object twice ({options}) writes {verdict} bytes"
 
 
+def _has_storage(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, dict):
+        return any(_has_storage(value) for value in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_has_storage(value) for value in obj)
+    return False
+
+
+def cuda_checkpoint_on_cpu(bundle: dict) -> Iterator[str]:
+    """A checkpoint whose storages are tagged ``cuda:0`` loads on the CPU with map_location.
+
+    The file is written with every storage tagged ``cuda:0``, as a GPU save tags them. On a
+    host without CUDA, loading it without ``map_location`` raises torch's RuntimeError that
+    points to ``map_location``; with each of ``'cpu'``, ``torch.device('cpu')``,
+    ``{'cuda:0': 'cpu'}`` and a callable it gives a bundle identical to the source.
+    """
+    with tempfile.TemporaryDirectory() as directory:
+        with storages_tagged_as("cuda:0"):
+            source = save(bundle, DEFAULT_OPTIONS, directory)
+        locations: list[str] = []
+
+        def record_location(storage, location):
+            locations.append(location)
+            return storage
+
+        load(source, map_location=record_location)
+        assert set(locations) <= {"cuda:0"}, f"storages were tagged {sorted(set(locations))}"
+        if _has_storage(bundle) and not probe().cuda_available:
+            try:
+                load(source)
+            except RuntimeError as error:
+                assert "map_location" in str(error), f"unclear error: {error}"
+                yield "without map_location on a CPU-only host: RuntimeError naming map_location"
+            else:
+                raise AssertionError("a cuda:0-tagged checkpoint loaded on a CPU-only host")
+        for spelling, map_location in CPU_MAP_LOCATIONS:
+            loaded = load(source, map_location=map_location)
+            assert_identical(bundle, loaded, name=f"bundle loaded with map_location={spelling}")
+
+
 def _models_with_options() -> st.SearchStrategy:
     from strategies.models import models
     from strategies.options import save_options
 
     return st.tuples(models(), save_options())
+
+
+def _bundles() -> st.SearchStrategy:
+    from strategies.bundles import bundles
+
+    return bundles()
 
 
 def _bundles_with_options() -> st.SearchStrategy:
@@ -131,9 +189,18 @@ INVARIANTS: list[Invariant] = [
     ),
     Invariant(
         "bundle_round_trip",
+        "cuda_checkpoint_on_cpu",
         "A checkpoint dictionary saved and loaded with weights_only=True is identical, "
         "aliasing included.",
         _bundles_with_options,
         bundle_round_trip,
+    ),
+    Invariant(
+        "cuda_checkpoint_on_cpu",
+        "A checkpoint whose storages are tagged cuda:0 fails to load on a CPU-only host "
+        "without map_location, with an error naming map_location, and loads identical with "
+        "map_location='cpu', torch.device('cpu'), {'cuda:0': 'cpu'} or a callable.",
+        _bundles,
+        cuda_checkpoint_on_cpu,
     ),
 ]
