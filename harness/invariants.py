@@ -8,6 +8,10 @@ refuses. :data:`INVARIANTS` lists them with the strategies that feed them, for t
 
 from __future__ import annotations
 
+import importlib
+import io
+import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -22,10 +26,12 @@ from harness.persistence import (
     DEFAULT_OPTIONS,
     SaveOptions,
     UnsupportedOptions,
+    explain_error,
     load,
     round_trip,
     save,
 )
+from harness.pickle_scan import referenced_globals
 from harness.suite import Invariant
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "cuda_checkpoint_on_cpu",
     "non_persistent_buffer_names",
     "state_dict_round_trip",
+    "weights_only_refusal",
 ]
 
 # The init seed of the fresh instance a state_dict is loaded into; any seed other than the
@@ -158,6 +165,112 @@ def cuda_checkpoint_on_cpu(bundle: dict) -> Iterator[str]:
             assert_identical(bundle, loaded, name=f"bundle loaded with map_location={spelling}")
 
 
+# Protocol 2 pickles bytes through _codecs.encode, which the weights_only loader accepts,
+# so it is not one of the globals that make a file unsafe.
+_GLOBALS_ALLOWED_FOR_BYTES = {"_codecs.encode"}
+# How torch names a type it refuses to build: "... but got <class 'numpy.dtypes.Float64DType'>".
+_REFUSED_TYPE = re.compile(r"got <class '([\w.]+)'>")
+_EXTRA_TYPE_ATTEMPTS = 4
+
+
+def _resolve_global(qualified: str) -> Any:
+    """The object named by ``module.attribute`` (the longest importable module prefix)."""
+    parts = qualified.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            value = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            value = getattr(value, attribute)
+        return value
+    raise ImportError(f"cannot import {qualified}")
+
+
+def _saved_bytes(obj: Any, options: SaveOptions, directory: str) -> bytes:
+    target = save(obj, options, directory)
+    if isinstance(target, io.BytesIO):
+        return target.getvalue()
+    with open(target, "rb") as handle:
+        return handle.read()
+
+
+def weights_only_refusal(example: tuple[dict, Any, SaveOptions]) -> Iterator[str]:
+    """``weights_only=True`` refuses a bundle holding a non-allowed type, and says which.
+
+    The harness finds the globals the unsafe value brings in by reading the pickle itself.
+    ``torch.load(weights_only=True)`` must raise ``UnpicklingError`` naming one of them;
+    ``get_unsafe_globals_in_checkpoint`` (where present) must list all of them and only
+    globals the file really refers to; with exactly those allowlisted through the
+    ``safe_globals`` context manager (where present) the bundle loads identical.
+    """
+    bundle, unsafe, options = example
+    unsafe_bundle = {**bundle, "unsafe": unsafe.value}
+    caps = probe()
+    with tempfile.TemporaryDirectory() as directory:
+        data = _saved_bytes(unsafe_bundle, options, directory)
+        safe_data = _saved_bytes(bundle, options, directory)
+    referenced = referenced_globals(data)
+    involved = referenced - referenced_globals(safe_data) - _GLOBALS_ALLOWED_FOR_BYTES
+    assert involved, f"{unsafe.kind} content brought in no global: {sorted(referenced)}"
+    try:
+        load(io.BytesIO(data))
+    except pickle.UnpicklingError as error:
+        if not any(name in str(error) for name in involved):
+            try:
+                load(io.BytesIO(safe_data))
+            except Exception as safe_error:  # the options themselves are refused
+                yield f"weights_only load with {options}: {explain_error(safe_error)}"
+                return
+            raise AssertionError(
+                f"the refusal of {unsafe.kind} content names none of {sorted(involved)}: "
+                f"{explain_error(error)}"
+            ) from error
+    else:
+        raise AssertionError(f"weights_only=True loaded {unsafe.kind} content")
+    if caps.get_unsafe_globals:
+        try:
+            reported = set(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
+        except Exception as error:
+            yield f"get_unsafe_globals_in_checkpoint with {options}: {explain_error(error)}"
+        else:
+            assert involved <= reported <= referenced, (
+                f"get_unsafe_globals_in_checkpoint listed {sorted(reported)}; the file's "
+                f"unsafe globals are {sorted(involved)}"
+            )
+    if not caps.safe_globals_context:
+        yield "this torch has no safe_globals context manager: allowlisting not checked"
+        return
+    allowed = [_resolve_global(name) for name in sorted(involved)]
+    # The pickle names functions and classes, not the types of the objects they return;
+    # torch may still refuse to BUILD such an object. Each such type is reported and
+    # allowlisted in turn, a bounded number of times.
+    for _ in range(_EXTRA_TYPE_ATTEMPTS):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                loaded = load(io.BytesIO(data))
+            break
+        except pickle.UnpicklingError as error:
+            wanted = _REFUSED_TYPE.search(str(error))
+            if wanted is None:
+                raise
+            yield (
+                f"allowlisting the globals in the file is not enough for {unsafe.kind} "
+                f"content: torch also wants {wanted.group(1)}"
+            )
+            allowed.append(_resolve_global(wanted.group(1)))
+    else:
+        raise AssertionError(f"{unsafe.kind} content still refused after allowlisting {allowed}")
+    assert_identical(unsafe_bundle, loaded, name="allowlisted bundle")
+
+
+def _unsafe_examples() -> st.SearchStrategy:
+    from strategies.bundles import bundles, unsafe_contents
+    from strategies.options import save_options
+
+    return st.tuples(bundles(), unsafe_contents(), save_options())
+
+
 def _models_with_options() -> st.SearchStrategy:
     from strategies.models import models
     from strategies.options import save_options
@@ -189,7 +302,6 @@ INVARIANTS: list[Invariant] = [
     ),
     Invariant(
         "bundle_round_trip",
-        "cuda_checkpoint_on_cpu",
         "A checkpoint dictionary saved and loaded with weights_only=True is identical, "
         "aliasing included.",
         _bundles_with_options,
@@ -202,5 +314,13 @@ INVARIANTS: list[Invariant] = [
         "map_location='cpu', torch.device('cpu'), {'cuda:0': 'cpu'} or a callable.",
         _bundles,
         cuda_checkpoint_on_cpu,
+    ),
+    Invariant(
+        "weights_only_refusal",
+        "weights_only=True refuses a bundle holding a non-allowed type with UnpicklingError "
+        "naming the global, get_unsafe_globals_in_checkpoint lists exactly the globals "
+        "involved, and the bundle loads identical once those are allowlisted.",
+        _unsafe_examples,
+        weights_only_refusal,
     ),
 ]
