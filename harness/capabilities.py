@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Capabilities", "probe", "torch_version"]
+__all__ = ["Capabilities", "probe", "torch_version", "weights_only_loadable_types"]
 
 # Dtypes in the order strategies should prefer them: simplest first, so a failure
 # shrinks toward float32. Names that the installed torch lacks are skipped.
@@ -172,4 +172,59 @@ def probe() -> Capabilities:
         safe_globals_context=hasattr(serialization, "safe_globals"),
         get_unsafe_globals=hasattr(serialization, "get_unsafe_globals_in_checkpoint"),
         cuda_available=torch.cuda.is_available(),
+    )
+
+
+def _weights_only_samples() -> tuple[object, ...]:
+    """One small value of each type a checkpoint might hold that pickles without a class."""
+    import collections
+
+    return (
+        {"a": 1},
+        collections.OrderedDict(a=1),
+        [1],
+        (1,),
+        1,
+        1.5,
+        True,
+        "a",
+        None,
+        torch.zeros(2),
+        {1, 2},
+        frozenset({1}),
+        1 + 2j,
+        b"ab",
+        bytearray(b"ab"),
+        torch.Size([2, 3]),
+        torch.float32,
+        torch.device("cpu"),
+        torch.strided,
+        slice(1, 2),
+        range(3),
+    )
+
+
+def _round_trips_weights_only(value: object) -> bool:
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=True)
+    except Exception:  # any refusal means "not loadable with weights_only=True"
+        return False
+    if isinstance(value, torch.Tensor):
+        return type(loaded) is type(value)
+    return type(loaded) is type(value) and loaded == value
+
+
+@functools.cache
+def weights_only_loadable_types() -> frozenset[type]:
+    """Types whose values ``torch.load(weights_only=True)`` gives back, found by trying each.
+
+    Empty where ``torch.load`` has no ``weights_only`` keyword.
+    """
+    if not probe().load_weights_only:
+        return frozenset()
+    return frozenset(
+        type(value) for value in _weights_only_samples() if _round_trips_weights_only(value)
     )

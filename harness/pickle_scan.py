@@ -7,6 +7,7 @@ import?", to check torch's ``weights_only`` loader and its
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickletools
@@ -51,6 +52,12 @@ def checkpoint_pickle(source: str | os.PathLike | bytes) -> bytes:
     return data[stream.tell() :]
 
 
+def _python3_name(module: str, name: str) -> str:
+    """The name unpickling really imports: Python 2 names are mapped as pickle does."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
 def referenced_globals(source: str | os.PathLike | bytes) -> set[str]:
     """Every ``module.name`` global that the checkpoint's pickle refers to.
 
@@ -66,10 +73,9 @@ def referenced_globals(source: str | os.PathLike | bytes) -> set[str]:
         value: str | None = None
         if name in ("GLOBAL", "INST"):
             module, _, attribute = argument.partition(" ")
-            found.add(f"{module}.{attribute}")
+            found.add(_python3_name(module, attribute))
         elif name == "STACK_GLOBAL":
-            module, attribute = recent_strings[-2], recent_strings[-1]
-            found.add(f"{module}.{attribute}")
+            found.add(_python3_name(recent_strings[-2], recent_strings[-1]))
         elif name in _STRING_PUSHES:
             value = argument if isinstance(argument, str) else argument.decode("latin-1")
         elif name in _MEMO_GETS:
