@@ -244,7 +244,10 @@ _COMPRESSED_PARTS = {
 
 def _element_bytes(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's elements as rows of raw bytes: shape (numel, itemsize), dtype uint8."""
-    flat = tensor.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+    # clone, not contiguous(): a tensor whose size-1 dimensions have odd strides counts as
+    # contiguous, and viewing it as bytes would fail.
+    dense = tensor.detach().resolve_conj().resolve_neg().cpu()
+    flat = dense.clone(memory_format=torch.contiguous_format).reshape(-1)
     itemsize = flat.element_size()
     return flat.view(torch.uint8).reshape(-1, itemsize)
 

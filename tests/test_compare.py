@@ -249,6 +249,7 @@ IDENTICAL = [
     ("same list twice", same_list_twice),
     ("strided view", strided_view),
     ("offset view", offset_view),
+    ("size-1 dimension with a non-unit stride", lambda: torch.zeros(1, 2)[:, ::2]),
     ("parameter", lambda: torch.nn.Parameter(torch.ones(2))),
     ("sparse", lambda: sparse([1.0, 2.0])),
     ("quantized", lambda: quantized(0.1)),

@@ -1,0 +1,328 @@
+"""Strategies for checkpoint bundles: the dictionaries users pass to ``torch.save``.
+
+:func:`bundles` draws checkpoints shaped like the ones training scripts write (epoch, model
+and optimizer state dicts, losses, configuration, RNG state, ...). :func:`weights_only_contents`
+draws arbitrary nested content that ``torch.load(weights_only=True)`` accepts on the installed
+torch, and :func:`unsafe_contents` draws values it must refuse. Tensors in bundles and
+contents share storage the way real checkpoints do: the same tensor in two places (tied
+weights) and views into one base at different offsets (flattened parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import pathlib
+from typing import Any
+
+import numpy as np
+import torch
+from hypothesis import event
+from hypothesis import strategies as st
+
+from harness.capabilities import probe, weights_only_loadable_types
+from strategies.tensors import dtypes, layouts, tensors
+
+__all__ = [
+    "CheckpointNote",
+    "TrainingConfig",
+    "UnsafeContent",
+    "bundles",
+    "unsafe_contents",
+    "weights_only_contents",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class UnsafeContent:
+    """A value that ``torch.load(weights_only=True)`` must refuse, and what kind it is."""
+
+    kind: str
+    value: object
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """A training configuration as users keep it in a dataclass."""
+
+    learning_rate: float
+    batch_size: int
+    model_name: str
+
+
+class CheckpointNote:
+    """A user's own class, stored in a checkpoint as an instance."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is CheckpointNote and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"CheckpointNote({self.text!r})"
+
+
+def _float_dtypes() -> st.SearchStrategy[torch.dtype]:
+    return dtypes(include=[d for d in probe().dtypes if d.is_floating_point])
+
+
+def _parameters(*sides: st.SearchStrategy[int]) -> st.SearchStrategy[torch.Tensor]:
+    """Floating-point tensors with one dimension per strategy in ``sides``."""
+    return tensors(dtypes=_float_dtypes(), shapes=st.tuples(*sides), layouts=layouts())
+
+
+_SIDES = st.integers(1, 3)
+_NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
+
+
+@st.composite
+def _pool(draw: st.DrawFn) -> list[torch.Tensor]:
+    """A few contiguous 1-d base tensors that other entries reference or view."""
+    bases = tensors(
+        dtypes=_float_dtypes(),
+        shapes=st.integers(2, 8).map(lambda n: (n,)),
+        layouts=st.just("contiguous"),
+    )
+    return draw(st.lists(bases, min_size=1, max_size=3))
+
+
+@st.composite
+def _view_of(draw: st.DrawFn, base: torch.Tensor) -> torch.Tensor:
+    """A 1-d view into ``base`` starting at a drawn offset."""
+    size = base.shape[0]
+    start = draw(st.integers(0, size - 1))
+    length = draw(st.integers(1, size - start))
+    return base[start : start + length]
+
+
+def _pooled(pool: list[torch.Tensor]) -> st.SearchStrategy[torch.Tensor]:
+    """Pool tensors themselves (the same object each time) and views into them."""
+    chosen = st.sampled_from(pool)
+    return st.one_of(chosen, chosen.flatmap(_view_of))
+
+
+@st.composite
+def _model_state_dicts(draw: st.DrawFn, pool: list[torch.Tensor]) -> collections.OrderedDict:
+    state: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+    kinds = st.sampled_from(["linear", "batchnorm", "conv", "embedding", "flat_rnn"])
+    for index, kind in enumerate(draw(st.lists(kinds, min_size=1, max_size=4))):
+        if kind == "linear":
+            out_features = draw(_SIDES)
+            state[f"encoder.{index}.weight"] = draw(_parameters(st.just(out_features), _SIDES))
+            if draw(st.booleans()):
+                state[f"encoder.{index}.bias"] = draw(_parameters(st.just(out_features)))
+        elif kind == "batchnorm":
+            features = st.just(draw(_SIDES))
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                state[f"bn{index}.{name}"] = draw(_parameters(features))
+            tracked = draw(st.integers(0, 10_000))
+            state[f"bn{index}.num_batches_tracked"] = torch.tensor(tracked, dtype=torch.int64)
+        elif kind == "conv":
+            state[f"conv{index}.weight"] = draw(_parameters(_SIDES, _SIDES, _SIDES, _SIDES))
+        elif kind == "embedding":
+            weight = draw(_parameters(_SIDES, _SIDES))
+            state[f"embed{index}.weight"] = weight
+            if draw(st.booleans()):
+                state[f"lm_head{index}.weight"] = weight
+        else:
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"):
+                state[f"rnn{index}.{name}"] = draw(_pooled(pool))
+    return state
+
+
+@st.composite
+def _optimizer_state_dicts(draw: st.DrawFn, pool: list[torch.Tensor]) -> dict[str, Any]:
+    count = draw(st.integers(0, 3))
+    adam = draw(st.booleans())
+    state: dict[int, dict[str, Any]] = {}
+    for param in draw(st.lists(st.integers(0, max(count - 1, 0)), unique=True, max_size=count)):
+        buffers = st.one_of(_parameters(_SIDES), _pooled(pool))
+        if adam:
+            step = torch.tensor(float(draw(st.integers(0, 1000))))
+            state[param] = {"step": step, "exp_avg": draw(buffers), "exp_avg_sq": draw(buffers)}
+        else:
+            state[param] = {"momentum_buffer": draw(buffers)}
+    group: dict[str, Any] = {"lr": draw(st.floats(1e-6, 1.0))}
+    if adam:
+        beta = st.floats(0.0, 0.9999)
+        group.update(betas=(draw(beta), draw(beta)), eps=1e-8, amsgrad=draw(st.booleans()))
+    else:
+        group.update(momentum=draw(st.floats(0.0, 0.99)), nesterov=draw(st.booleans()))
+    group["weight_decay"] = draw(st.floats(0.0, 0.1))
+    group["params"] = list(range(count))
+    return {"state": state, "param_groups": [group]}
+
+
+@st.composite
+def _scheduler_state_dicts(draw: st.DrawFn) -> dict[str, Any]:
+    base_lrs = draw(st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=2))
+    return {
+        "step_size": draw(st.integers(1, 100)),
+        "gamma": draw(st.floats(0.01, 1.0)),
+        "base_lrs": base_lrs,
+        "last_epoch": draw(st.integers(-1, 1000)),
+        "_step_count": draw(st.integers(0, 1000)),
+        "_get_lr_called_within_step": False,
+        "_last_lr": list(base_lrs),
+    }
+
+
+def _rng_states() -> st.SearchStrategy[torch.Tensor]:
+    return st.integers(0, 2**63 - 1).map(
+        lambda seed: torch.Generator().manual_seed(seed).get_state()
+    )
+
+
+_MODEL_CONFIGS = st.fixed_dictionaries(
+    {"hidden_size": st.integers(1, 4096)},
+    optional={
+        "num_layers": st.integers(1, 48),
+        "dropout": st.floats(0.0, 1.0),
+        "activation": st.sampled_from(["relu", "gelu", "tanh"]),
+        "bias": st.booleans(),
+        "layer_sizes": st.lists(st.integers(1, 512), max_size=4),
+    },
+)
+
+_VERSIONS = st.builds("{}.{}.{}".format, st.integers(0, 2), st.integers(0, 13), st.integers(0, 3))
+
+
+@st.composite
+def _bundles(draw: st.DrawFn) -> dict[str, Any]:
+    pool = draw(_pool())
+    optional_entries = {
+        "epoch": st.integers(0, 1000),
+        "model_state_dict": _model_state_dicts(pool),
+        "optimizer_state_dict": _optimizer_state_dicts(pool),
+        "scheduler_state_dict": _scheduler_state_dicts(),
+        "loss": st.one_of(st.floats(), st.floats().map(torch.tensor)),
+        "train_loss": st.lists(st.floats(), max_size=4),
+        "val_loss": st.lists(st.floats(), max_size=4),
+        "model_config": _MODEL_CONFIGS,
+        "normalization": st.fixed_dictionaries(
+            {
+                "mean": st.lists(st.floats(0, 1), min_size=3, max_size=3),
+                "std": st.lists(st.floats(0.01, 1), min_size=3, max_size=3),
+            }
+        ),
+        "class_names": st.lists(_NAMES, max_size=4),
+        "timestamp": st.one_of(
+            st.datetimes().map(lambda moment: moment.isoformat()), st.floats(0, 2e9)
+        ),
+        "torch_version": _VERSIONS,
+        "rng_state": _rng_states(),
+    }
+    bundle = draw(st.fixed_dictionaries({}, optional=optional_entries))
+    event(f"bundle keys: {len(bundle)}")
+    return bundle
+
+
+def bundles() -> st.SearchStrategy[dict[str, Any]]:
+    """Checkpoint dictionaries as training scripts write them; every key is optional.
+
+    Keys: ``epoch``; ``model_state_dict`` (an ``OrderedDict`` of realistic parameter and
+    buffer names such as ``encoder.0.weight`` and ``bn1.num_batches_tracked``, with tied
+    weights and views into shared flat buffers); ``optimizer_state_dict`` (Adam- or SGD-
+    shaped, whose buffers may alias the model's storage); ``scheduler_state_dict``; ``loss``
+    (a float or a 0-d tensor); ``train_loss`` and ``val_loss``; ``model_config``;
+    ``normalization`` (mean and std); ``class_names``; ``timestamp`` (an ISO string or a
+    float); ``torch_version``; ``rng_state`` (a CPU generator's state). Everything in a bundle
+    is loadable with ``weights_only=True``. Shrinks toward the empty dictionary.
+    """
+    return _bundles()
+
+
+def _leaves(pool: list[torch.Tensor]) -> st.SearchStrategy[Any]:
+    loadable = weights_only_loadable_types()
+    leaves = [
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=8),
+        tensors(shapes=st.lists(st.integers(0, 3), max_size=2).map(tuple)),
+        _pooled(pool),
+    ]
+    optional = [
+        (complex, st.complex_numbers()),
+        (bytes, st.binary(max_size=8)),
+        (bytearray, st.binary(max_size=8).map(bytearray)),
+        (set, st.sets(st.one_of(st.integers(), st.text(max_size=4)), max_size=3)),
+        (torch.Size, st.lists(st.integers(0, 8), max_size=3).map(torch.Size)),
+        (torch.dtype, dtypes()),
+        (torch.device, st.just(torch.device("cpu"))),
+        (torch.layout, st.just(torch.strided)),
+    ]
+    leaves.extend(strategy for kind, strategy in optional if kind in loadable)
+    return st.one_of(leaves)
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.one_of(st.text(max_size=6), st.integers(-5, 5))
+    return st.one_of(
+        st.lists(children, max_size=3),
+        st.lists(children, max_size=3).map(tuple),
+        st.dictionaries(keys, children, max_size=3),
+        st.lists(st.tuples(keys, children), max_size=3).map(collections.OrderedDict),
+    )
+
+
+@st.composite
+def _weights_only_contents(draw: st.DrawFn) -> Any:
+    pool = draw(_pool())
+    return draw(st.recursive(_leaves(pool), _containers, max_leaves=8))
+
+
+def weights_only_contents() -> st.SearchStrategy[Any]:
+    """Small nested values made only of what ``torch.load(weights_only=True)`` accepts here.
+
+    Containers are dicts, ``OrderedDict``, lists and tuples; leaves are None, bools, ints,
+    floats, strings and tensors, plus complex numbers, bytes, bytearrays, sets,
+    ``torch.Size``, dtypes, devices and layouts where the installed torch's weights-only
+    unpickler accepts them (see :func:`harness.capabilities.weights_only_loadable_types`).
+    Tensors may be the same object in several places or views into a shared base at
+    different offsets. Shrinks toward ``None``.
+    """
+    return _weights_only_contents()
+
+
+def _object_arrays() -> st.SearchStrategy[np.ndarray]:
+    def to_array(items: list[Any]) -> np.ndarray:
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+        return array
+
+    return st.lists(st.one_of(st.integers(), st.text(max_size=4)), max_size=3).map(to_array)
+
+
+_UNSAFE_VALUES = {
+    "dataclass": st.builds(TrainingConfig, st.floats(1e-6, 1.0), st.integers(1, 512), _NAMES),
+    "namespace": st.builds(argparse.Namespace, lr=st.floats(1e-6, 1.0), epochs=st.integers(1, 100)),
+    "numpy_array": st.lists(st.floats(allow_nan=False), max_size=4).map(np.array),
+    "numpy_object_array": _object_arrays(),
+    "path": st.lists(_NAMES, min_size=1, max_size=3).map(lambda parts: pathlib.Path(*parts)),
+    "custom_class": st.builds(CheckpointNote, st.text(max_size=8)),
+}
+
+
+@st.composite
+def _unsafe_contents(draw: st.DrawFn) -> UnsafeContent:
+    kind = draw(st.sampled_from(sorted(_UNSAFE_VALUES)))
+    event(f"unsafe kind: {kind}")
+    return UnsafeContent(kind, draw(_UNSAFE_VALUES[kind]))
+
+
+def unsafe_contents() -> st.SearchStrategy[UnsafeContent]:
+    """Values ``torch.load(weights_only=True)`` must refuse, each as an :class:`UnsafeContent`.
+
+    Kinds: ``"custom_class"`` (a :class:`CheckpointNote`), ``"dataclass"`` (a
+    :class:`TrainingConfig`), ``"namespace"`` (an ``argparse.Namespace``), ``"numpy_array"``
+    (numeric), ``"numpy_object_array"`` and ``"path"`` (a ``pathlib.Path``). Shrinks toward
+    the first kind in that order and its simplest value.
+    """
+    return _unsafe_contents()
