@@ -33,6 +33,7 @@ from harness.persistence import (
 )
 from harness.pickle_scan import referenced_globals
 from harness.suite import Invariant
+from harness.temp_modules import temporary_module
 
 __all__ = [
     "INVARIANTS",
@@ -41,6 +42,7 @@ __all__ = [
     "non_persistent_buffer_names",
     "state_dict_round_trip",
     "weights_only_refusal",
+    "whole_model_refactoring",
 ]
 
 # The init seed of the fresh instance a state_dict is loaded into; any seed other than the
@@ -195,6 +197,31 @@ def _saved_bytes(obj: Any, options: SaveOptions, directory: str) -> bytes:
         return handle.read()
 
 
+def _load_allowlisted(data: bytes, names: set[str]) -> tuple[Any, list[str]]:
+    """Load with ``weights_only=True`` and the globals ``names`` allowlisted.
+
+    The pickle names functions and classes, not the types of the objects they return, and
+    torch may still refuse to build such an object ("... but got <class X>"); each such type
+    is allowlisted in turn, a bounded number of times, and returned so it can be reported.
+    Raises ``UnpicklingError`` when torch refuses for any other reason.
+    """
+    allowed = [_resolve_global(name) for name in sorted(names)]
+    also_wanted: list[str] = []
+    for _ in range(_EXTRA_TYPE_ATTEMPTS):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return load(io.BytesIO(data)), also_wanted
+        except pickle.UnpicklingError as error:
+            wanted = _REFUSED_TYPE.search(str(error))
+            if wanted is None:
+                raise
+            also_wanted.append(wanted.group(1))
+            allowed.append(_resolve_global(wanted.group(1)))
+    raise pickle.UnpicklingError(
+        f"still refused after allowlisting {sorted(names)} and {also_wanted}"
+    )
+
+
 def weights_only_refusal(example: tuple[dict, Any, SaveOptions]) -> Iterator[str]:
     """``weights_only=True`` refuses a bundle holding a non-allowed type, and says which.
 
@@ -242,31 +269,121 @@ def weights_only_refusal(example: tuple[dict, Any, SaveOptions]) -> Iterator[str
     if not caps.safe_globals_context:
         yield "this torch has no safe_globals context manager: allowlisting not checked"
         return
-    allowed = [_resolve_global(name) for name in sorted(involved)]
-    # The pickle names functions and classes, not the types of the objects they return;
-    # torch may still refuse to BUILD such an object. Each such type is reported and
-    # allowlisted in turn, a bounded number of times.
-    for _ in range(_EXTRA_TYPE_ATTEMPTS):
-        try:
-            with torch.serialization.safe_globals(allowed):
-                loaded = load(io.BytesIO(data))
-            break
-        except pickle.UnpicklingError as error:
-            wanted = _REFUSED_TYPE.search(str(error))
-            if wanted is None:
-                yield (
-                    f"finding: allowlisted {unsafe.kind} content is still refused with "
-                    f"{options}: {explain_error(error)}"
-                )
-                return
-            yield (
-                f"finding: allowlisting the globals in the file is not enough for {unsafe.kind} "
-                f"content: torch also wants {wanted.group(1)}"
-            )
-            allowed.append(_resolve_global(wanted.group(1)))
-    else:
-        raise AssertionError(f"{unsafe.kind} content still refused after allowlisting {allowed}")
+    try:
+        loaded, also_wanted = _load_allowlisted(data, involved)
+    except pickle.UnpicklingError as error:
+        yield (
+            f"finding: allowlisted {unsafe.kind} content is still refused with {options}: "
+            f"{explain_error(error)}"
+        )
+        return
+    for name in also_wanted:
+        yield (
+            f"finding: allowlisting the globals in the file is not enough for {unsafe.kind} "
+            f"content: torch also wants {name}"
+        )
     assert_identical(unsafe_bundle, loaded, name="allowlisted bundle")
+
+
+def _whole_model_outcome(path: str, example_input: torch.Tensor, expected: torch.Tensor) -> str:
+    """What loading a whole-model pickle (``weights_only=False``) and running it does."""
+    try:
+        model = load(path, weights_only=False)
+    except Exception as error:
+        return f"fails at load ({type(error).__name__})"
+    try:
+        output = _eval_output(model, (example_input,))
+    except Exception as error:
+        return f"loads, fails at forward ({type(error).__name__})"
+    try:
+        assert_identical(expected, output)
+    except AssertionError:
+        return "loads and silently computes something else"
+    return "loads and behaves the same"
+
+
+def _built_with_seed(model_class: type, init_seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return model_class()
+
+
+def whole_model_refactoring(case: Any) -> Iterator[str]:
+    """What a refactoring of the model's code does to a whole-model pickle and to a state_dict.
+
+    The model class is written to a temporary module, saved both whole (``torch.save(model)``)
+    and as a state_dict, then the code is refactored. Checked: ``weights_only=True`` refuses
+    the whole-model pickle (and, where torch can allowlist, loads it once the globals
+    ``get_unsafe_globals_in_checkpoint`` lists are allowed); with no refactoring the pickle
+    loads and behaves the same; the state_dict loads strictly into the refactored class
+    when parameter names are kept (bit-identical outputs when forward is unchanged), and
+    otherwise fails with an error naming every missing and unexpected key. What the
+    whole-model pickle does after the refactoring is reported.
+    """
+    from strategies.refactorings import render_source
+
+    caps = probe()
+    with temporary_module(render_source(case.model)) as module, tempfile.TemporaryDirectory() as d:
+        model = _built_with_seed(module.load().Net, init_seed=0)
+        example_input = torch.linspace(-2.0, 2.0, 3 * case.model.sizes[0]).reshape(3, -1)
+        expected = _eval_output(model, (example_input,))
+        whole_path, state_path = f"{d}/model.pt", f"{d}/state_dict.pt"
+        torch.save(model, whole_path)
+        torch.save(model.state_dict(), state_path)
+
+        try:
+            load(whole_path)
+        except pickle.UnpicklingError:
+            pass
+        else:
+            raise AssertionError("weights_only=True loaded a whole-model pickle")
+        if caps.safe_globals_context and caps.get_unsafe_globals:
+            names = set(torch.serialization.get_unsafe_globals_in_checkpoint(whole_path))
+            with open(whole_path, "rb") as handle:
+                allowlisted, also_wanted = _load_allowlisted(handle.read(), names)
+            assert_identical(expected, _eval_output(allowlisted, (example_input,)))
+            extra = f" and {', '.join(also_wanted)}" if also_wanted else ""
+            yield f"whole-model pickle loads with weights_only=True once allowlisted{extra}"
+
+        if case.refactoring in (
+            "rename_class",
+            "change_forward",
+            "change_init_signature",
+            "add_attribute",
+            "rename_attribute",
+        ):
+            module.rewrite(render_source(case.model, case.refactoring))
+        elif case.refactoring == "move_module":
+            module.rename(f"{module.name}_moved")
+        elif case.refactoring == "delete_module":
+            module.delete()
+        outcome = _whole_model_outcome(whole_path, example_input, expected)
+        yield f"whole-model pickle after {case.refactoring}: {outcome}"
+        if case.refactoring == "none":
+            assert outcome == "loads and behaves the same", outcome
+        if case.refactoring == "delete_module":
+            return  # the class is gone: there is nothing to load a state_dict into
+
+        fresh = _built_with_seed(getattr(module.load(), case.class_name_after), init_seed=1)
+        state = load(state_path)
+        if case.keeps_parameter_names:
+            fresh.load_state_dict(state, strict=True)
+            if case.keeps_forward:
+                actual = _eval_output(fresh, (example_input,))
+                assert_identical(expected, actual, name="output after load_state_dict")
+            return
+        missing = set(fresh.state_dict()) - set(state)
+        unexpected = set(state) - set(fresh.state_dict())
+        try:
+            fresh.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            message = str(error)
+            unnamed = sorted(key for key in missing | unexpected if f'"{key}"' not in message)
+            assert not unnamed, f"load_state_dict's error does not name {unnamed}: {message}"
+            assert "Missing key(s)" in message and "Unexpected key(s)" in message, message
+            yield f"state_dict after {case.refactoring}: strict load names missing/unexpected keys"
+        else:
+            raise AssertionError(f"strict load_state_dict accepted renamed keys {sorted(missing)}")
 
 
 def _unsafe_examples() -> st.SearchStrategy:
@@ -274,6 +391,12 @@ def _unsafe_examples() -> st.SearchStrategy:
     from strategies.options import save_options
 
     return st.tuples(bundles(), unsafe_contents(), save_options())
+
+
+def _refactoring_cases() -> st.SearchStrategy:
+    from strategies.refactorings import refactoring_cases
+
+    return refactoring_cases()
 
 
 def _models_with_options() -> st.SearchStrategy:
@@ -327,5 +450,15 @@ INVARIANTS: list[Invariant] = [
         "involved, and the bundle loads identical once those are allowlisted.",
         _unsafe_examples,
         weights_only_refusal,
+    ),
+    Invariant(
+        "whole_model_refactoring",
+        "A whole-model pickle is refused by weights_only=True; after a refactoring of the "
+        "model's code its outcome is reported (fails at load, fails at forward, silently "
+        "computes something else, or behaves the same), while the state_dict route loads "
+        "strictly when parameter names are kept and names every missing and unexpected key "
+        "when they change.",
+        _refactoring_cases,
+        whole_model_refactoring,
     ),
 ]

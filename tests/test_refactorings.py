@@ -1,0 +1,49 @@
+"""Whole-model pickles after refactorings, and the state_dict route beside them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness import invariants
+from strategies.refactorings import (
+    REFACTORING_KINDS,
+    ModelSource,
+    RefactoringCase,
+    refactoring_cases,
+)
+
+# What loading the whole-model pickle does after each refactoring, derived from how pickle
+# restores an object (by module and class name, __dict__ restored, __init__ not called).
+EXPECTED_OUTCOME = {
+    "none": "loads and behaves the same",
+    "change_init_signature": "loads and behaves the same",
+    "add_attribute": "loads, fails at forward (AttributeError)",
+    "change_forward": "loads and silently computes something else",
+    "rename_attribute": "loads, fails at forward (AttributeError)",
+    "rename_class": "fails at load (AttributeError)",
+    "move_module": "fails at load (ModuleNotFoundError)",
+    "delete_module": "fails at load (ModuleNotFoundError)",
+}
+
+
+@pytest.mark.parametrize("kind", REFACTORING_KINDS)
+@settings(max_examples=5)
+@given(data=st.data())
+def test_whole_model_refactoring(kind, data):
+    case = data.draw(refactoring_cases(refactorings=st.just(kind)))
+    observed = list(invariants.whole_model_refactoring(case))
+    assert f"whole-model pickle after {kind}: {EXPECTED_OUTCOME[kind]}" in observed
+    if not case.keeps_parameter_names:
+        assert f"state_dict after {kind}: strict load names missing/unexpected keys" in observed
+
+
+def test_catches_a_loader_that_accepts_whole_model_pickles(monkeypatch):
+    real = invariants.load
+    monkeypatch.setattr(
+        invariants, "load", lambda source, *a, **k: real(source, weights_only=False)
+    )
+    case = RefactoringCase(ModelSource((2, 2), "relu"), "none")
+    with pytest.raises(AssertionError, match="weights_only=True loaded a whole-model pickle"):
+        list(invariants.whole_model_refactoring(case))
