@@ -16,7 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Capabilities", "probe", "torch_version", "weights_only_loadable_types"]
+__all__ = [
+    "Capabilities",
+    "cpu_grad_scaler",
+    "optimizer_flags_that_run",
+    "optimizer_param_names",
+    "probe",
+    "torch_version",
+    "weight_parametrizations",
+    "weights_only_loadable_types",
+]
 
 # Dtypes in the order strategies should prefer them: simplest first, so a failure
 # shrinks toward float32. Names that the installed torch lacks are skipped.
@@ -228,3 +237,99 @@ def weights_only_loadable_types() -> frozenset[type]:
     return frozenset(
         type(value) for value in _weights_only_samples() if _round_trips_weights_only(value)
     )
+
+
+# Boolean constructor keywords of optimizers that select an implementation or a behaviour;
+# some exist on a torch version but refuse CPU tensors (capturable, fused) or leaf
+# parameters (differentiable), so each is tried once.
+_OPTIMIZER_FLAGS = (
+    "maximize",
+    "foreach",
+    "fused",
+    "capturable",
+    "differentiable",
+    "decoupled_weight_decay",
+)
+
+
+def _steps_with_flag(optimizer_class: type, flag: str) -> bool:
+    """Whether ``optimizer_class(..., flag=True)`` takes two steps on a tiny CPU parameter."""
+    sparse = optimizer_class.__name__ == "SparseAdam"
+    parameter = torch.nn.Parameter(torch.ones(2, 2))
+
+    def closure() -> torch.Tensor:
+        gradient = torch.full((2, 2), 0.5)
+        parameter.grad = gradient.to_sparse() if sparse else gradient
+        return torch.tensor(1.0)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer = optimizer_class([parameter], **{flag: True})
+            for _ in range(2):
+                closure()
+                optimizer.step(closure)
+        return bool(torch.isfinite(parameter).all())
+    except Exception:  # any failure means "this flag does not run here"
+        return False
+
+
+@functools.cache
+def optimizer_flags_that_run(name: str) -> frozenset[str]:
+    """Flags of optimizer ``name`` (a key of ``probe().optimizers``) that work on CPU.
+
+    A flag counts when the constructor accepts it and an optimizer built with it set to
+    ``True`` takes two steps on a small CPU ``nn.Parameter``. Candidates: maximize, foreach,
+    fused, capturable, differentiable, decoupled_weight_decay.
+    """
+    optimizer_class = probe().optimizers[name]
+    return frozenset(
+        flag
+        for flag in _OPTIMIZER_FLAGS
+        if _accepts(optimizer_class, flag) and _steps_with_flag(optimizer_class, flag)
+    )
+
+
+@functools.cache
+def optimizer_param_names() -> bool:
+    """Whether optimizers take ``(name, parameter)`` pairs and keep ``param_names`` in groups."""
+    parameter = torch.nn.Parameter(torch.ones(2))
+    try:
+        optimizer = torch.optim.SGD([{"params": [("w", parameter)]}], lr=0.1)
+    except Exception:  # older torch: "optimizer can only optimize Tensors"
+        return False
+    group = optimizer.state_dict()["param_groups"][0]
+    return group.get("param_names") == ["w"] and optimizer.param_groups[0]["params"][0] is parameter
+
+
+@functools.cache
+def cpu_grad_scaler() -> bool:
+    """Whether ``torch.amp.GradScaler("cpu")`` exists and scales, unscales and steps on CPU."""
+    amp = getattr(torch, "amp", None)
+    scaler_class = getattr(amp, "GradScaler", None)
+    if scaler_class is None:
+        return False
+    parameter = torch.nn.Parameter(torch.ones(2))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scaler = scaler_class("cpu")
+            optimizer = torch.optim.SGD([parameter], lr=0.1)
+            scaler.scale(parameter.sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            return scaler.is_enabled() and bool(torch.isfinite(parameter).all())
+    except Exception:  # no CPU support on this torch
+        return False
+
+
+@functools.cache
+def weight_parametrizations() -> tuple[str, ...]:
+    """Which of ``weight_norm``, ``spectral_norm`` and ``orthogonal`` the installed
+    ``torch.nn.utils.parametrizations`` provides, in that order (1.13 lacks ``weight_norm``)."""
+    try:
+        from torch.nn.utils import parametrizations
+    except ImportError:
+        return ()
+    names = ("weight_norm", "spectral_norm", "orthogonal")
+    return tuple(name for name in names if callable(getattr(parametrizations, name, None)))

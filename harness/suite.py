@@ -50,12 +50,17 @@ def _first_lines(error: BaseException, limit: int = 20) -> str:
 
 
 def run_invariant(
-    invariant: Invariant, *, random_seed: int | None = None, reproduction: str | None = None
+    invariant: Invariant,
+    *,
+    settings_: settings | None = None,
+    random_seed: int | None = None,
+    reproduction: str | None = None,
 ) -> InvariantResult:
-    """Check ``invariant`` on examples drawn under the active Hypothesis settings.
+    """Check ``invariant`` on examples drawn under ``settings_`` (default: the active ones).
 
     Args:
         invariant: what to check.
+        settings_: the Hypothesis settings to draw examples under.
         random_seed: seed for a profile that is not derandomized, so that the run can be
             repeated exactly.
         reproduction: the command line reported for rerunning this check.
@@ -64,10 +69,7 @@ def run_invariant(
     observations: Counter[str] = Counter()
     last_failure: list[str] = []
 
-    # One failure, shrunk, per invariant: the report shows the first promise broken.
-    @settings(settings.default, report_multiple_bugs=False)
-    @given(invariant.examples())
-    def property_(example):
+    def check(example):
         nonlocal examples
         examples += 1
         try:
@@ -78,10 +80,14 @@ def run_invariant(
             raise
         observations.update(set(seen))
 
-    if random_seed is not None:
-        property_ = seed(random_seed)(property_)
     started = time.perf_counter()
     try:
+        # One failure, shrunk, per invariant: the report shows the first promise broken.
+        property_ = settings(settings_ or settings.default, report_multiple_bugs=False)(
+            given(invariant.examples())(check)
+        )
+        if random_seed is not None:
+            property_ = seed(random_seed)(property_)
         property_()
     except Exception as error:  # the invariant failed; report it and go on with the next
         return InvariantResult(
@@ -109,22 +115,26 @@ def run_suite(
     invariants: Sequence[Invariant],
     *,
     profile: str,
+    settings_: settings | None = None,
     random_seed: int | None = None,
     reproduce: Callable[[Invariant], str] | None = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> Report:
-    """Run each invariant under the Hypothesis profile ``profile`` and return the report.
+    """Run each invariant under a Hypothesis profile and return the report.
 
-    ``progress`` is called with a line before and after each invariant.
+    The examples are drawn under ``settings_``, or else the registered profile ``profile``;
+    the global Hypothesis settings are left as they are. ``random_seed`` fixes the draws of
+    a randomized profile. ``progress`` is called with a line before and after each invariant.
     """
-    settings.load_profile(profile)
-    if settings.default.derandomize:
+    settings_ = settings_ or settings.get_profile(profile)
+    if settings_.derandomize:
         random_seed = None
     results = []
     for position, invariant in enumerate(invariants, start=1):
         progress(f"[{position}/{len(invariants)}] {invariant.name} ...")
         result = run_invariant(
             invariant,
+            settings_=settings_,
             random_seed=random_seed,
             reproduction=reproduce(invariant) if reproduce else None,
         )

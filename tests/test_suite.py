@@ -69,3 +69,13 @@ def test_cli_lists_invariants(capsys):
 def test_cli_rejects_unknown_invariant():
     with pytest.raises(SystemExit, match="unknown invariant.*nope.*known: state_dict_round_trip"):
         main(["check", "--invariant", "nope"])
+
+
+def test_an_invariant_that_cannot_start_is_reported_and_the_rest_run():
+    def broken_strategy():
+        raise ImportError("no module named strategies.missing")
+
+    broken = Invariant("broken", "cannot draw", broken_strategy, at_most_five)
+    report = run_suite([broken, HOLDS], profile="ci")
+    assert [r.passed for r in report.results] == [False, True]
+    assert report.results[0].message == "ImportError: no module named strategies.missing"

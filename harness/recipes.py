@@ -1,0 +1,106 @@
+"""Reference checkpointers: the common practices for saving, written out so they pass.
+
+:class:`TrainingCheckpoint` is the full training checkpoint (model, optimizer, scheduler,
+epoch, loss and the other counters, RNG state); :class:`InferencePackage` is the lean
+package for deployment (state_dict, model configuration, preprocessing statistics, class
+names, metadata, and a JSON sidecar). Both load with ``weights_only=True`` and honour
+``map_location``. They are what :func:`harness.check_checkpointer` is measured against, and
+a starting point for your own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import torch
+
+from harness.state import TrainingState
+
+__all__ = ["InferencePackage", "TrainingCheckpoint"]
+
+_STATE_KEYS = (
+    "model_state_dict",
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "rng_state",
+    "torch_version",
+)
+
+
+class TrainingCheckpoint:
+    """A checkpoint to resume training from: everything training state holds.
+
+    The file is a dictionary with ``model_state_dict``, ``optimizer_state_dict``,
+    ``scheduler_state_dict`` (when there is a scheduler), the CPU ``rng_state``, the torch
+    version, and every entry of ``state.extra`` (epoch, loss, ...) at the top level.
+    """
+
+    def save(self, state: TrainingState, path: str) -> None:
+        clashing = sorted(set(state.extra) & set(_STATE_KEYS))
+        if clashing:
+            raise ValueError(f"extra entries {clashing} clash with the checkpoint's own keys")
+        checkpoint: dict[str, Any] = dict(state.extra)
+        checkpoint["model_state_dict"] = state.model.state_dict()
+        if state.optimizer is not None:
+            checkpoint["optimizer_state_dict"] = state.optimizer.state_dict()
+        if state.scheduler is not None:
+            checkpoint["scheduler_state_dict"] = state.scheduler.state_dict()
+        # Dropout and other random layers continue exactly only from the same RNG state.
+        checkpoint["rng_state"] = torch.get_rng_state()
+        checkpoint["torch_version"] = torch.__version__
+        torch.save(checkpoint, path)
+
+    def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        into.model.load_state_dict(checkpoint["model_state_dict"])
+        if into.optimizer is not None:
+            into.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        if into.scheduler is not None:
+            into.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        torch.set_rng_state(checkpoint["rng_state"].cpu())
+        into.extra.update({k: v for k, v in checkpoint.items() if k not in _STATE_KEYS})
+        into.model.train()
+
+
+class InferencePackage:
+    """A package to deploy a model for inference, plus a JSON metadata sidecar.
+
+    The file holds ``model_state_dict`` and ``state.extra`` (model configuration,
+    preprocessing statistics, class names, ...) under ``"extra"``, with ``metadata`` (torch
+    version, time saved). The same metadata and the extra entries that JSON can hold are
+    written beside it as ``<path>.json``, for people and tools that do not load torch.
+    """
+
+    def save(self, state: TrainingState, path: str) -> None:
+        metadata = {
+            "torch_version": torch.__version__,
+            "saved_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        }
+        package = {
+            "model_state_dict": state.model.state_dict(),
+            "extra": dict(state.extra),
+            "metadata": metadata,
+        }
+        torch.save(package, path)
+        sidecar = {"metadata": metadata, **_json_safe(state.extra)}
+        with open(f"{path}.json", "w") as handle:
+            json.dump(sidecar, handle, indent=2)
+
+    def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
+        package = torch.load(path, map_location=map_location, weights_only=True)
+        into.model.load_state_dict(package["model_state_dict"])
+        into.model.eval()
+        into.extra.update(package["extra"])
+
+
+def _json_safe(extra: dict[str, Any]) -> dict[str, Any]:
+    safe = {}
+    for key, value in extra.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        safe[key] = value
+    return safe
