@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from collections.abc import Sequence
 
 from harness import profiles
@@ -47,7 +48,68 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("list", help="list the invariants and what each promises")
+
+    checkpointer = commands.add_parser(
+        "check-checkpointer",
+        help="check your own checkpoint code",
+        description="Check a checkpointer (an object, or a class built with no arguments, "
+        "with save(state, path) and load(path, into, map_location=None)) against every "
+        "invariant for its purpose. Exits 0 when all hold, 1 with the report otherwise.",
+    )
+    checkpointer.add_argument("target", metavar="FILE.py:NAME", help="where the checkpointer is")
+    checkpointer.add_argument(
+        "--purpose", choices=("resume", "inference"), default="resume", help="(default: resume)"
+    )
+    checkpointer.add_argument(
+        "--max-examples", type=int, default=50, help="examples per invariant (default: 50)"
+    )
+    checkpointer.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    checkpointer.add_argument(
+        "--out", default=None, help="also write report.json and report.md into this directory"
+    )
     return parser
+
+
+def _load_checkpointer(target: str):
+    """The checkpointer named by ``FILE.py:NAME``; a class is instantiated with no arguments."""
+    import importlib.util
+    from pathlib import Path
+
+    path_text, separator, name = target.rpartition(":")
+    path = Path(path_text)
+    if not separator or not name or path.suffix != ".py":
+        raise SystemExit(f"expected FILE.py:NAME, got {target!r}")
+    if not path.is_file():
+        raise SystemExit(f"no such file: {path}")
+    module_name = f"harness_user_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    # Registered, so that classes defined in the file can be pickled and found again.
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, name):
+        raise SystemExit(f"{path} defines no {name!r}")
+    found = getattr(module, name)
+    return found() if isinstance(found, type) else found
+
+
+def _check_checkpointer(args: argparse.Namespace) -> int:
+    from harness.checkpointer import check_checkpointer
+
+    checkpointer = _load_checkpointer(args.target)
+    command = (
+        f"python -m harness check-checkpointer {args.target} --purpose {args.purpose} "
+        f"--max-examples {args.max_examples} --seed {args.seed}"
+    )
+    print(f"checking {args.target} for {args.purpose}, {args.max_examples} examples per invariant")
+    report = check_checkpointer(
+        checkpointer,
+        purpose=args.purpose,
+        max_examples=args.max_examples,
+        seed=args.seed,
+        reproduce=command,
+    )
+    return _finish(report, args.out)
 
 
 def _select(names: Sequence[str] | None):
@@ -84,6 +146,11 @@ def _check(args: argparse.Namespace) -> int:
         reproduce=reproduce,
         progress=lambda line: print(line, flush=True),
     )
+    return _finish(report, args.out)
+
+
+def _finish(report, out: str | None) -> int:
+    """Print the table and every failure, write the report files, return the exit code."""
     print()
     print(report.table())
     for failure in report.failures:
@@ -91,8 +158,9 @@ def _check(args: argparse.Namespace) -> int:
         if failure.minimal_example:
             print(f"minimal example: {failure.minimal_example}")
         print(f"reproduce: {failure.reproduction}")
-    json_path, markdown_path = report.write(args.out)
-    print(f"\nreport written to {json_path} and {markdown_path}")
+    if out is not None:
+        json_path, markdown_path = report.write(out)
+        print(f"\nreport written to {json_path} and {markdown_path}")
     return 0 if report.ok else 1
 
 
@@ -109,4 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args)
+    if args.command == "check-checkpointer":
+        return _check_checkpointer(args)
     return _list()

@@ -49,7 +49,7 @@ class TrainingCheckpoint:
             checkpoint["scheduler_state_dict"] = state.scheduler.state_dict()
         # Dropout and other random layers continue exactly only from the same RNG state.
         checkpoint["rng_state"] = torch.get_rng_state()
-        checkpoint["torch_version"] = torch.__version__
+        checkpoint["torch_version"] = str(torch.__version__)
         torch.save(checkpoint, path)
 
     def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
@@ -57,11 +57,45 @@ class TrainingCheckpoint:
         into.model.load_state_dict(checkpoint["model_state_dict"])
         if into.optimizer is not None:
             into.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+            _restore_saved_dtypes(into.optimizer, checkpoint["optimizer_state_dict"])
         if into.scheduler is not None:
             into.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         torch.set_rng_state(checkpoint["rng_state"].cpu())
         into.extra.update({k: v for k, v in checkpoint.items() if k not in _STATE_KEYS})
         into.model.train()
+
+
+def _dtypes(value: Any) -> list[torch.dtype]:
+    if isinstance(value, torch.Tensor):
+        return [value.dtype]
+    if isinstance(value, list | tuple):
+        return [dtype for item in value for dtype in _dtypes(item)]
+    return []
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
+
+
+def _restore_saved_dtypes(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Undo ``Optimizer.load_state_dict``'s cast of state tensors to the parameter's dtype.
+
+    It casts every floating-point state tensor but ``step`` to the dtype of its parameter,
+    yet ASGD (``eta``, ``mu``), NAdam (``mu_product``) and LBFGS keep some state in float32
+    whatever the parameters are: with float64 or bfloat16 parameters the cast changes the
+    numbers, and training no longer resumes exactly. The saved dtypes are put back here.
+    """
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, state in saved["state"].items():
+        parameter = parameters[index]
+        loaded = optimizer.state[parameter]
+        for key, value in state.items():
+            if _dtypes(value) != _dtypes(loaded.get(key)):
+                loaded[key] = _to_device(value, parameter.device)
 
 
 class InferencePackage:
@@ -75,7 +109,7 @@ class InferencePackage:
 
     def save(self, state: TrainingState, path: str) -> None:
         metadata = {
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "saved_at": datetime.datetime.now(datetime.UTC).isoformat(),
         }
         package = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import pathlib
 from typing import Any
 
@@ -67,13 +68,60 @@ class CheckpointNote:
         return f"CheckpointNote({self.text!r})"
 
 
-def _float_dtypes() -> st.SearchStrategy[torch.dtype]:
-    return dtypes(include=[d for d in probe().dtypes if d.is_floating_point])
+@dataclasses.dataclass(frozen=True)
+class _SharedRef:
+    """A placeholder, replaced after drawing, for a tensor that shares storage.
+
+    ``length`` 0 stands for shared base number ``base`` itself (the same object wherever it
+    appears); otherwise for a 1-d view of up to ``length`` elements into that base, starting
+    at element ``start`` (taken modulo the base's size).
+    """
+
+    base: int
+    start: int
+    length: int
 
 
-def _parameters(*sides: st.SearchStrategy[int]) -> st.SearchStrategy[torch.Tensor]:
-    """Floating-point tensors with one dimension per strategy in ``sides``."""
-    return tensors(dtypes=_float_dtypes(), shapes=st.tuples(*sides), layouts=layouts())
+_SHARED_REFS = st.builds(
+    _SharedRef, st.integers(0, 1), st.integers(0, 7), st.one_of(st.just(0), st.integers(1, 8))
+)
+_FLOAT_DTYPES = st.deferred(
+    lambda: dtypes(include=[d for d in probe().dtypes if d.is_floating_point])
+)
+_SHARED_BASES = tensors(
+    dtypes=_FLOAT_DTYPES,
+    shapes=st.integers(2, 8).map(lambda n: (n,)),
+    layouts=st.just("contiguous"),
+)
+
+
+def _resolve(draw: st.DrawFn, value: Any, bases: dict[int, torch.Tensor]) -> Any:
+    """``value`` with every :class:`_SharedRef` in it replaced by a tensor.
+
+    Each shared base is drawn the first time a reference to it is met; containers keep
+    their exact type and order.
+    """
+    if isinstance(value, _SharedRef):
+        if value.base not in bases:
+            bases[value.base] = draw(_SHARED_BASES)
+        base = bases[value.base]
+        if not value.length:
+            return base
+        start = value.start % base.shape[0]
+        return base[start : start + value.length]
+    if type(value) is collections.OrderedDict:
+        return collections.OrderedDict((k, _resolve(draw, v, bases)) for k, v in value.items())
+    if type(value) is dict:
+        return {k: _resolve(draw, v, bases) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_resolve(draw, item, bases) for item in value)
+    return value
+
+
+@functools.cache
+def _parameters(shape: tuple[int, ...]) -> st.SearchStrategy[torch.Tensor]:
+    """Floating-point tensors of ``shape`` in any layout."""
+    return tensors(dtypes=_FLOAT_DTYPES, shapes=st.just(shape), layouts=layouts())
 
 
 _SIDES = st.integers(1, 3)
@@ -81,67 +129,42 @@ _NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
 
 
 @st.composite
-def _pool(draw: st.DrawFn) -> list[torch.Tensor]:
-    """A few contiguous 1-d base tensors that other entries reference or view."""
-    bases = tensors(
-        dtypes=_float_dtypes(),
-        shapes=st.integers(2, 8).map(lambda n: (n,)),
-        layouts=st.just("contiguous"),
-    )
-    return draw(st.lists(bases, min_size=1, max_size=3))
-
-
-@st.composite
-def _view_of(draw: st.DrawFn, base: torch.Tensor) -> torch.Tensor:
-    """A 1-d view into ``base`` starting at a drawn offset."""
-    size = base.shape[0]
-    start = draw(st.integers(0, size - 1))
-    length = draw(st.integers(1, size - start))
-    return base[start : start + length]
-
-
-def _pooled(pool: list[torch.Tensor]) -> st.SearchStrategy[torch.Tensor]:
-    """Pool tensors themselves (the same object each time) and views into them."""
-    chosen = st.sampled_from(pool)
-    return st.one_of(chosen, chosen.flatmap(_view_of))
-
-
-@st.composite
-def _model_state_dicts(draw: st.DrawFn, pool: list[torch.Tensor]) -> collections.OrderedDict:
-    state: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+def _model_state_dicts(draw: st.DrawFn) -> collections.OrderedDict:
+    state: collections.OrderedDict[str, Any] = collections.OrderedDict()
     kinds = st.sampled_from(["linear", "batchnorm", "conv", "embedding", "flat_rnn"])
     for index, kind in enumerate(draw(st.lists(kinds, min_size=1, max_size=4))):
         if kind == "linear":
-            out_features = draw(_SIDES)
-            state[f"encoder.{index}.weight"] = draw(_parameters(st.just(out_features), _SIDES))
+            out_features, in_features = draw(_SIDES), draw(_SIDES)
+            state[f"encoder.{index}.weight"] = draw(_parameters((out_features, in_features)))
             if draw(st.booleans()):
-                state[f"encoder.{index}.bias"] = draw(_parameters(st.just(out_features)))
+                state[f"encoder.{index}.bias"] = draw(_parameters((out_features,)))
         elif kind == "batchnorm":
-            features = st.just(draw(_SIDES))
+            features = (draw(_SIDES),)
             for name in ("weight", "bias", "running_mean", "running_var"):
                 state[f"bn{index}.{name}"] = draw(_parameters(features))
             tracked = draw(st.integers(0, 10_000))
             state[f"bn{index}.num_batches_tracked"] = torch.tensor(tracked, dtype=torch.int64)
         elif kind == "conv":
-            state[f"conv{index}.weight"] = draw(_parameters(_SIDES, _SIDES, _SIDES, _SIDES))
+            shape = tuple(draw(_SIDES) for _ in range(4))
+            state[f"conv{index}.weight"] = draw(_parameters(shape))
         elif kind == "embedding":
-            weight = draw(_parameters(_SIDES, _SIDES))
+            weight = draw(_parameters((draw(_SIDES), draw(_SIDES))))
             state[f"embed{index}.weight"] = weight
             if draw(st.booleans()):
                 state[f"lm_head{index}.weight"] = weight
         else:
             for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"):
-                state[f"rnn{index}.{name}"] = draw(_pooled(pool))
+                state[f"rnn{index}.{name}"] = draw(_SHARED_REFS)
     return state
 
 
 @st.composite
-def _optimizer_state_dicts(draw: st.DrawFn, pool: list[torch.Tensor]) -> dict[str, Any]:
+def _optimizer_state_dicts(draw: st.DrawFn) -> dict[str, Any]:
     count = draw(st.integers(0, 3))
     adam = draw(st.booleans())
+    buffers = st.one_of(_SIDES.flatmap(lambda side: _parameters((side,))), _SHARED_REFS)
     state: dict[int, dict[str, Any]] = {}
     for param in draw(st.lists(st.integers(0, max(count - 1, 0)), unique=True, max_size=count)):
-        buffers = st.one_of(_parameters(_SIDES), _pooled(pool))
         if adam:
             step = torch.tensor(float(draw(st.integers(0, 1000))))
             state[param] = {"step": step, "exp_avg": draw(buffers), "exp_avg_sq": draw(buffers)}
@@ -172,11 +195,9 @@ def _scheduler_state_dicts(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def _rng_states() -> st.SearchStrategy[torch.Tensor]:
-    return st.integers(0, 2**63 - 1).map(
-        lambda seed: torch.Generator().manual_seed(seed).get_state()
-    )
-
+_RNG_STATES = st.integers(0, 2**63 - 1).map(
+    lambda seed: torch.Generator().manual_seed(seed).get_state()
+)
 
 _MODEL_CONFIGS = st.fixed_dictionaries(
     {"hidden_size": st.integers(1, 4096)},
@@ -191,14 +212,12 @@ _MODEL_CONFIGS = st.fixed_dictionaries(
 
 _VERSIONS = st.builds("{}.{}.{}".format, st.integers(0, 2), st.integers(0, 13), st.integers(0, 3))
 
-
-@st.composite
-def _bundles(draw: st.DrawFn) -> dict[str, Any]:
-    pool = draw(_pool())
-    optional_entries = {
+_BUNDLE_ENTRIES = st.fixed_dictionaries(
+    {},
+    optional={
         "epoch": st.integers(0, 1000),
-        "model_state_dict": _model_state_dicts(pool),
-        "optimizer_state_dict": _optimizer_state_dicts(pool),
+        "model_state_dict": _model_state_dicts(),
+        "optimizer_state_dict": _optimizer_state_dicts(),
         "scheduler_state_dict": _scheduler_state_dicts(),
         "loss": st.one_of(st.floats(), st.floats().map(torch.tensor)),
         "train_loss": st.lists(st.floats(), max_size=4),
@@ -215,10 +234,16 @@ def _bundles(draw: st.DrawFn) -> dict[str, Any]:
             st.datetimes().map(lambda moment: moment.isoformat()), st.floats(0, 2e9)
         ),
         "torch_version": _VERSIONS,
-        "rng_state": _rng_states(),
-    }
-    bundle = draw(st.fixed_dictionaries({}, optional=optional_entries))
-    event(f"bundle keys: {len(bundle)}")
+        "rng_state": _RNG_STATES,
+    },
+)
+
+
+@st.composite
+def _bundles(draw: st.DrawFn) -> dict[str, Any]:
+    bundle = _resolve(draw, draw(_BUNDLE_ENTRIES), {})
+    for key in bundle:
+        event(f"bundle key: {key}")
     return bundle
 
 
@@ -237,29 +262,27 @@ def bundles() -> st.SearchStrategy[dict[str, Any]]:
     return _bundles()
 
 
-def _leaves(pool: list[torch.Tensor]) -> st.SearchStrategy[Any]:
+@functools.cache
+def _leaves() -> st.SearchStrategy[Any]:
+    """Scalars, fresh tensors and shared-storage placeholders, in equal measure."""
     loadable = weights_only_loadable_types()
-    leaves = [
-        st.none(),
-        st.booleans(),
-        st.integers(),
-        st.floats(),
-        st.text(max_size=8),
-        tensors(shapes=st.lists(st.integers(0, 3), max_size=2).map(tuple)),
-        _pooled(pool),
-    ]
+    scalars = [st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)]
     optional = [
         (complex, st.complex_numbers()),
         (bytes, st.binary(max_size=8)),
         (bytearray, st.binary(max_size=8).map(bytearray)),
         (set, st.sets(st.one_of(st.integers(), st.text(max_size=4)), max_size=3)),
+        (frozenset, st.frozensets(st.integers(), max_size=3)),
         (torch.Size, st.lists(st.integers(0, 8), max_size=3).map(torch.Size)),
         (torch.dtype, dtypes()),
         (torch.device, st.just(torch.device("cpu"))),
         (torch.layout, st.just(torch.strided)),
     ]
-    leaves.extend(strategy for kind, strategy in optional if kind in loadable)
-    return st.one_of(leaves)
+    scalars.extend(strategy for kind, strategy in optional if kind in loadable)
+    fresh = tensors(shapes=st.lists(st.integers(0, 3), max_size=2).map(tuple))
+    # A flat one_of would weigh each scalar kind as much as each kind of tensor.
+    groups = (st.one_of(scalars), fresh, _SHARED_REFS)
+    return st.sampled_from(groups).flatmap(lambda group: group)
 
 
 def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -272,21 +295,24 @@ def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     )
 
 
+_NESTED = st.deferred(lambda: st.recursive(_leaves(), _containers, max_leaves=8))
+
+
 @st.composite
 def _weights_only_contents(draw: st.DrawFn) -> Any:
-    pool = draw(_pool())
-    return draw(st.recursive(_leaves(pool), _containers, max_leaves=8))
+    return _resolve(draw, draw(_NESTED), {})
 
 
 def weights_only_contents() -> st.SearchStrategy[Any]:
     """Small nested values made only of what ``torch.load(weights_only=True)`` accepts here.
 
     Containers are dicts, ``OrderedDict``, lists and tuples; leaves are None, bools, ints,
-    floats, strings and tensors, plus complex numbers, bytes, bytearrays, sets,
+    floats, strings and tensors, plus complex numbers, bytes, bytearrays, sets, frozensets,
     ``torch.Size``, dtypes, devices and layouts where the installed torch's weights-only
     unpickler accepts them (see :func:`harness.capabilities.weights_only_loadable_types`).
-    Tensors may be the same object in several places or views into a shared base at
-    different offsets. Shrinks toward ``None``.
+    Scalars, fresh tensors and shared tensors are drawn in equal measure; a shared tensor is
+    one of two base tensors (the same object wherever it appears) or a 1-d view into one at
+    a drawn offset, so storage sharing is common. Shrinks toward ``None``.
     """
     return _weights_only_contents()
 

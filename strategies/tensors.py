@@ -8,6 +8,7 @@ failing example prints a spec that a person can read and paste into ``@example``
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Iterable
@@ -80,6 +81,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@functools.cache
 def _component_width(dtype: torch.dtype) -> int:
     """Bits in one component of an element: the whole element, or half of a complex one."""
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -269,6 +271,7 @@ def _float_bits(exponent_bits: int, mantissa_bits: int, signed: bool) -> st.Sear
     return st.one_of(choices)
 
 
+@functools.cache
 def _element_bits(dtype: torch.dtype) -> st.SearchStrategy[int]:
     """Bit patterns of single elements of ``dtype``, shrinking toward all bits zero."""
     name = _dtype_name(dtype)
@@ -314,8 +317,10 @@ def _drawn_specs(
         raise InvalidArgument(f"layouts drew {layout!r}, which is not one of {LAYOUTS!r}")
     if not _applies(layout, len(shape)):
         layout = "contiguous"
-    step = draw(st.integers(2, 3)) if layout == "strided_slice" else 1
-    offset = draw(st.integers(1, 4)) if layout == "offset_view" else 0
+    # Drawn for every layout, so that shrinking the layout keeps later draws in step.
+    step, offset = draw(st.integers(2, 3)), draw(st.integers(1, 4))
+    step = step if layout == "strided_slice" else 1
+    offset = offset if layout == "offset_view" else 0
     count = math.prod(_base_shape(shape, layout, step, offset))
     bits = draw(_storage_bits(dtype, count))
     event(f"dtype: {dtype}")

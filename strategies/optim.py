@@ -1,0 +1,729 @@
+"""Strategies for optimizers, learning-rate schedulers and gradient scalers.
+
+Each object is built from a drawn plain-data spec: :class:`OptimizerSpec` names an optimizer
+class of the installed torch, the hyperparameters of each parameter group and the
+implementation flags (foreach, fused, maximize, ...); :class:`SchedulerSpec` names a
+scheduler class and its arguments, with child specs for ``SequentialLR`` and
+``ChainedScheduler``; :class:`GradScalerSpec` holds the arguments of a CPU
+``torch.amp.GradScaler``. Which classes and flags exist, and which flags run on CPU, comes
+from :mod:`harness.capabilities`, so the same strategies run on every torch from 1.13.1 on.
+
+Every choice is ordered simplest first, so a failure shrinks toward ``SGD`` with one
+parameter group and no flags, and toward ``StepLR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hypothesis import event
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from harness.capabilities import (
+    cpu_grad_scaler,
+    optimizer_flags_that_run,
+    optimizer_param_names,
+    probe,
+)
+
+__all__ = [
+    "ConstantFactor",
+    "ExponentialFactor",
+    "GradScalerSpec",
+    "OptimizerSpec",
+    "SchedulerSpec",
+    "WarmupFactor",
+    "build_grad_scaler",
+    "build_optimizer",
+    "build_scheduler",
+    "grad_scaler_specs",
+    "optimizer_specs",
+    "optimizer_step",
+    "scheduler_specs",
+    "step_scheduler",
+]
+
+Options = tuple[tuple[str, Any], ...]
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizers
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A plain description of an optimizer, from which :func:`build_optimizer` builds it.
+
+    Attributes:
+        name: the optimizer class, a key of ``probe().optimizers``.
+        groups: the hyperparameters of each parameter group, as ``(name, value)`` pairs;
+            every group spells out every hyperparameter it sets, and groups differ at least
+            in their learning rate.
+        flags: constructor keywords shared by all groups, as ``(name, value)`` pairs, e.g.
+            ``(("foreach", True), ("maximize", True))``; empty for the defaults.
+        param_names: whether parameters are given as ``(name, tensor)`` pairs, so that the
+            param groups carry ``param_names``.
+    """
+
+    name: str
+    groups: tuple[Options, ...] = ((),)
+    flags: Options = ()
+    param_names: bool = False
+
+    @property
+    def needs_sparse_gradients(self) -> bool:
+        """Only parameters with sparse gradients (``nn.Embedding(sparse=True)``) can be trained."""
+        return self.name == "SparseAdam"
+
+    @property
+    def needs_closure(self) -> bool:
+        """``step`` must be given a closure that re-evaluates the loss."""
+        return self.name == "LBFGS"
+
+    @property
+    def needs_matrix_params(self) -> bool:
+        """Only 2-d parameters can be trained."""
+        return self.name == "Muon"
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether a step leaves per-parameter state (SGD without momentum keeps none)."""
+        if self.name == "SGD":
+            return any(dict(group).get("momentum", 0) != 0 for group in self.groups)
+        return True
+
+
+# An option is (keyword, choices simplest first, condition on the values drawn before it);
+# where the condition fails the keyword takes its first choice.
+_Option = tuple[str, tuple[Any, ...], Callable[[dict[str, Any]], bool] | None]
+
+
+def _always(name: str, *choices: Any) -> _Option:
+    return (name, choices, None)
+
+
+_BETAS = _always("betas", (0.9, 0.999), (0.8, 0.99))
+_EPS = _always("eps", 1e-8, 1e-6)
+_WEIGHT_DECAY = _always("weight_decay", 0.0, 0.01)
+
+#: Learning rates each group draws from, per optimizer; groups never share one.
+_LEARNING_RATES = {
+    "LBFGS": (1.0, 0.5),
+    "Adadelta": (1.0, 0.5, 0.1),
+    "Muon": (0.001, 0.01, 0.02),
+}
+_DEFAULT_LEARNING_RATES = (0.01, 0.1, 0.001)
+
+#: Per-group hyperparameters besides the learning rate, per optimizer.
+_HYPERPARAMETERS: dict[str, tuple[_Option, ...]] = {
+    "SGD": (
+        _always("momentum", 0.0, 0.9),
+        ("nesterov", (False, True), lambda g: g["momentum"] > 0),
+        ("dampening", (0.0, 0.1), lambda g: g["momentum"] > 0 and not g["nesterov"]),
+        _WEIGHT_DECAY,
+    ),
+    "Adam": (_BETAS, _EPS, _WEIGHT_DECAY, _always("amsgrad", False, True)),
+    "AdamW": (_BETAS, _EPS, _always("weight_decay", 0.01, 0.0), _always("amsgrad", False, True)),
+    "Adagrad": (
+        _always("lr_decay", 0.0, 0.01),
+        _WEIGHT_DECAY,
+        _always("initial_accumulator_value", 0.0, 0.1),
+        _always("eps", 1e-10, 1e-6),
+    ),
+    "RMSprop": (
+        _always("alpha", 0.99, 0.9),
+        _EPS,
+        _WEIGHT_DECAY,
+        _always("momentum", 0.0, 0.9),
+        _always("centered", False, True),
+    ),
+    "Adadelta": (_always("rho", 0.9, 0.95), _always("eps", 1e-6, 1e-4), _WEIGHT_DECAY),
+    "Adamax": (_BETAS, _EPS, _WEIGHT_DECAY),
+    "NAdam": (_BETAS, _EPS, _WEIGHT_DECAY, _always("momentum_decay", 0.004, 0.01)),
+    "RAdam": (_BETAS, _EPS, _WEIGHT_DECAY),
+    "ASGD": (
+        _always("lambd", 1e-4, 1e-3),
+        _always("alpha", 0.75, 0.5),
+        _always("t0", 1e6, 1.0),
+        _WEIGHT_DECAY,
+    ),
+    "Rprop": (
+        _always("etas", (0.5, 1.2), (0.4, 1.3)),
+        _always("step_sizes", (1e-6, 50.0), (1e-5, 10.0)),
+    ),
+    "Adafactor": (
+        _always("beta2_decay", -0.8, -0.5),
+        _always("eps", (None, 1e-3), (1e-30, 1e-3)),
+        _always("d", 1.0, 2.0),
+        _WEIGHT_DECAY,
+    ),
+    "Muon": (
+        _always("weight_decay", 0.1, 0.0),
+        _always("momentum", 0.95, 0.9),
+        _always("nesterov", True, False),
+        _always("ns_steps", 5, 3),
+        _always("adjust_lr_fn", None, "original", "match_rms_adamw"),
+    ),
+    "LBFGS": (
+        _always("max_iter", 20, 5),
+        _always("history_size", 100, 5),
+        _always("line_search_fn", None, "strong_wolfe"),
+    ),
+    "SparseAdam": (_BETAS, _EPS),
+}
+
+#: Optimizers in the order :func:`optimizer_specs` prefers them; others follow by name.
+_OPTIMIZER_ORDER = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adagrad",
+    "RMSprop",
+    "Adadelta",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "ASGD",
+    "Rprop",
+    "Adafactor",
+    "Muon",
+    "LBFGS",
+    "SparseAdam",
+)
+
+#: Optimizers that take a single parameter group only.
+_SINGLE_GROUP = frozenset({"LBFGS"})
+
+_MAX_GROUPS = 3
+
+
+def _check_names(names: object, available: dict[str, type], kind: str) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    if isinstance(names, str | bytes) or not isinstance(names, Iterable):
+        raise InvalidArgument(
+            f"names={names!r} must be None or a collection of {kind} class names, "
+            f"e.g. names=[{next(iter(available))!r}]"
+        )
+    chosen = tuple(names)
+    for name in chosen:
+        if not isinstance(name, str):
+            raise InvalidArgument(f"names holds {name!r}, which is not a class name (a str)")
+    missing = [name for name in chosen if name not in available]
+    if missing:
+        raise InvalidArgument(
+            f"names={list(chosen)!r} names {missing!r}, which the installed torch does not "
+            f"have; it has {sorted(available)!r}"
+        )
+    if not chosen:
+        raise InvalidArgument(f"names=[] leaves no {kind} to draw")
+    return chosen
+
+
+def _ordered(available: Iterable[str], preferred: tuple[str, ...]) -> list[str]:
+    available = set(available)
+    known = [name for name in preferred if name in available]
+    return known + sorted(available - set(known))
+
+
+def _default_learning_rates(optimizer_class: type) -> tuple[Any, ...]:
+    try:
+        default = inspect.signature(optimizer_class).parameters["lr"].default
+    except (KeyError, TypeError, ValueError):
+        return ()
+    if isinstance(default, float | int) and not isinstance(default, bool):
+        return (float(default), float(default) / 2, float(default) / 10)
+    return ()
+
+
+def _draw_options(draw: st.DrawFn, options: tuple[_Option, ...]) -> Options:
+    values: dict[str, Any] = {}
+    for name, choices, condition in options:
+        if condition is None or condition(values):
+            values[name] = draw(st.sampled_from(choices))
+        else:
+            values[name] = choices[0]
+    return tuple(values.items())
+
+
+@st.composite
+def _group_options(
+    draw: st.DrawFn, learning_rates: tuple[Any, ...], options: tuple[_Option, ...]
+) -> Options:
+    return (("lr", draw(st.sampled_from(learning_rates))), *_draw_options(draw, options))
+
+
+@st.composite
+def _groups(draw: st.DrawFn, name: str) -> tuple[Options, ...]:
+    optimizer_class = probe().optimizers[name]
+    learning_rates = _LEARNING_RATES.get(name)
+    if learning_rates is None:
+        if name in _HYPERPARAMETERS:
+            learning_rates = _DEFAULT_LEARNING_RATES
+        else:
+            learning_rates = _default_learning_rates(optimizer_class)
+    if not learning_rates:
+        return ((),)
+    group = _group_options(learning_rates, _HYPERPARAMETERS.get(name, ()))
+    max_groups = 1 if name in _SINGLE_GROUP else min(_MAX_GROUPS, len(learning_rates))
+    return tuple(draw(st.lists(group, min_size=1, max_size=max_groups, unique_by=lambda g: g[0])))
+
+
+@st.composite
+def _flags(draw: st.DrawFn, name: str) -> Options:
+    runs = optimizer_flags_that_run(name)
+    implementations: list[Options] = [()]
+    if "foreach" in runs:
+        implementations += [(("foreach", False),), (("foreach", True),)]
+    if "fused" in runs:
+        implementations.append((("fused", True),))
+    flags = dict(draw(st.sampled_from(implementations)))
+    for flag in ("maximize", "decoupled_weight_decay", "capturable", "differentiable"):
+        if flag == "differentiable" and "fused" in flags:
+            continue
+        if flag in runs and draw(st.booleans()):
+            flags[flag] = True
+    return tuple(sorted(flags.items()))
+
+
+@st.composite
+def _optimizer_specs(draw: st.DrawFn, names: tuple[str, ...]) -> OptimizerSpec:
+    name = draw(st.sampled_from(names))
+    groups = draw(_groups(name))
+    flags = draw(_flags(name))
+    param_names = optimizer_param_names() and draw(st.booleans())
+    event(f"optimizer: {name}")
+    event(f"optimizer groups: {len(groups)}")
+    for flag, value in flags:
+        event(f"optimizer flag: {flag}={value}")
+    if param_names:
+        event("optimizer: param_names")
+    return OptimizerSpec(name=name, groups=groups, flags=flags, param_names=param_names)
+
+
+def optimizer_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[OptimizerSpec]:
+    """Specs of optimizers of the installed torch (every class in ``probe().optimizers``).
+
+    ``names`` narrows the choice to those optimizer classes. Each spec has one to three
+    parameter groups (``LBFGS``: one) with different learning rates and class-specific
+    hyperparameters (SGD momentum, nesterov and dampening; Adam/AdamW amsgrad; RMSprop
+    centered and momentum; weight decay; ...), flags that run on CPU here (foreach, fused,
+    maximize, decoupled_weight_decay, and capturable or differentiable where they run on
+    CPU leaf parameters), and ``param_names`` where optimizers support it.
+
+    Shrinks toward ``SGD``, fewer groups, each hyperparameter's default and no flags.
+    """
+    available = probe().optimizers
+    chosen = _check_names(names, available, "optimizer")
+    ordered = _ordered(chosen if chosen is not None else available, _OPTIMIZER_ORDER)
+    return _optimizer_specs(tuple(ordered))
+
+
+def _is_sparse_module(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.Embedding | torch.nn.EmbeddingBag) and module.sparse
+
+
+def _trainable_parameters(spec: OptimizerSpec, module: torch.nn.Module):
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    if spec.needs_sparse_gradients:
+        sparse = {
+            id(p)
+            for submodule in module.modules()
+            if _is_sparse_module(submodule)
+            for p in submodule.parameters(recurse=False)
+        }
+        named = [(name, p) for name, p in named if id(p) in sparse]
+        if not named:
+            raise ValueError(
+                f"{spec.name} trains only parameters with sparse gradients, and the module "
+                f"has no trainable nn.Embedding(sparse=True) or nn.EmbeddingBag(sparse=True)"
+            )
+    if spec.needs_matrix_params:
+        named = [(name, p) for name, p in named if p.dim() == 2]
+        if not named:
+            raise ValueError(
+                f"{spec.name} trains only 2-d parameters, and the module has no trainable "
+                f"2-d parameter (give it e.g. an nn.Linear)"
+            )
+    if not named:
+        raise ValueError(f"the module has no trainable parameter for {spec.name} to optimize")
+    return named
+
+
+def build_optimizer(spec: OptimizerSpec, module: torch.nn.Module) -> torch.optim.Optimizer:
+    """Build the optimizer ``spec`` describes over the trainable parameters of ``module``.
+
+    Parameters are taken in ``module.named_parameters()`` order (for ``SparseAdam`` only
+    those of sparse embeddings, for ``Muon`` only 2-d ones) and split into contiguous,
+    non-empty runs, one per group of ``spec``. When the module has fewer parameters than
+    ``spec`` has groups, only the first groups are used, one parameter each.
+
+    Raises ``ValueError`` when the installed torch lacks the class or ``param_names``, or
+    when the module has no parameter the optimizer can train.
+    """
+    if not isinstance(spec, OptimizerSpec):
+        raise TypeError(f"spec={spec!r} must be an OptimizerSpec")
+    optimizer_class = probe().optimizers.get(spec.name)
+    if optimizer_class is None:
+        raise ValueError(
+            f"the installed torch has no optimizer {spec.name!r}; it has "
+            f"{sorted(probe().optimizers)!r}"
+        )
+    if spec.param_names and not optimizer_param_names():
+        raise ValueError(
+            "the installed torch does not keep param_names in optimizer param groups; "
+            "use a spec with param_names=False"
+        )
+    named = _trainable_parameters(spec, module)
+    count = min(len(spec.groups), len(named))
+    members: list[list[tuple[str, torch.Tensor]]] = [[] for _ in range(count)]
+    for index, pair in enumerate(named):
+        members[index * count // len(named)].append(pair)
+    groups = []
+    for options, pairs in zip(spec.groups, members, strict=False):
+        params = pairs if spec.param_names else [p for _, p in pairs]
+        groups.append({"params": params, **dict(options)})
+    return optimizer_class(groups, **dict(spec.flags))
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    spec: OptimizerSpec,
+    compute_loss: Callable[[], torch.Tensor],
+) -> None:
+    """Take one optimizer step.
+
+    ``compute_loss()`` must zero the gradients, run the forward and backward passes and
+    return the loss. It is passed to ``step`` as the closure where the optimizer needs one
+    (``LBFGS``) and called once before a plain ``step()`` otherwise.
+    """
+    if spec.needs_closure:
+        optimizer.step(compute_loss)
+    else:
+        compute_loss()
+        optimizer.step()
+
+
+# ----------------------------------------------------------------------------------------
+# Learning-rate schedulers
+
+
+@dataclass(frozen=True)
+class ConstantFactor:
+    """A learning-rate factor that is ``value`` at every step."""
+
+    value: float
+
+    def __call__(self, step: int) -> float:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ExponentialFactor:
+    """A learning-rate factor of ``rate ** step``."""
+
+    rate: float
+
+    def __call__(self, step: int) -> float:
+        return self.rate**step
+
+
+@dataclass(frozen=True)
+class WarmupFactor:
+    """A learning-rate factor rising linearly from ``1 / steps`` to 1 over ``steps`` steps."""
+
+    steps: int
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.steps)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A plain description of a scheduler, from which :func:`build_scheduler` builds it.
+
+    Attributes:
+        name: the scheduler class, a key of ``probe().schedulers``.
+        options: constructor arguments besides the optimizer, as ``(name, value)`` pairs.
+            ``LambdaLR`` and ``MultiplicativeLR`` hold ``lr_lambda`` as a factor object
+            (:class:`ConstantFactor`, ...) or a tuple of them, one per group, repeated
+            over the groups; being objects of module-level classes, their attributes go
+            into the scheduler's ``state_dict``. ``cycle_momentum`` of ``CyclicLR`` and
+            ``OneCycleLR`` applies only where the optimizer has momentum.
+        children: for ``SequentialLR`` and ``ChainedScheduler``, the schedulers they hold.
+    """
+
+    name: str
+    options: Options = ()
+    children: tuple[SchedulerSpec, ...] = ()
+
+
+_SCHEDULER_OPTIONS: dict[str, tuple[_Option, ...]] = {
+    "StepLR": (_always("step_size", 1, 2, 3), _always("gamma", 0.1, 0.5)),
+    "ExponentialLR": (_always("gamma", 0.9, 0.5),),
+    "MultiStepLR": (_always("milestones", (1,), (1, 2), (2, 4)), _always("gamma", 0.1, 0.5)),
+    "ConstantLR": (_always("factor", 1 / 3, 0.5), _always("total_iters", 5, 2)),
+    "LinearLR": (
+        _always("start_factor", 1 / 3, 0.5),
+        _always("end_factor", 1.0, 0.5),
+        _always("total_iters", 5, 2),
+    ),
+    "LambdaLR": (
+        _always(
+            "lr_lambda",
+            ConstantFactor(1.0),
+            ExponentialFactor(0.9),
+            WarmupFactor(4),
+            (ExponentialFactor(0.9), WarmupFactor(4)),
+        ),
+    ),
+    "MultiplicativeLR": (
+        _always(
+            "lr_lambda",
+            ConstantFactor(0.9),
+            ExponentialFactor(0.99),
+            (ConstantFactor(0.9), ConstantFactor(0.5)),
+        ),
+    ),
+    "PolynomialLR": (_always("total_iters", 5, 2), _always("power", 1.0, 2.0)),
+    "CosineAnnealingLR": (_always("T_max", 10, 3), _always("eta_min", 0.0, 1e-4)),
+    "CosineAnnealingWarmRestarts": (
+        _always("T_0", 10, 2),
+        _always("T_mult", 1, 2),
+        _always("eta_min", 0.0, 1e-4),
+    ),
+    "ReduceLROnPlateau": (
+        _always("mode", "min", "max"),
+        _always("factor", 0.1, 0.5),
+        _always("patience", 10, 0, 1),
+        _always("threshold", 1e-4, 0.1),
+        _always("threshold_mode", "rel", "abs"),
+        _always("cooldown", 0, 1),
+        _always("min_lr", 0.0, 1e-5),
+    ),
+    "CyclicLR": (
+        _always("base_lr", 0.001, 0.01),
+        _always("max_lr", 0.1, 0.05),
+        _always("step_size_up", 4, 2),
+        _always("step_size_down", None, 3),
+        _always("mode", "triangular", "triangular2", "exp_range"),
+        ("gamma", (1.0, 0.9), lambda o: o["mode"] == "exp_range"),
+        _always("cycle_momentum", False, True),
+    ),
+    # OneCycleLR needs total_steps of at least the steps a test takes; 64 leaves room for
+    # any short resume scenario.
+    "OneCycleLR": (
+        _always("max_lr", 0.1, 0.01),
+        _always("total_steps", 64, 100),
+        _always("pct_start", 0.3, 0.1),
+        _always("anneal_strategy", "cos", "linear"),
+        _always("div_factor", 25.0, 10.0),
+        _always("final_div_factor", 1e4, 100.0),
+        _always("three_phase", False, True),
+        _always("cycle_momentum", False, True),
+    ),
+    "SWALR": (
+        _always("swa_lr", 0.05, 0.01),
+        _always("anneal_epochs", 10, 2),
+        _always("anneal_strategy", "cos", "linear"),
+    ),
+}
+
+#: Schedulers in the order :func:`scheduler_specs` prefers them; others follow by name.
+_SCHEDULER_ORDER = (
+    "StepLR",
+    "ExponentialLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "LambdaLR",
+    "MultiplicativeLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "ReduceLROnPlateau",
+    "CyclicLR",
+    "OneCycleLR",
+    "SWALR",
+    "SequentialLR",
+    "ChainedScheduler",
+)
+
+#: Schedulers that SequentialLR and ChainedScheduler hold: each steps without a metric and
+#: composes with the others.
+_CHAINABLE = (
+    "StepLR",
+    "ExponentialLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "LambdaLR",
+    "MultiplicativeLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+)
+
+_COMPOSITE = frozenset({"SequentialLR", "ChainedScheduler"})
+
+
+@st.composite
+def _leaf_scheduler_specs(draw: st.DrawFn, name: str) -> SchedulerSpec:
+    options = _draw_options(draw, _SCHEDULER_OPTIONS.get(name, ()))
+    return SchedulerSpec(name=name, options=options)
+
+
+@st.composite
+def _scheduler_specs(draw: st.DrawFn, names: tuple[str, ...]) -> SchedulerSpec:
+    name = draw(st.sampled_from(names))
+    event(f"scheduler: {name}")
+    if name not in _COMPOSITE:
+        return draw(_leaf_scheduler_specs(name))
+    chainable = [n for n in _CHAINABLE if n in probe().schedulers]
+    child_names = draw(
+        st.lists(
+            st.sampled_from(chainable), min_size=1 if name == "ChainedScheduler" else 2, max_size=3
+        )
+    )
+    children = tuple(draw(_leaf_scheduler_specs(n)) for n in child_names)
+    for child in children:
+        event(f"scheduler: {name} holding {child.name}")
+    options: Options = ()
+    if name == "SequentialLR":
+        gaps = draw(
+            st.lists(st.integers(1, 3), min_size=len(children) - 1, max_size=len(children) - 1)
+        )
+        milestones = tuple(sum(gaps[: i + 1]) for i in range(len(gaps)))
+        options = (("milestones", milestones),)
+    return SchedulerSpec(name=name, options=options, children=children)
+
+
+def scheduler_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[SchedulerSpec]:
+    """Specs of learning-rate schedulers of the installed torch (``probe().schedulers``).
+
+    ``names`` narrows the choice to those scheduler classes. Covers every scheduler,
+    including ``ReduceLROnPlateau``, ``CyclicLR``, ``OneCycleLR`` (with ``total_steps`` of
+    at least 64, so it can be stepped that often), ``SWALR``, and ``SequentialLR`` and
+    ``ChainedScheduler`` holding one to three simple schedulers. ``LambdaLR`` and
+    ``MultiplicativeLR`` get factor objects whose attributes their ``state_dict`` keeps.
+
+    Shrinks toward ``StepLR`` with its simplest arguments and toward fewer children.
+    """
+    available = probe().schedulers
+    chosen = _check_names(names, available, "scheduler")
+    ordered = _ordered(chosen if chosen is not None else available, _SCHEDULER_ORDER)
+    return _scheduler_specs(tuple(ordered))
+
+
+def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    return all(
+        "betas" in group or group.get("momentum", 0) != 0 for group in optimizer.param_groups
+    )
+
+
+def _factors(value: Any, groups: int) -> Any:
+    if isinstance(value, tuple):
+        return [dataclasses.replace(value[i % len(value)]) for i in range(groups)]
+    return dataclasses.replace(value)
+
+
+def _arguments(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    arguments = dict(spec.options)
+    if "lr_lambda" in arguments:
+        arguments["lr_lambda"] = _factors(arguments["lr_lambda"], len(optimizer.param_groups))
+    if "milestones" in arguments:
+        arguments["milestones"] = list(arguments["milestones"])
+    if arguments.get("cycle_momentum") and not _has_momentum(optimizer):
+        arguments["cycle_momentum"] = False
+    return arguments
+
+
+def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> Any:
+    """Build the scheduler ``spec`` describes, driving ``optimizer``.
+
+    Children of ``SequentialLR`` and ``ChainedScheduler`` are built first, in order, on the
+    same optimizer. ``cycle_momentum`` is turned off where some param group of
+    ``optimizer`` has neither ``betas`` nor a non-zero ``momentum``. Raises ``ValueError``
+    when the installed torch lacks the class.
+    """
+    if not isinstance(spec, SchedulerSpec):
+        raise TypeError(f"spec={spec!r} must be a SchedulerSpec")
+    scheduler_class = probe().schedulers.get(spec.name)
+    if scheduler_class is None:
+        raise ValueError(
+            f"the installed torch has no scheduler {spec.name!r}; it has "
+            f"{sorted(probe().schedulers)!r}"
+        )
+    arguments = _arguments(spec, optimizer)
+    if spec.name == "ChainedScheduler":
+        children = [build_scheduler(child, optimizer) for child in spec.children]
+        if probe().accepts(scheduler_class, "optimizer"):
+            return scheduler_class(children, optimizer=optimizer, **arguments)
+        return scheduler_class(children, **arguments)
+    if spec.name == "SequentialLR":
+        children = [build_scheduler(child, optimizer) for child in spec.children]
+        return scheduler_class(optimizer, children, **arguments)
+    return scheduler_class(optimizer, **arguments)
+
+
+def step_scheduler(scheduler: Any, metric: float) -> None:
+    """Step ``scheduler`` once: ``ReduceLROnPlateau`` is given ``metric``, others nothing."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(metric)
+    else:
+        scheduler.step()
+
+
+# ----------------------------------------------------------------------------------------
+# Gradient scalers
+
+
+@dataclass(frozen=True)
+class GradScalerSpec:
+    """The arguments of a CPU ``torch.amp.GradScaler``, for :func:`build_grad_scaler`."""
+
+    init_scale: float = 65536.0
+    growth_factor: float = 2.0
+    backoff_factor: float = 0.5
+    growth_interval: int = 2000
+    enabled: bool = True
+
+
+def grad_scaler_specs() -> st.SearchStrategy[GradScalerSpec]:
+    """Specs of CPU gradient scalers: scale, growth and backoff factors, growth interval.
+
+    Raises ``InvalidArgument`` where ``torch.amp.GradScaler("cpu")`` does not work on the
+    installed torch; ask ``harness.capabilities.cpu_grad_scaler()`` first. Shrinks toward
+    the defaults of ``GradScaler``.
+    """
+    if not cpu_grad_scaler():
+        raise InvalidArgument(
+            'torch.amp.GradScaler("cpu") does not work on the installed torch; check '
+            "harness.capabilities.cpu_grad_scaler() before drawing grad scaler specs"
+        )
+    return st.builds(
+        GradScalerSpec,
+        init_scale=st.sampled_from((65536.0, 256.0, 1.0)),
+        growth_factor=st.sampled_from((2.0, 1.5)),
+        backoff_factor=st.sampled_from((0.5, 0.25)),
+        growth_interval=st.sampled_from((2000, 1, 3)),
+        enabled=st.sampled_from((True, False)),
+    )
+
+
+def build_grad_scaler(spec: GradScalerSpec) -> Any:
+    """Build the CPU ``torch.amp.GradScaler`` that ``spec`` describes.
+
+    Raises ``ValueError`` where the installed torch has no working CPU grad scaler.
+    """
+    if not cpu_grad_scaler():
+        raise ValueError(
+            'torch.amp.GradScaler("cpu") does not work on the installed torch; check '
+            "harness.capabilities.cpu_grad_scaler() first"
+        )
+    return torch.amp.GradScaler("cpu", **dataclasses.asdict(spec))

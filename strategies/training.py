@@ -1,0 +1,141 @@
+"""Strategies for training states: a model, its optimizer and scheduler, trained a few steps.
+
+:func:`training_cases` draws a :class:`TrainingSpec` (model spec, optimizer spec, scheduler
+spec or None, number of steps) whose parts fit together by construction: a model with sparse
+gradients gets an optimizer that accepts them, Muon only a model with matrix parameters.
+A :class:`TrainingCase` builds a fresh :class:`harness.TrainingState` from its spec with any
+init seed and trains it one deterministic step at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from hypothesis import assume, event
+from hypothesis import strategies as st
+
+from harness.state import TrainingState
+from strategies.model_specs import ModelSpec, model_specs
+from strategies.models import ModelCase, build_model
+from strategies.optim import (
+    OptimizerSpec,
+    SchedulerSpec,
+    build_optimizer,
+    build_scheduler,
+    optimizer_specs,
+    optimizer_step,
+    scheduler_specs,
+    step_scheduler,
+)
+
+__all__ = ["TrainingCase", "TrainingSpec", "training_cases", "training_states"]
+
+# The optimizer made for sparse gradients (it trains only the sparse parameters). SGD and
+# Adagrad accept sparse gradients too, but not with weight decay and other options.
+_SPARSE_OPTIMIZERS = ("SparseAdam",)
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Plain data from which a training state is built and trained."""
+
+    model: ModelSpec
+    optimizer: OptimizerSpec
+    scheduler: SchedulerSpec | None
+    steps: int
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    """A training spec, and what is needed to build and train states from it."""
+
+    spec: TrainingSpec
+
+    @property
+    def steps(self) -> int:
+        """How many steps a state is trained before it is checkpointed."""
+        return self.spec.steps
+
+    @property
+    def has_dropout(self) -> bool:
+        return self.spec.model.has_dropout
+
+    @functools.cached_property
+    def _model(self) -> ModelCase:
+        """The example input and loss (built once; they do not depend on the init seed)."""
+        return build_model(self.spec.model, 0)
+
+    def build(self, init_seed: int) -> TrainingState:
+        """A fresh, untrained state: the model initialized from ``init_seed``."""
+        model = build_model(self.spec.model, init_seed).module
+        optimizer = build_optimizer(self.spec.optimizer, model)
+        scheduler = build_scheduler(self.spec.scheduler, optimizer) if self.spec.scheduler else None
+        return TrainingState(model=model, optimizer=optimizer, scheduler=scheduler)
+
+    def train_step(self, state: TrainingState) -> float:
+        """One training step on the example input; returns the loss before the step."""
+        case = self._model
+        state.model.train()
+        losses = []
+
+        def compute_loss() -> torch.Tensor:
+            state.optimizer.zero_grad()
+            loss = case.loss(state.model(*case.example_input))
+            loss.backward()
+            losses.append(loss.item())
+            return loss
+
+        optimizer_step(state.optimizer, self.spec.optimizer, compute_loss)
+        if state.scheduler is not None:
+            step_scheduler(state.scheduler, losses[0])
+        return losses[0]
+
+
+def _fits(optimizer: str, model: torch.nn.Module, spec: ModelSpec) -> bool:
+    if spec.has_sparse_gradients:
+        return optimizer in _SPARSE_OPTIMIZERS
+    if optimizer == "SparseAdam":
+        return False
+    if optimizer == "Muon":
+        return any(p.dim() == 2 for p in model.parameters() if p.requires_grad)
+    return True
+
+
+@st.composite
+def _training_specs(draw: st.DrawFn) -> TrainingSpec:
+    from harness.capabilities import probe
+
+    model_spec = draw(model_specs())
+    assume(not model_spec.has_uninitialized_parameters)
+    model = build_model(model_spec, 0).module
+    assume(any(p.requires_grad for p in model.parameters()))
+    names = [name for name in probe().optimizers if _fits(name, model, model_spec)]
+    optimizer = draw(optimizer_specs(names=names))
+    # LBFGS steps many times per step(); a scheduler on top adds nothing to check.
+    scheduler = draw(st.none() | scheduler_specs()) if not optimizer.needs_closure else None
+    steps = draw(st.integers(1, 3))
+    event(f"training: {optimizer.name} + {scheduler.name if scheduler else 'no scheduler'}")
+    return TrainingSpec(model_spec, optimizer, scheduler, steps)
+
+
+def training_cases() -> st.SearchStrategy[TrainingCase]:
+    """Training cases: a model, an optimizer that fits it, maybe a scheduler, 1 to 3 steps.
+
+    Shrinks toward the smallest model, SGD with one group, no scheduler and one step.
+    """
+    return _training_specs().map(TrainingCase)
+
+
+def training_states() -> st.SearchStrategy[TrainingState]:
+    """States trained for their case's number of steps, so optimizer and scheduler state is
+    not trivial."""
+    return training_cases().map(_trained)
+
+
+def _trained(case: TrainingCase) -> TrainingState:
+    state = case.build(0)
+    for _ in range(case.steps):
+        case.train_step(state)
+    return state

@@ -1,0 +1,299 @@
+"""Tests of strategies.optim: every drawn optimizer and scheduler builds, steps and keeps a
+state_dict that survives saving, every class of the installed torch is drawable, bad
+arguments are refused, and failures shrink to SGD with default flags."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from hypothesis import Phase, find, given, settings
+from hypothesis.errors import InvalidArgument
+
+from harness import assert_identical
+from harness.capabilities import (
+    cpu_grad_scaler,
+    optimizer_flags_that_run,
+    optimizer_param_names,
+    probe,
+)
+from strategies.optim import (
+    ConstantFactor,
+    ExponentialFactor,
+    OptimizerSpec,
+    SchedulerSpec,
+    build_grad_scaler,
+    build_optimizer,
+    build_scheduler,
+    grad_scaler_specs,
+    optimizer_specs,
+    optimizer_step,
+    scheduler_specs,
+    step_scheduler,
+)
+
+# Reachability only needs an example, not the smallest one: no shrinking.
+FIND = settings(database=None, derandomize=True, max_examples=200, phases=[Phase.generate])
+SHRINK = settings(database=None, derandomize=True, max_examples=200)
+STEPS = 3
+# SGD has no default learning rate on older torch.
+PLAIN_SGD = OptimizerSpec("SGD", groups=((("lr", 0.1),),))
+
+
+class Net(torch.nn.Module):
+    """Two linear layers (two 2-d parameters, two biases), plus two sparse embeddings."""
+
+    def __init__(self, sparse: bool = False) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.hidden = torch.nn.Linear(4, 4)
+        self.out = torch.nn.Linear(4, 2)
+        self.embeddings = (
+            torch.nn.ModuleList([torch.nn.Embedding(6, 4, sparse=True) for _ in range(2)])
+            if sparse
+            else None
+        )
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+        self.inputs = torch.randn(5, 4, generator=generator)
+        self.indices = torch.tensor([0, 2, 3, 3, 5])
+
+    def forward(self) -> torch.Tensor:
+        x = self.inputs
+        if self.embeddings is not None:
+            x = x + sum(embedding(self.indices) for embedding in self.embeddings)
+        return self.out(torch.tanh(self.hidden(x))).pow(2).mean()
+
+
+def make_module(spec: OptimizerSpec) -> Net:
+    return Net(sparse=spec.needs_sparse_gradients)
+
+
+def loss_function(module: Net, optimizer: torch.optim.Optimizer):
+    def compute_loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = module()
+        loss.backward()
+        return loss
+
+    return compute_loss
+
+
+def round_trip(value):
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    if probe().load_weights_only:
+        return torch.load(buffer, weights_only=True)
+    return torch.load(buffer)
+
+
+def train(spec: OptimizerSpec):
+    module = make_module(spec)
+    optimizer = build_optimizer(spec, module)
+    compute_loss = loss_function(module, optimizer)
+    for _ in range(STEPS):
+        optimizer_step(optimizer, spec, compute_loss)
+    return module, optimizer
+
+
+@given(optimizer_specs())
+def test_drawn_optimizers_build_step_and_keep_state(spec):
+    module, optimizer = train(spec)
+    groups = optimizer.param_groups
+    assert len(groups) == min(len(spec.groups), sum(len(g["params"]) for g in groups))
+    for group, options in zip(groups, spec.groups, strict=False):
+        assert group["params"], "an empty param group"
+        for name, value in options:
+            assert group[name] == value, (name, group[name], value)
+        for name, value in spec.flags:
+            assert group[name] == value, (name, group[name], value)
+        if spec.param_names:
+            assert len(group["param_names"]) == len(group["params"])
+    assert len({dict(options)["lr"] for options in spec.groups if options}) == len(spec.groups)
+    for p in module.parameters():
+        assert torch.isfinite(p).all()
+    if spec.keeps_state:
+        assert optimizer.state, f"{spec.name} kept no state after {STEPS} steps"
+        trained = {id(p) for group in groups for p in group["params"]}
+        assert all(id(p) in trained for p in optimizer.state)
+
+
+@given(optimizer_specs())
+def test_optimizer_state_dicts_survive_weights_only_load(spec):
+    _, optimizer = train(spec)
+    state_dict = optimizer.state_dict()
+    assert_identical(state_dict, round_trip(state_dict), name="optimizer_state_dict")
+
+
+@given(optimizer_specs(), scheduler_specs())
+def test_drawn_schedulers_build_step_and_survive_weights_only_load(optimizer_spec, spec):
+    module = make_module(optimizer_spec)
+    optimizer = build_optimizer(optimizer_spec, module)
+    scheduler = build_scheduler(spec, optimizer)
+    compute_loss = loss_function(module, optimizer)
+    for _ in range(STEPS):
+        optimizer_step(optimizer, optimizer_spec, compute_loss)
+        step_scheduler(scheduler, float(module().detach()))
+    for group in optimizer.param_groups:
+        assert math.isfinite(group["lr"]) and group["lr"] >= 0
+    state_dict = scheduler.state_dict()
+    assert state_dict
+    assert_identical(state_dict, round_trip(state_dict), name="scheduler_state_dict")
+
+
+@pytest.mark.parametrize("name", sorted(probe().optimizers))
+def test_every_optimizer_class_is_drawable(name):
+    spec = find(optimizer_specs(names=[name]), lambda s: True, settings=FIND)
+    assert spec.name == name
+    _, optimizer = train(spec)
+    assert type(optimizer) is probe().optimizers[name]
+
+
+@pytest.mark.parametrize("name", sorted(probe().schedulers))
+def test_every_scheduler_class_is_drawable(name):
+    spec = find(scheduler_specs(names=[name]), lambda s: True, settings=FIND)
+    assert spec.name == name
+    module = Net()
+    optimizer = build_optimizer(PLAIN_SGD, module)
+    scheduler = build_scheduler(spec, optimizer)
+    assert type(scheduler) is probe().schedulers[name]
+
+
+def test_two_group_failure_shrinks_to_sgd_with_default_flags():
+    spec = find(optimizer_specs(), lambda s: len(s.groups) == 2, settings=SHRINK)
+    assert spec.name == "SGD"
+    assert len(spec.groups) == 2
+    assert spec.flags == ()
+    assert not spec.param_names
+    assert [dict(group)["momentum"] for group in spec.groups] == [0.0, 0.0]
+
+
+FLAGS = [
+    (name, flag)
+    for name in sorted(probe().optimizers)
+    for flag in sorted(optimizer_flags_that_run(name))
+]
+
+
+@pytest.mark.parametrize(("name", "flag"), FLAGS)
+def test_every_flag_that_runs_is_drawable(name, flag):
+    spec = find(
+        optimizer_specs(names=[name]),
+        lambda s: dict(s.flags).get(flag) is True,
+        settings=FIND,
+    )
+    _, optimizer = train(spec)
+    assert all(group[flag] is True for group in optimizer.param_groups)
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [("SGD", "nesterov"), ("SGD", "dampening"), ("Adam", "amsgrad"), ("AdamW", "amsgrad")]
+    + [("RMSprop", "centered"), ("RMSprop", "momentum")],
+)
+def test_class_specific_options_are_drawable(name, option):
+    find(
+        optimizer_specs(names=[name]),
+        lambda s: any(dict(group)[option] for group in s.groups),
+        settings=FIND,
+    )
+
+
+@pytest.mark.skipif(not optimizer_param_names(), reason="no param_names in param groups here")
+def test_param_names_are_drawable():
+    spec = find(optimizer_specs(), lambda s: s.param_names, settings=FIND)
+    module = make_module(spec)
+    optimizer = build_optimizer(spec, module)
+    names = [n for g in optimizer.param_groups for n in g["param_names"]]
+    assert names == [n for n, _ in module.named_parameters()][: len(names)]
+
+
+def test_groups_merge_when_the_module_has_fewer_parameters():
+    spec = OptimizerSpec("SGD", groups=((("lr", 0.1),), (("lr", 0.2),), (("lr", 0.3),)))
+    optimizer = build_optimizer(spec, torch.nn.Linear(2, 2))
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.2]
+    assert [len(g["params"]) for g in optimizer.param_groups] == [1, 1]
+
+
+def test_groups_split_parameters_in_order():
+    spec = OptimizerSpec("SGD", groups=((("lr", 0.1),), (("lr", 0.2),)))
+    module = Net()
+    optimizer = build_optimizer(spec, module)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert params == list(module.parameters())
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "message"),
+    [
+        ("SparseAdam", torch.nn.Linear(2, 2), "sparse"),
+        ("Muon", torch.nn.LayerNorm(3), "2-d"),
+    ],
+)
+def test_modules_that_cannot_serve_a_spec_are_refused(name, module, message):
+    if name not in probe().optimizers:
+        pytest.skip(f"the installed torch has no {name}")
+    with pytest.raises(ValueError, match=message):
+        build_optimizer(OptimizerSpec(name), module)
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="no optimizer"):
+        build_optimizer(OptimizerSpec("NoSuchOptimizer"), torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("strategy", [optimizer_specs, scheduler_specs])
+@pytest.mark.parametrize("names", ["SGD", [1], ["NoSuchClass"], []])
+def test_bad_names_are_refused(strategy, names):
+    with pytest.raises(InvalidArgument):
+        strategy(names=names)
+
+
+def test_cyclic_momentum_is_off_without_momentum():
+    spec = SchedulerSpec(
+        "CyclicLR", (("base_lr", 0.001), ("max_lr", 0.1), ("cycle_momentum", True))
+    )
+    module = Net()
+    without = build_scheduler(spec, build_optimizer(OptimizerSpec("Adagrad"), module))
+    assert not without.cycle_momentum
+    with_momentum = build_scheduler(spec, build_optimizer(OptimizerSpec("Adam"), module))
+    assert with_momentum.cycle_momentum
+
+
+def test_lambda_factors_are_kept_in_the_state_dict():
+    optimizer = build_optimizer(
+        OptimizerSpec("SGD", groups=((("lr", 0.1),), (("lr", 0.2),))), Net()
+    )
+    spec = SchedulerSpec(
+        "LambdaLR", (("lr_lambda", (ExponentialFactor(0.9), ConstantFactor(0.5))),)
+    )
+    scheduler = build_scheduler(spec, optimizer)
+    assert scheduler.state_dict()["lr_lambdas"] == [{"rate": 0.9}, {"value": 0.5}]
+    assert spec.options[0][1][0].rate == 0.9
+
+
+@pytest.mark.skipif(not cpu_grad_scaler(), reason='torch.amp.GradScaler("cpu") does not work')
+@given(grad_scaler_specs())
+def test_grad_scalers_step_and_survive_weights_only_load(spec):
+    module = Net()
+    optimizer = build_optimizer(PLAIN_SGD, module)
+    scaler = build_grad_scaler(spec)
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        scaler.scale(module()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    assert scaler.is_enabled() == spec.enabled
+    state_dict = scaler.state_dict()
+    assert_identical(state_dict, round_trip(state_dict), name="scaler_state_dict")
+
+
+@pytest.mark.skipif(cpu_grad_scaler(), reason='torch.amp.GradScaler("cpu") works here')
+def test_grad_scaler_specs_are_refused_without_cpu_support():
+    with pytest.raises(InvalidArgument, match="cpu_grad_scaler"):
+        grad_scaler_specs()
