@@ -105,7 +105,9 @@ class Report:
                     lines += ["", f"Reproduce: `{r.reproduction}`"]
             if r.observations:
                 lines += ["", "Observed:"]
-                lines += [f"- {text} ({count} examples)" for text, count in r.observations.items()]
+                # Findings first, then the rest in order, so related lines stand together.
+                ordered = sorted(r.observations, key=lambda t: (not t.startswith("finding"), t))
+                lines += [f"- {text} ({r.observations[text]} examples)" for text in ordered]
         return "\n".join(lines) + "\n"
 
     def write(self, directory: str | Path) -> tuple[Path, Path]:

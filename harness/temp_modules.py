@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import itertools
 import sys
 import tempfile
@@ -57,6 +58,9 @@ class TemporaryModule:
 
     def _forget(self) -> None:
         sys.modules.pop(self.name, None)
+        # Bytecode is cached by source mtime and size: a rewrite within the same second that
+        # keeps the size (e.g. renaming "layers" to "blocks") would import the old code.
+        Path(importlib.util.cache_from_source(str(self.path))).unlink(missing_ok=True)
         importlib.invalidate_caches()
 
 
