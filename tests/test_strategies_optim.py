@@ -129,7 +129,12 @@ def test_optimizer_state_dicts_survive_weights_only_load(spec):
     assert_identical(state_dict, round_trip(state_dict), name="optimizer_state_dict")
 
 
-@given(optimizer_specs(), scheduler_specs())
+# LBFGS's strong Wolfe line search divides by the learning rate, which a scheduler such as
+# PolynomialLR brings to zero; training cases never pair LBFGS with a scheduler either.
+WITHOUT_LBFGS = [name for name in probe().optimizers if name != "LBFGS"]
+
+
+@given(optimizer_specs(names=WITHOUT_LBFGS), scheduler_specs())
 def test_drawn_schedulers_build_step_and_survive_weights_only_load(optimizer_spec, spec):
     module = make_module(optimizer_spec)
     optimizer = build_optimizer(optimizer_spec, module)
