@@ -81,6 +81,7 @@ def run_invariant(
         observations.update(set(seen))
 
     started = time.perf_counter()
+    failure: Exception | None = None
     try:
         # One failure, shrunk, per invariant: the report shows the first promise broken.
         property_ = settings(settings_ or settings.default, report_multiple_bugs=False)(
@@ -90,23 +91,16 @@ def run_invariant(
             property_ = seed(random_seed)(property_)
         property_()
     except Exception as error:  # the invariant failed; report it and go on with the next
-        return InvariantResult(
-            name=invariant.name,
-            description=invariant.description,
-            examples=examples,
-            passed=False,
-            seconds=time.perf_counter() - started,
-            message=_first_lines(error),
-            minimal_example=last_failure[0] if last_failure else None,
-            reproduction=reproduction,
-            observations=dict(observations),
-        )
+        failure = error
     return InvariantResult(
         name=invariant.name,
         description=invariant.description,
         examples=examples,
-        passed=True,
+        passed=failure is None,
         seconds=time.perf_counter() - started,
+        message=_first_lines(failure) if failure else None,
+        minimal_example=last_failure[0] if failure and last_failure else None,
+        reproduction=reproduction if failure else None,
         observations=dict(observations),
     )
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from hypothesis import event
 from hypothesis import strategies as st
-from hypothesis.errors import InvalidArgument
 
 from harness.capabilities import probe, weight_parametrizations
+from strategies._arguments import check_names, collection_argument
 
 __all__ = [
     "FAMILIES",
@@ -729,25 +729,12 @@ def _inputs(draw, kind: str, first: str) -> _Stream:
 
 def _check_families(families: Iterable[str] | None) -> tuple[str, ...]:
     available = available_families()
-    if families is None:
+    chosen = collection_argument(
+        families, name="families", item_type=str, example="['linear', 'conv2d']"
+    )
+    if chosen is None:
         return available
-    if isinstance(families, str | bytes) or not isinstance(families, Iterable):
-        raise InvalidArgument(
-            f"families={families!r} must be None or a collection of family names, "
-            f"e.g. families=['linear', 'conv2d']"
-        )
-    chosen = set(families)
-    unknown = sorted(name for name in chosen if name not in FAMILIES)
-    if unknown:
-        raise InvalidArgument(f"families names {unknown!r}; the known families are {FAMILIES!r}")
-    missing = sorted(chosen - set(available))
-    if missing:
-        raise InvalidArgument(
-            f"families={sorted(chosen)!r} names {missing!r}, which the installed torch cannot "
-            f"build; available_families() lists those it can"
-        )
-    if not chosen:
-        raise InvalidArgument("families=[] leaves nothing to draw; pass None for every family")
+    check_names(chosen, name="families", known=FAMILIES, available=available)
     return tuple(name for name in FAMILIES if name in chosen)
 
 

@@ -31,6 +31,7 @@ from harness.capabilities import (
     optimizer_param_names,
     probe,
 )
+from strategies._arguments import check_names, collection_argument
 
 __all__ = [
     "ConstantFactor",
@@ -203,26 +204,12 @@ _SINGLE_GROUP = frozenset({"LBFGS"})
 _MAX_GROUPS = 3
 
 
-def _check_names(names: object, available: dict[str, type], kind: str) -> tuple[str, ...] | None:
-    if names is None:
-        return None
-    if isinstance(names, str | bytes) or not isinstance(names, Iterable):
-        raise InvalidArgument(
-            f"names={names!r} must be None or a collection of {kind} class names, "
-            f"e.g. names=[{next(iter(available))!r}]"
-        )
-    chosen = tuple(names)
-    for name in chosen:
-        if not isinstance(name, str):
-            raise InvalidArgument(f"names holds {name!r}, which is not a class name (a str)")
-    missing = [name for name in chosen if name not in available]
-    if missing:
-        raise InvalidArgument(
-            f"names={list(chosen)!r} names {missing!r}, which the installed torch does not "
-            f"have; it has {sorted(available)!r}"
-        )
-    if not chosen:
-        raise InvalidArgument(f"names=[] leaves no {kind} to draw")
+def _check_class_names(
+    names: object, available: dict[str, type], kind: str
+) -> tuple[str, ...] | None:
+    chosen = collection_argument(names, name="names", item_type=str, example="['SGD']")
+    if chosen is not None:
+        check_names(chosen, name=f"names ({kind} classes)", known=available, available=available)
     return chosen
 
 
@@ -320,7 +307,7 @@ def optimizer_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[Opt
     Shrinks toward ``SGD``, fewer groups, each hyperparameter's default and no flags.
     """
     available = probe().optimizers
-    chosen = _check_names(names, available, "optimizer")
+    chosen = _check_class_names(names, available, "optimizer")
     ordered = _ordered(chosen if chosen is not None else available, _OPTIMIZER_ORDER)
     return _optimizer_specs(tuple(ordered))
 
@@ -615,7 +602,7 @@ def scheduler_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[Sch
     Shrinks toward ``StepLR`` with its simplest arguments and toward fewer children.
     """
     available = probe().schedulers
-    chosen = _check_names(names, available, "scheduler")
+    chosen = _check_class_names(names, available, "scheduler")
     ordered = _ordered(chosen if chosen is not None else available, _SCHEDULER_ORDER)
     return _scheduler_specs(tuple(ordered))
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from harness.capabilities import probe
+from strategies._arguments import collection_argument
 
 __all__ = [
     "LAYOUTS",
@@ -140,21 +141,6 @@ def build_tensor(spec: TensorSpec) -> torch.Tensor:
     return base
 
 
-def _check_dtype_list(argument: object, name: str) -> tuple[torch.dtype, ...] | None:
-    if argument is None:
-        return None
-    if isinstance(argument, torch.dtype | str | bytes) or not isinstance(argument, Iterable):
-        raise InvalidArgument(
-            f"{name}={argument!r} must be None or a collection of torch.dtype, e.g. "
-            f"{name}=[torch.float32]"
-        )
-    values = tuple(argument)
-    for value in values:
-        if not isinstance(value, torch.dtype):
-            raise InvalidArgument(f"{name} holds {value!r}, which is not a torch.dtype")
-    return values
-
-
 def dtypes(
     include: Iterable[torch.dtype] | None = None,
     exclude: Iterable[torch.dtype] | None = None,
@@ -166,8 +152,15 @@ def dtypes(
     toward the simplest, ``torch.float32``.
     """
     supported = probe().dtypes
-    included = _check_dtype_list(include, "include")
-    excluded = _check_dtype_list(exclude, "exclude") or ()
+    included = collection_argument(
+        include, name="include", item_type=torch.dtype, example="[torch.float32]"
+    )
+    excluded = (
+        collection_argument(
+            exclude, name="exclude", item_type=torch.dtype, example="[torch.float32]"
+        )
+        or ()
+    )
     if included is not None:
         missing = [d for d in included if d not in supported]
         if missing:

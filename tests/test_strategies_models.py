@@ -280,7 +280,7 @@ def test_parametrized_models_say_they_cannot_be_pickled_whole() -> None:
 
 @pytest.mark.parametrize(
     "families, message",
-    [("linear", "collection"), (["convolution"], "known families"), ([], "nothing")],
+    [("linear", "collection"), (["convolution"], "known names"), ([], "nothing")],
 )
 def test_bad_families_are_refused(families, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
