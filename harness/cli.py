@@ -153,6 +153,11 @@ def _finish(report, out: str | None) -> int:
     """Print the table and every failure, write the report files, return the exit code."""
     print()
     print(report.table())
+    findings = report.findings()
+    if findings:
+        print(f"\n{len(findings)} finding(s): places where torch breaks a promise users rely on")
+        for name, text in findings:
+            print(f"  [{name}] {text.removeprefix('finding: ')}")
     for failure in report.failures:
         print(f"\n{failure.name} FAILED:\n{failure.message}")
         if failure.minimal_example:

@@ -57,6 +57,15 @@ class Report:
         """The invariants that did not hold."""
         return [result for result in self.results if not result.passed]
 
+    def findings(self) -> list[tuple[str, str]]:
+        """(invariant, text) for every observation marked as a finding."""
+        return [
+            (r.name, text)
+            for r in self.results
+            for text in sorted(r.observations)
+            if text.startswith("finding:")
+        ]
+
     def table(self) -> str:
         """A plain-text table: invariant, examples tried, passed/failed, time."""
         rows = [("invariant", "examples", "result", "time")]

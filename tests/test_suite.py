@@ -79,3 +79,12 @@ def test_an_invariant_that_cannot_start_is_reported_and_the_rest_run():
     report = run_suite([broken, HOLDS], profile="ci")
     assert [r.passed for r in report.results] == [False, True]
     assert report.results[0].message == "ImportError: no module named strategies.missing"
+
+
+def test_findings_are_listed_apart():
+    def finds(value: int):
+        yield "finding: torch drops the sign" if value == 0 else "ordinary"
+
+    report = run_suite([Invariant("finds", "d", lambda: st.integers(0, 3), finds)], profile="ci")
+    assert report.ok
+    assert report.findings() == [("finds", "finding: torch drops the sign")]
