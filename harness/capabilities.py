@@ -19,9 +19,11 @@ import torch
 __all__ = [
     "Capabilities",
     "cpu_grad_scaler",
+    "cyclic_lr_cycles_betas",
     "optimizer_flags_that_run",
     "optimizer_param_names",
     "probe",
+    "tensor_storage",
     "torch_version",
     "weight_parametrizations",
     "weights_only_loadable_types",
@@ -52,6 +54,13 @@ _DTYPE_NAMES = (
     "float8_e5m2fnuz",
     "float8_e8m0fnu",
 )
+
+
+def tensor_storage(tensor: torch.Tensor):
+    """The storage under ``tensor``, untyped where torch has untyped storages (2.0 on)."""
+    if hasattr(tensor, "untyped_storage"):
+        return tensor.untyped_storage()
+    return tensor.storage()  # torch 1.13: a TypedStorage, with the same nbytes/data_ptr
 
 
 def torch_version() -> str:
@@ -333,3 +342,16 @@ def weight_parametrizations() -> tuple[str, ...]:
         return ()
     names = ("weight_norm", "spectral_norm", "orthogonal")
     return tuple(name for name in names if callable(getattr(parametrizations, name, None)))
+
+
+@functools.cache
+def cyclic_lr_cycles_betas() -> bool:
+    """Whether ``CyclicLR(cycle_momentum=True)`` accepts an optimizer with ``betas`` (Adam)."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    try:
+        torch.optim.lr_scheduler.CyclicLR(
+            torch.optim.Adam([parameter]), base_lr=0.001, max_lr=0.01, cycle_momentum=True
+        )
+    except ValueError:
+        return False
+    return True

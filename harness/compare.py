@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from harness.capabilities import tensor_storage
+
 __all__ = ["assert_identical"]
 
 # How many mismatched elements a message quotes before it summarises the rest.
@@ -174,7 +176,7 @@ class _Walk:
         if expected.device.type == "meta":
             return  # meta tensors have no contents
         _compare_bits(expected, actual, path)
-        if expected.untyped_storage().nbytes() > 0:
+        if tensor_storage(expected).nbytes() > 0:
             self.storage_users.append((path, expected, actual))
 
     def _compare_quantized(self, expected: torch.Tensor, actual: torch.Tensor, path: str) -> None:
@@ -213,7 +215,7 @@ def _storage_groups(tensors) -> list[int]:
     """For each tensor, the index of the first tensor that uses the same storage."""
     first_user: dict[tuple[str, int], int] = {}
     return [
-        first_user.setdefault((str(t.device), t.untyped_storage().data_ptr()), index)
+        first_user.setdefault((str(t.device), tensor_storage(t).data_ptr()), index)
         for index, t in enumerate(tensors)
     ]
 
@@ -231,7 +233,7 @@ _TENSOR_METADATA = (
 _STRIDED_METADATA = (
     ("stride", lambda t: t.stride()),
     ("storage_offset", lambda t: t.storage_offset()),
-    ("storage size in bytes", lambda t: t.untyped_storage().nbytes()),
+    ("storage size in bytes", lambda t: tensor_storage(t).nbytes()),
 )
 
 _COMPRESSED_PARTS = {

@@ -487,3 +487,7 @@ INVARIANTS: list[Invariant] = [
     ),
 ]
 INVARIANTS += _training_checkpoint_invariants()
+
+from harness.safety import safety_invariants  # noqa: E402
+
+INVARIANTS += safety_invariants()

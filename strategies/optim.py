@@ -27,6 +27,7 @@ from hypothesis.errors import InvalidArgument
 
 from harness.capabilities import (
     cpu_grad_scaler,
+    cyclic_lr_cycles_betas,
     optimizer_flags_that_run,
     optimizer_param_names,
     probe,
@@ -608,8 +609,11 @@ def scheduler_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[Sch
 
 
 def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether CyclicLR can cycle this optimizer's momentum (or betas, where torch allows)."""
+    cycles_betas = cyclic_lr_cycles_betas()
     return all(
-        "betas" in group or group.get("momentum", 0) != 0 for group in optimizer.param_groups
+        ("betas" in group and cycles_betas) or group.get("momentum", 0) != 0
+        for group in optimizer.param_groups
     )
 
 

@@ -1,23 +1,60 @@
-"""Strategies for hostile checkpoints: files whose unpickling would run code.
+"""Strategies for hostile and malformed checkpoints.
 
 Every payload's only effect, should a loader run it, is to create a sentinel file at a path
 the caller chooses; nothing is destructive and nothing touches the network. A payload is
 plain data (:class:`HostilePayload`, an attack class name) and writes a real torch zip
-checkpoint that otherwise looks like a training checkpoint.
+checkpoint that otherwise looks like a training checkpoint. Allocation bombs
+(:data:`BOMB_CLASSES`) create no sentinel: they declare far more memory than the file holds.
+A :class:`Corruption` names one way of damaging a valid checkpoint (truncating it, flipping a
+byte, resizing a storage record) and applies it to the bytes torch wrote.
+
+Attack classes, simplest first:
+
+- ``reduce_*``: an object whose ``__reduce__`` calls ``open``, ``eval``, ``exec``,
+  ``os.system``, ``subprocess.call``, ``runpy.run_path`` or ``importlib.import_module``.
+- ``getattr_chain``: ``getattr(operator.getitem(sys.modules, "builtins"), "exec")``, so that
+  no dangerous name appears as a global.
+- ``stack_global``: ``builtins.exec`` looked up with the protocol-4 ``STACK_GLOBAL`` opcode
+  inside a protocol-2 stream.
+- ``inst_os_system``, ``obj_exec``, ``newobj_build_setstate``: the ``INST``, ``OBJ`` and
+  ``NEWOBJ`` + ``BUILD`` opcodes (the last with a class whose ``__setstate__`` acts).
+- ``persistent_id``: a persistent id that is not a storage and carries a payload.
+- ``nested_torch_load``: a call of ``torch.load(weights_only=False)`` on a second, embedded
+  hostile checkpoint.
+- ``numpy_object_array``: a numpy array of dtype object holding a payload.
+- ``torchscript_archive``: a ``torch.jit.save`` archive whose ``__setstate__`` (TorchScript)
+  creates the sentinel with ``torch.from_file(..., shared=True)``.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
+import io
 import os
+import struct
 import subprocess
+import warnings
+import zipfile
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hypothesis import event
 from hypothesis import strategies as st
 
-__all__ = ["ATTACK_CLASSES", "HostilePayload", "hostile_payloads"]
+__all__ = [
+    "ATTACK_CLASSES",
+    "BOMB_CLASSES",
+    "CORRUPTION_KINDS",
+    "Corruption",
+    "HostilePayload",
+    "allocation_bombs",
+    "corruptions",
+    "hostile_files",
+    "hostile_payloads",
+    "valid_checkpoint_bytes",
+]
 
 
 class _Call:
@@ -31,43 +68,433 @@ class _Call:
         return self.function, self.arguments
 
 
+class SetStateSentinel:
+    """A class whose ``__setstate__`` creates the file named by its state: the stand-in for
+    a library class with side effects on unpickling, reached through ``NEWOBJ`` + ``BUILD``."""
+
+    def __setstate__(self, state: str) -> None:
+        open(state, "w").close()
+
+
 def _creates(sentinel: str) -> str:
     return f"open({sentinel!r}, 'w').close()"
 
 
-# Simplest first. Each entry builds the object whose unpickling creates the sentinel.
+# A tiny expression language for hand-written pickles: each node pushes exactly one object.
+@dataclass(frozen=True)
+class _Global:
+    module: str
+    name: str
+
+
+@dataclass(frozen=True)
+class _StackGlobal:
+    module: str
+    name: str
+
+
+@dataclass(frozen=True)
+class _Apply:
+    function: Any
+    arguments: tuple
+
+
+@dataclass(frozen=True)
+class _Opcode:
+    """Raw opcodes that push one object (INST, OBJ, NEWOBJ + BUILD, BINPERSID)."""
+
+    parts: tuple
+
+
+def _unicode(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _emit(node: Any) -> bytes:
+    if isinstance(node, bytes):
+        return b"B" + struct.pack("<I", len(node)) + node
+    if isinstance(node, str):
+        return _unicode(node)
+    if isinstance(node, bool):
+        return b"\x88" if node else b"\x89"
+    if isinstance(node, int):
+        if -(2**31) <= node < 2**31:
+            return b"J" + struct.pack("<i", node)
+        data = node.to_bytes((node.bit_length() + 8) // 8, "little", signed=True)
+        return b"\x8a" + bytes([len(data)]) + data
+    if isinstance(node, tuple):
+        return b"(" + b"".join(_emit(item) for item in node) + b"t"
+    if isinstance(node, _Global):
+        return b"c" + f"{node.module}\n{node.name}\n".encode()
+    if isinstance(node, _StackGlobal):
+        return _unicode(node.module) + _unicode(node.name) + b"\x93"
+    if isinstance(node, _Apply):
+        return _emit(node.function) + _emit(node.arguments) + b"R"
+    if isinstance(node, _Opcode):
+        return b"".join(part if isinstance(part, bytes) else _emit(part) for part in node.parts)
+    raise TypeError(f"cannot emit {node!r}")
+
+
+_MARKER = "@@payload-goes-here@@"
+
+
+def _checkpoint(payload: Any) -> dict:
+    return {
+        "epoch": 1,
+        "model_state_dict": {"weight": torch.zeros(2, 2)},
+        "model_config": payload,
+    }
+
+
+def _rewrite_zip(data: bytes, replace: dict[str, bytes]) -> bytes:
+    """The zip ``data`` with the records whose names end with a key of ``replace`` replaced."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            content = source.read(info.filename)
+            for suffix, new in replace.items():
+                if info.filename.endswith("/" + suffix):
+                    content = new
+            target.writestr(info.filename, content)
+    return out.getvalue()
+
+
+def _spliced(node: Any) -> bytes:
+    """A checkpoint whose ``model_config`` entry is the hand-written pickle of ``node``."""
+    buffer = io.BytesIO()
+    torch.save(_checkpoint(_MARKER), buffer)
+    data = buffer.getvalue()
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    pickle_name = next(name for name in names if name.endswith("/data.pkl"))
+    pickled = zipfile.ZipFile(io.BytesIO(data)).read(pickle_name)
+    pickled = pickled.replace(_unicode(_MARKER), _emit(node), 1)
+    return _rewrite_zip(data, {"data.pkl": pickled})
+
+
+def _saved(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _exec_call(code: str) -> _Apply:
+    return _Apply(_Global("builtins", "exec"), (code,))
+
+
+def _runpy_script(sentinel: str) -> str:
+    return sentinel + ".script.py"
+
+
+def _reduce_run_path(sentinel: str) -> bytes:
+    import runpy
+
+    return _saved(_checkpoint(_Call(runpy.run_path, _runpy_script(sentinel))))
+
+
+def _reduce_import_module(sentinel: str) -> bytes:
+    system = _Apply(
+        _Global("builtins", "getattr"),
+        (_Apply(_Global("importlib", "import_module"), ("os",)), "system"),
+    )
+    return _spliced(_Apply(system, (f"touch '{sentinel}'",)))
+
+
+def _getattr_chain(sentinel: str) -> bytes:
+    module = _Apply(_Global("operator", "getitem"), (_Global("sys", "modules"), "builtins"))
+    exec_ = _Apply(_Global("builtins", "getattr"), (module, "exec"))
+    return _spliced(_Apply(exec_, (_creates(sentinel),)))
+
+
+def _stack_global(sentinel: str) -> bytes:
+    return _spliced(_Apply(_StackGlobal("builtins", "exec"), (_creates(sentinel),)))
+
+
+def _inst_os_system(sentinel: str) -> bytes:
+    return _spliced(_Opcode((b"(", f"touch '{sentinel}'", b"ios\nsystem\n")))
+
+
+def _obj_exec(sentinel: str) -> bytes:
+    return _spliced(_Opcode((b"(", _Global("builtins", "exec"), _creates(sentinel), b"o")))
+
+
+def _newobj_build_setstate(sentinel: str) -> bytes:
+    cls = _Global(SetStateSentinel.__module__, SetStateSentinel.__qualname__)
+    return _spliced(_Opcode((cls, (), b"\x81", sentinel, b"b")))
+
+
+def _persistent_id(sentinel: str) -> bytes:
+    return _spliced(_Opcode(((_exec_call(_creates(sentinel)), "module", "0"), b"Q")))
+
+
+def _nested_torch_load(sentinel: str) -> bytes:
+    inner = _saved(_checkpoint(_Call(builtins.open, sentinel, "w")))
+    load = functools.partial(torch.load, weights_only=False)
+    return _saved(_checkpoint(_Call(load, _Call(io.BytesIO, inner))))
+
+
+def _numpy_object_array(sentinel: str) -> bytes:
+    import numpy
+
+    array = numpy.empty(2, dtype=object)
+    array[0] = _Call(builtins.open, sentinel, "w")
+    array[1] = 0
+    return _saved(_checkpoint(array))
+
+
+class _ScriptedSetState(torch.nn.Module):
+    """A module whose TorchScript ``__setstate__`` creates the file named by ``path``."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.mapped = torch.zeros(1, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.path, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.path = state[0]
+        self.training = state[1]
+        # Kept in an attribute: TorchScript drops an unused call as dead code.
+        self.mapped = torch.from_file(self.path, shared=True, size=1, dtype=torch.uint8)
+
+
+def _torchscript_archive(sentinel: str) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in 2.x
+        torch.jit.save(torch.jit.script(_ScriptedSetState(sentinel)), buffer)
+    return buffer.getvalue()
+
+
+def _reduce(build):
+    return lambda sentinel: _saved(_checkpoint(build(sentinel)))
+
+
+# Simplest first. Each entry builds the bytes of a checkpoint whose loading creates the
+# sentinel when its code runs.
 _ATTACKS = {
-    "reduce_open": lambda sentinel: _Call(builtins.open, sentinel, "w"),
-    "reduce_eval": lambda sentinel: _Call(builtins.eval, _creates(sentinel)),
-    "reduce_exec": lambda sentinel: _Call(builtins.exec, _creates(sentinel)),
-    "reduce_os_system": lambda sentinel: _Call(os.system, f"touch '{sentinel}'"),
-    "reduce_subprocess": lambda sentinel: _Call(subprocess.call, ["touch", sentinel]),
+    "reduce_open": _reduce(lambda sentinel: _Call(builtins.open, sentinel, "w")),
+    "reduce_eval": _reduce(lambda sentinel: _Call(builtins.eval, _creates(sentinel))),
+    "reduce_exec": _reduce(lambda sentinel: _Call(builtins.exec, _creates(sentinel))),
+    "reduce_os_system": _reduce(lambda sentinel: _Call(os.system, f"touch '{sentinel}'")),
+    "reduce_subprocess": _reduce(lambda sentinel: _Call(subprocess.call, ["touch", sentinel])),
+    "reduce_runpy_run_path": _reduce_run_path,
+    "reduce_import_module": _reduce_import_module,
+    "getattr_chain": _getattr_chain,
+    "stack_global": _stack_global,
+    "inst_os_system": _inst_os_system,
+    "obj_exec": _obj_exec,
+    "newobj_build_setstate": _newobj_build_setstate,
+    "persistent_id": _persistent_id,
+    "nested_torch_load": _nested_torch_load,
+    "numpy_object_array": _numpy_object_array,
+    "torchscript_archive": _torchscript_archive,
 }
 ATTACK_CLASSES = tuple(_ATTACKS)
+
+# 2**38 float32 elements: a terabyte declared by a file of a few hundred bytes.
+_BOMB_ELEMENTS = 2**38
+
+
+def _zeros_bomb(sentinel: str) -> bytes:
+    return _saved(_checkpoint(_Call(torch.zeros, _BOMB_ELEMENTS)))
+
+
+def _storage_size_bomb(sentinel: str) -> bytes:
+    storage = _Opcode(
+        (("storage", _Global("torch", "FloatStorage"), "0", "cpu", _BOMB_ELEMENTS), b"Q")
+    )
+    ordered = _Apply(_Global("collections", "OrderedDict"), ())
+    arguments = (storage, 0, (_BOMB_ELEMENTS,), (1,), False, ordered)
+    return _spliced(_Apply(_Global("torch._utils", "_rebuild_tensor_v2"), arguments))
+
+
+def _tensor_shape_bomb(sentinel: str) -> bytes:
+    storage = _Opcode((("storage", _Global("torch", "FloatStorage"), "0", "cpu", 4), b"Q"))
+    ordered = _Apply(_Global("collections", "OrderedDict"), ())
+    shape = (2**20, 2**20, 2**20)
+    arguments = (storage, 0, shape, (2**40, 2**20, 1), False, ordered)
+    return _spliced(_Apply(_Global("torch._utils", "_rebuild_tensor_v2"), arguments))
+
+
+_BOMBS = {
+    "zeros_bomb": _zeros_bomb,
+    "storage_size_bomb": _storage_size_bomb,
+    "tensor_shape_bomb": _tensor_shape_bomb,
+}
+BOMB_CLASSES = tuple(_BOMBS)
 
 
 @dataclass(frozen=True)
 class HostilePayload:
-    """One attack class; :meth:`write` puts it inside a checkpoint."""
+    """One attack class (a name in :data:`ATTACK_CLASSES` or :data:`BOMB_CLASSES`);
+    :meth:`write` puts it inside a checkpoint."""
 
     attack: str
 
+    @property
+    def creates_sentinel(self) -> bool:
+        """Whether running the payload creates the sentinel (false for allocation bombs)."""
+        return self.attack in _ATTACKS
+
     def write(self, path: str | os.PathLike, sentinel: str | os.PathLike) -> None:
-        """Write a torch checkpoint at ``path`` whose unpickling creates ``sentinel``."""
-        payload = _ATTACKS[self.attack](os.fspath(sentinel))
-        checkpoint = {
-            "epoch": 1,
-            "model_state_dict": {"weight": torch.zeros(2, 2)},
-            "model_config": payload,
-        }
-        torch.save(checkpoint, path)
+        """Write a torch checkpoint at ``path`` whose unpickling creates ``sentinel``.
+
+        ``reduce_runpy_run_path`` also writes the script it runs, next to ``sentinel``.
+        """
+        sentinel = os.fspath(sentinel)
+        if self.attack == "reduce_runpy_run_path":
+            with open(_runpy_script(sentinel), "w") as script:
+                script.write(_creates(sentinel) + "\n")
+        build = _ATTACKS.get(self.attack) or _BOMBS[self.attack]
+        with open(path, "wb") as file:
+            file.write(build(sentinel))
 
 
 def hostile_payloads() -> st.SearchStrategy[HostilePayload]:
-    """Hostile checkpoints, one attack class each, simplest (a ``__reduce__`` to ``open``) first."""
+    """Hostile checkpoints, one attack class each, simplest (a ``__reduce__`` to ``open``) first.
+
+    Shrinks toward ``reduce_open``.
+    """
     return st.sampled_from(ATTACK_CLASSES).map(HostilePayload).map(_record)
+
+
+def allocation_bombs() -> st.SearchStrategy[HostilePayload]:
+    """Checkpoints of a few hundred bytes declaring a terabyte (:data:`BOMB_CLASSES`)."""
+    return st.sampled_from(BOMB_CLASSES).map(HostilePayload).map(_record)
+
+
+def hostile_files() -> st.SearchStrategy[HostilePayload]:
+    """Code-running payloads and allocation bombs; shrinks toward ``reduce_open``."""
+    return st.one_of(hostile_payloads(), allocation_bombs())
 
 
 def _record(payload: HostilePayload) -> HostilePayload:
     event(f"attack: {payload.attack}")
     return payload
+
+
+# --- malformed files -------------------------------------------------------------------
+
+CORRUPTION_KINDS = (
+    "empty",
+    "junk",
+    "truncate_at_record",
+    "truncate_at_offset",
+    "flip_central_directory",
+    "flip_data_pkl",
+    "flip_storage",
+    "resize_storage",
+)
+
+
+@functools.cache
+def valid_checkpoint_bytes() -> bytes:
+    """The valid checkpoint every :class:`Corruption` starts from: two tensors, a view
+    sharing the first one's storage, and a few plain values."""
+    weight = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    checkpoint = {
+        "epoch": 3,
+        "name": "model",
+        "model_state_dict": {"weight": weight, "row": weight[1], "bias": torch.ones(4)},
+        "steps": [1, 2, 3],
+    }
+    return _saved(checkpoint)
+
+
+def _record_offsets(data: bytes) -> list[tuple[str, int, int]]:
+    """``(name, start of local header, start of content)`` of each record, in file order."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    found = []
+    for info in archive.infolist():
+        start = info.header_offset
+        name_length, extra_length = struct.unpack("<HH", data[start + 26 : start + 30])
+        found.append((info.filename, start, start + 30 + name_length + extra_length))
+    return found
+
+
+def _central_directory(data: bytes) -> int:
+    """Where the zip's central directory starts, as its end record says."""
+    end = data.rfind(b"PK\x05\x06")
+    (start,) = struct.unpack("<I", data[end + 16 : end + 20])
+    return start if start != 0xFFFFFFFF else data.find(b"PK\x01\x02")
+
+
+def _flip(data: bytes, position: int, mask: int) -> bytes:
+    position %= len(data)
+    return data[:position] + bytes([data[position] ^ mask]) + data[position + 1 :]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One way of damaging :func:`valid_checkpoint_bytes`.
+
+    Attributes:
+        kind: one of :data:`CORRUPTION_KINDS`.
+        index: which record, byte or offset, taken modulo the number there are.
+        mask: the bits flipped (``flip_*``), or the bytes added or removed (``resize_storage``,
+            removing when odd).
+    """
+
+    kind: str
+    index: int = 0
+    mask: int = 1
+
+    def apply(self, data: bytes) -> bytes:
+        """The bytes of ``data`` (a torch zip checkpoint) damaged as this corruption says."""
+        records = _record_offsets(data)
+        if self.kind == "empty":
+            return b""
+        if self.kind == "junk":
+            return bytes((self.index * 131 + step * self.mask) % 256 for step in range(256))
+        if self.kind == "truncate_at_record":
+            boundaries = sorted({start for _, start, _ in records} | {_central_directory(data)})
+            boundaries += [content for _, _, content in records]
+            return data[: boundaries[self.index % len(boundaries)]]
+        if self.kind == "truncate_at_offset":
+            return data[: self.index % len(data)]
+        if self.kind == "flip_central_directory":
+            start = _central_directory(data)
+            return _flip(data, start + self.index % (len(data) - start), self.mask)
+        if self.kind in ("flip_data_pkl", "flip_storage"):
+            names = [r for r in records if self._targets(r[0])]
+            name, _, content = names[self.index % len(names)]
+            size = zipfile.ZipFile(io.BytesIO(data)).getinfo(name).file_size
+            return _flip(data, content + (self.index // len(names)) % size, self.mask)
+        if self.kind == "resize_storage":
+            names = [r[0] for r in records if self._targets(r[0])]
+            name = names[self.index % len(names)]
+            content = zipfile.ZipFile(io.BytesIO(data)).read(name)
+            change = (self.mask % 8) + 1
+            resized = content[:-change] if self.mask % 2 else content + bytes(change)
+            return _rewrite_zip(data, {name.split("/", 1)[1]: resized})
+        raise ValueError(f"unknown corruption kind {self.kind!r}; use one of {CORRUPTION_KINDS}")
+
+    def _targets(self, name: str) -> bool:
+        if self.kind == "flip_data_pkl":
+            return name.endswith("/data.pkl")
+        return "/data/" in name
+
+
+def corruptions() -> st.SearchStrategy[Corruption]:
+    """Corruptions of the valid checkpoint; shrinks toward an empty file, then toward the
+    first record and the lowest bit."""
+    return st.builds(
+        Corruption,
+        kind=st.sampled_from(CORRUPTION_KINDS),
+        index=st.integers(0, 4095),
+        mask=st.sampled_from((1, 0x80, 0xFF, 2, 4, 7)),
+    ).map(_record_corruption)
+
+
+def _record_corruption(corruption: Corruption) -> Corruption:
+    event(f"corruption: {corruption.kind}")
+    return corruption

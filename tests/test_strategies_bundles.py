@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import Phase, find, given, settings
 
-from harness.capabilities import probe, weights_only_loadable_types
+from harness.capabilities import probe, tensor_storage, weights_only_loadable_types
 from harness.compare import assert_identical
 from strategies.bundles import (
     UnsafeContent,
@@ -59,7 +59,7 @@ def tensors_in(obj) -> list[torch.Tensor]:
 
 
 def storage_pointer(tensor: torch.Tensor) -> int:
-    storage = tensor.untyped_storage() if hasattr(tensor, "untyped_storage") else tensor.storage()
+    storage = tensor_storage(tensor)
     return storage.data_ptr()
 
 

@@ -10,11 +10,13 @@ import math
 import pytest
 import torch
 from hypothesis import Phase, find, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from harness import assert_identical
 from harness.capabilities import (
     cpu_grad_scaler,
+    cyclic_lr_cycles_betas,
     optimizer_flags_that_run,
     optimizer_param_names,
     probe,
@@ -266,8 +268,11 @@ def test_cyclic_momentum_is_off_without_momentum():
     module = Net()
     without = build_scheduler(spec, build_optimizer(OptimizerSpec("Adagrad"), module))
     assert not without.cycle_momentum
-    with_momentum = build_scheduler(spec, build_optimizer(OptimizerSpec("Adam"), module))
+    sgd = OptimizerSpec("SGD", groups=((("lr", 0.01), ("momentum", 0.9)),))
+    with_momentum = build_scheduler(spec, build_optimizer(sgd, module))
     assert with_momentum.cycle_momentum
+    adam = build_scheduler(spec, build_optimizer(OptimizerSpec("Adam"), module))
+    assert adam.cycle_momentum == cyclic_lr_cycles_betas()
 
 
 def test_lambda_factors_are_kept_in_the_state_dict():
@@ -283,7 +288,7 @@ def test_lambda_factors_are_kept_in_the_state_dict():
 
 
 @pytest.mark.skipif(not cpu_grad_scaler(), reason='torch.amp.GradScaler("cpu") does not work')
-@given(grad_scaler_specs())
+@given(st.deferred(grad_scaler_specs))  # deferred: built only where the test runs
 def test_grad_scalers_step_and_survive_weights_only_load(spec):
     module = Net()
     optimizer = build_optimizer(PLAIN_SGD, module)

@@ -9,7 +9,7 @@ from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from harness.capabilities import probe
+from harness.capabilities import probe, tensor_storage
 from strategies.tensors import (
     LAYOUTS,
     TensorSpec,
@@ -32,12 +32,12 @@ WIDE_4D = st.tuples(*[st.integers(2, 3)] * 4)
 
 
 def storage_pointer(tensor: torch.Tensor) -> int:
-    storage = tensor.untyped_storage() if hasattr(tensor, "untyped_storage") else tensor.storage()
+    storage = tensor_storage(tensor)
     return storage.data_ptr()
 
 
 def storage_bytes(tensor: torch.Tensor) -> int:
-    storage = tensor.untyped_storage() if hasattr(tensor, "untyped_storage") else tensor.storage()
+    storage = tensor_storage(tensor)
     return storage.nbytes()
 
 

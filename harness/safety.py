@@ -1,0 +1,234 @@
+"""The safety promises of ``torch.load(weights_only=True)``: it runs no code from a hostile
+file and fails cleanly, without crashing, hanging or exhausting memory, on a malformed one.
+
+Every load happens in a child process (:mod:`harness.sandbox`), several files per child, so a
+crash is observed and attributed instead of ending the run. Sentinels and files live in a
+temporary directory removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import torch
+from hypothesis import strategies as st
+
+from harness.capabilities import probe
+from harness.compare import assert_identical
+from harness.sandbox import LoadOutcome, LoadRequest, load_requests_in_child
+from harness.suite import Invariant
+
+__all__ = [
+    "CLEAN_REFUSALS",
+    "attack_outcomes_table",
+    "malformed_files_fail_cleanly",
+    "safety_invariants",
+    "unsafe_load_executes",
+    "weights_only_runs_no_payload",
+]
+
+# The exception types torch raises on purpose when it refuses a file; any other type escaping
+# from torch.load is reported as a usability finding (the caller cannot tell "bad file" from
+# "bug" by catching these two).
+CLEAN_REFUSALS = frozenset({"UnpicklingError", "RuntimeError"})
+_FAILURES = frozenset({"crashed", "timeout", "out_of_memory"})
+
+
+def _describe(outcome: LoadOutcome) -> str:
+    return f"{outcome} after {outcome.seconds:.1f} s: {outcome.detail}"
+
+
+def _write_payloads(payloads: Sequence, directory: str) -> list[tuple[str, str]]:
+    """Write each payload; ``(checkpoint path, sentinel path)`` for each."""
+    files = []
+    for position, payload in enumerate(payloads):
+        path = os.path.join(directory, f"{position}-{payload.attack}.pt")
+        sentinel = os.path.join(directory, f"{position}-{payload.attack}.ran")
+        payload.write(path, sentinel)
+        files.append((path, sentinel))
+    return files
+
+
+def weights_only_runs_no_payload(payloads: Sequence) -> Iterator[str]:
+    """``torch.load(weights_only=True)`` refuses every hostile file with ``UnpicklingError`` or
+    ``RuntimeError``, and the file's payload never runs (its sentinel never appears).
+
+    ``payloads`` are :class:`strategies.payloads.HostilePayload` values, loaded in one child.
+    Yields ``"<attack>: <outcome>"`` for each.
+    """
+    with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
+        files = _write_payloads(payloads, directory)
+        requests = [LoadRequest(path, weights_only=True) for path, _ in files]
+        outcomes = load_requests_in_child(requests)
+        for payload, (_, sentinel), outcome in zip(payloads, files, outcomes, strict=True):
+            yield f"{payload.attack}: {outcome}"
+            assert not os.path.exists(sentinel), (
+                f"weights_only=True ran the {payload.attack} payload: its sentinel was created "
+                f"(load {_describe(outcome)})"
+            )
+            assert outcome.kind == "refused" and outcome.error_type in CLEAN_REFUSALS, (
+                f"weights_only=True on the {payload.attack} file should be refused with "
+                f"UnpicklingError or RuntimeError, but it {_describe(outcome)}"
+            )
+
+
+def unsafe_load_executes(payloads: Sequence) -> Iterator[str]:
+    """With ``weights_only=False`` the hostile files are loaded after a benign checkpoint in one
+    child; which payloads run is reported, not judged. The benign checkpoint must load, which
+    shows the sandbox loads real files.
+
+    Yields ``"<attack>: ran, <outcome>"`` or ``"<attack>: did not run, <outcome>"``.
+    """
+    with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
+        benign = os.path.join(directory, "benign.pt")
+        torch.save({"epoch": 1, "model_state_dict": {"weight": torch.ones(2, 2)}}, benign)
+        files = _write_payloads(payloads, directory)
+        requests = [LoadRequest(benign, weights_only=False)]
+        requests += [LoadRequest(path, weights_only=False) for path, _ in files]
+        control, *outcomes = load_requests_in_child(requests)
+        assert control.kind == "loaded", (
+            f"the sandbox failed to load a plain checkpoint with weights_only=False: "
+            f"{_describe(control)}"
+        )
+        for payload, (_, sentinel), outcome in zip(payloads, files, outcomes, strict=True):
+            ran = "ran" if os.path.exists(sentinel) else "did not run"
+            yield f"{payload.attack}: {ran}, {outcome}"
+
+
+def _original() -> object:
+    from strategies.payloads import valid_checkpoint_bytes
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "valid.pt")
+        with open(path, "wb") as file:
+            file.write(valid_checkpoint_bytes())
+        return torch.load(path, weights_only=True)
+
+
+def malformed_files_fail_cleanly(corruptions: Sequence) -> Iterator[str]:
+    """``torch.load(weights_only=True)``, with and without ``mmap``, on a damaged checkpoint
+    either raises a Python exception or loads; it never crashes, hangs or runs out of memory.
+
+    ``corruptions`` are :class:`strategies.payloads.Corruption` values applied to
+    :func:`strategies.payloads.valid_checkpoint_bytes`, loaded in one child. Yields
+    ``"<kind>: <outcome>"``, and ``"finding: ..."`` when a damaged file loads with content
+    other than the original's or is refused with an exception other than
+    :data:`CLEAN_REFUSALS`.
+    """
+    from strategies.payloads import valid_checkpoint_bytes
+
+    valid = valid_checkpoint_bytes()
+    with tempfile.TemporaryDirectory(prefix="malformed-") as directory:
+        requests = []
+        for position, corruption in enumerate(corruptions):
+            path = os.path.join(directory, f"{position}-{corruption.kind}.pt")
+            with open(path, "wb") as file:
+                file.write(corruption.apply(valid))
+            for mmap in (False, True) if probe().load_mmap else (False,):
+                saved = os.path.join(directory, f"{position}-mmap{int(mmap)}.loaded.pt")
+                requests.append(LoadRequest(path, weights_only=True, mmap=mmap, save_to=saved))
+        outcomes = load_requests_in_child(requests)
+        original = None
+        for request, outcome in zip(requests, outcomes, strict=True):
+            corruption = corruptions[int(os.path.basename(request.path).split("-")[0])]
+            where = f"{corruption} (mmap={request.mmap})"
+            yield f"{corruption.kind}: {outcome}"
+            assert outcome.kind not in _FAILURES, f"loading {where} {_describe(outcome)}"
+            if outcome.kind == "refused" and outcome.error_type not in CLEAN_REFUSALS:
+                yield f"finding: {corruption.kind} escapes as a bare {outcome.error_type}"
+            if outcome.kind == "loaded":
+                original = _original() if original is None else original
+                loaded = torch.load(request.save_to, weights_only=True)
+                try:
+                    assert_identical(original, loaded, name="checkpoint")
+                except AssertionError as difference:
+                    where_aspect = ":".join(str(difference).split(":", 2)[:2])
+                    yield (
+                        f"finding: {corruption.kind} (mmap={request.mmap}) loads with different "
+                        f"content: {where_aspect}"
+                    )
+
+
+def attack_outcomes_table() -> str:
+    """A Markdown table: each attack class and allocation bomb, loaded with
+    ``weights_only=True`` and ``weights_only=False`` in the sandbox, and whether it ran."""
+    from strategies.payloads import ATTACK_CLASSES, BOMB_CLASSES, HostilePayload
+
+    payloads = [HostilePayload(attack) for attack in ATTACK_CLASSES + BOMB_CLASSES]
+    rows = ["| attack | weights_only=True | weights_only=False |", "|---|---|---|"]
+    columns = []
+    for weights_only in (True, False):
+        with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
+            files = _write_payloads(payloads, directory)
+            requests = [LoadRequest(path, weights_only=weights_only) for path, _ in files]
+            outcomes = load_requests_in_child(requests)
+            columns.append(
+                [
+                    f"{outcome}, {'ran' if os.path.exists(sentinel) else 'did not run'}"
+                    if payload.creates_sentinel
+                    else str(outcome)
+                    for payload, (_, sentinel), outcome in zip(
+                        payloads, files, outcomes, strict=True
+                    )
+                ]
+            )
+    for payload, safe, unsafe in zip(payloads, *columns, strict=True):
+        rows.append(f"| {payload.attack} | {safe} | {unsafe} |")
+    return "\n".join(rows)
+
+
+def _payload_lists(strategy: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(strategy, min_size=1, max_size=24, unique=True)
+
+
+def _hostile_file_lists() -> st.SearchStrategy:
+    from strategies.payloads import hostile_files
+
+    return _payload_lists(hostile_files())
+
+
+def _hostile_payload_lists() -> st.SearchStrategy:
+    from strategies.payloads import hostile_payloads
+
+    return _payload_lists(hostile_payloads())
+
+
+def _corruption_lists() -> st.SearchStrategy:
+    from strategies.payloads import corruptions
+
+    return st.lists(corruptions(), min_size=1, max_size=8, unique=True)
+
+
+def safety_invariants() -> list[Invariant]:
+    """The three safety invariants, each loading its drawn files in child processes."""
+    return [
+        Invariant(
+            "weights_only_runs_no_payload",
+            "torch.load(weights_only=True) refuses every hostile file (code-running payloads "
+            "and allocation bombs) with UnpicklingError or RuntimeError and runs none of them.",
+            _hostile_file_lists,
+            weights_only_runs_no_payload,
+        ),
+        Invariant(
+            "unsafe_load_executes",
+            "torch.load(weights_only=False) on hostile files: which payloads run is reported; "
+            "a plain checkpoint loaded first in the same sandbox must load.",
+            _hostile_payload_lists,
+            unsafe_load_executes,
+        ),
+        Invariant(
+            "malformed_files_fail_cleanly",
+            "torch.load(weights_only=True), with and without mmap, on a truncated, bit-flipped "
+            "or resized checkpoint raises or loads, and never crashes, hangs or runs out of "
+            "memory; loads with changed content and unusual exception types are reported.",
+            _corruption_lists,
+            malformed_files_fail_cleanly,
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    print(f"torch {torch.__version__}")
+    print(attack_outcomes_table())

@@ -1,0 +1,198 @@
+"""The benchmarks' own logic: payload sizes, the report's ratios, the regression verdicts.
+
+Fast and timing-free: every figure here is made up, none is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+import torch
+
+# benchmarks/ is a folder of the repository, not an installed package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import operations, regression, report  # noqa: E402
+from benchmarks.payloads import size_label, state_dict, tensor_bytes  # noqa: E402
+
+
+def _benchmark(name: str, median: float, **info) -> dict:
+    return {"name": name, "stats": {"median": median}, "extra_info": info}
+
+
+MIB = 2**20
+RUN = [
+    _benchmark("copy", 0.01, bytes=16 * MIB, measures="memory copy"),
+    _benchmark("write", 0.05, bytes=16 * MIB, measures="file write"),
+    _benchmark("save_buffer", 0.02, bytes=16 * MIB, limit="memory copy", file_bytes=17 * MIB),
+    _benchmark("save_file", 0.1, bytes=16 * MIB, limit="file write", file_bytes=16 * MIB),
+    _benchmark("bare", 0.002, reference="state_dict"),
+    _benchmark("harness", 0.008, relative_to="state_dict"),
+]
+
+
+def test_size_labels_are_binary_units():
+    assert [size_label(n) for n in (4096, 256 * 2**10, 16 * MIB, 2**30, 1000)] == [
+        "4KiB",
+        "256KiB",
+        "16MiB",
+        "1GiB",
+        "1000B",
+    ]
+
+
+def test_state_dict_has_the_requested_bytes_in_equal_tensors():
+    payload = state_dict(64 * 2**10, tensors=16)
+    assert len(payload) == 16
+    assert {tensor.numel() for tensor in payload.values()} == {1024}
+    assert tensor_bytes(payload) == 64 * 2**10
+
+
+def test_state_dict_refuses_a_size_it_cannot_split():
+    with pytest.raises(ValueError, match="not a multiple"):
+        state_dict(100, tensors=3)
+
+
+def test_tensor_bytes_counts_a_shared_storage_once():
+    weight = torch.zeros(10)
+    assert tensor_bytes({"a": weight, "b": [weight, weight[2:]], "c": 3}) == 40
+
+
+def test_rows_give_throughput_fraction_of_limit_overhead_and_harness_multiple():
+    rows = {row.name: row for row in report.rows(RUN)}
+    assert rows["save_buffer"].throughput == pytest.approx(800)
+    assert rows["save_buffer"].fraction_of_limit == pytest.approx(0.5)
+    assert rows["save_buffer"].overhead == pytest.approx(1 / 16)
+    assert rows["save_file"].fraction_of_limit == pytest.approx(0.5)
+    assert rows["copy"].is_limit and rows["copy"].fraction_of_limit is None
+    assert rows["harness"].times_reference == pytest.approx(4)
+
+
+def test_a_limit_of_other_bytes_is_not_used():
+    other = [_benchmark("copy", 0.01, bytes=MIB, measures="memory copy"), RUN[2]]
+    assert report.rows(other)[1].fraction_of_limit is None
+
+
+def test_table_shows_every_benchmark_with_its_figures():
+    table = report.format_table(RUN)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(RUN)
+    assert "50.0%" in table and "4.00x the bare save+load" in table and "+6.25%" in table
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected"),
+    [(0.0, "." * 20 + " "), (0.5, "#" * 10 + "." * 10 + " "), (3.0, "#" * 20 + ">")],
+)
+def test_bar(fraction, expected):
+    assert report.bar(fraction) == expected
+
+
+def test_medians_leave_out_the_limits_and_can_normalize():
+    assert regression.medians(RUN) == {
+        "save_buffer": 0.02,
+        "save_file": 0.1,
+        "bare": 0.002,
+        "harness": 0.008,
+    }
+    normalized = regression.medians(RUN, normalize=True)
+    assert normalized["save_buffer"] == pytest.approx(2)
+    assert normalized["save_file"] == pytest.approx(2)
+    assert normalized["harness"] == 0.008
+
+
+def _scaled(figures: dict[str, float], **factors: float) -> dict[str, float]:
+    return {name: value * factors.get(name, 1.0) for name, value in figures.items()}
+
+
+BASE = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+
+
+def test_noise_within_the_thresholds_passes():
+    current = _scaled(BASE, a=1.2, b=0.9, c=1.05)
+    verdict = regression.judge(
+        regression.compare(BASE, current), threshold=0.3, suite_threshold=0.1
+    )
+    assert not verdict.failed
+    assert "passed" in regression.format_verdict(verdict)
+
+
+def test_one_benchmark_over_the_threshold_fails():
+    current = _scaled(BASE, c=1.5)
+    verdict = regression.judge(
+        regression.compare(BASE, current), threshold=0.3, suite_threshold=0.2
+    )
+    assert [c.name for c in verdict.regressions] == ["c"]
+    assert not verdict.suite_regressed
+    assert "REGRESSION" in regression.format_verdict(verdict)
+
+
+def test_a_uniform_slowdown_below_the_per_benchmark_threshold_fails_the_suite():
+    current = _scaled(BASE, a=1.25, b=1.25, c=1.25, d=1.25)
+    verdict = regression.judge(
+        regression.compare(BASE, current), threshold=0.35, suite_threshold=0.1
+    )
+    assert not verdict.regressions
+    assert verdict.suite_ratio == pytest.approx(1.25)
+    assert verdict.failed
+    assert "geometric mean over the suite threshold" in regression.format_verdict(verdict)
+
+
+def test_compare_uses_only_benchmarks_in_both_runs():
+    comparisons = regression.compare({"a": 1.0, "gone": 1.0}, {"a": 2.0, "new": 1.0})
+    assert [(c.name, c.ratio) for c in comparisons] == [("a", 2.0)]
+    with pytest.raises(ValueError, match="nothing to compare"):
+        regression.judge([])
+
+
+def test_spreads_and_suite_spread():
+    runs = [BASE, _scaled(BASE, a=1.1), _scaled(BASE, a=0.9, b=1.2)]
+    spreads = regression.spreads(runs)
+    assert spreads["a"] == pytest.approx(1.1 / 0.9 - 1)
+    assert spreads["b"] == pytest.approx(0.2)
+    assert spreads["c"] == 0
+    assert regression.suite_spread(runs) == pytest.approx(1.1**0.25 - 1)
+    assert "suite spread" in regression.format_calibration(runs)
+
+
+def test_check_command_exits_1_on_a_regression(tmp_path, capsys):
+    baseline, slower = tmp_path / "base.json", tmp_path / "slow.json"
+    baseline.write_text(json.dumps({"benchmarks": RUN}))
+    slowed = [dict(b, stats={"median": b["stats"]["median"] * 1.25}) for b in RUN]
+    slower.write_text(json.dumps({"benchmarks": slowed}))
+    assert regression.main(["check", str(baseline), str(baseline)]) == 0
+    assert regression.main(["check", str(baseline), str(slower)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_resolve_run_finds_a_saved_name(tmp_path):
+    machine = tmp_path / "Linux-CPython-3.11-64bit"
+    machine.mkdir()
+    (machine / "0001_baseline.json").write_text("{}")
+    assert regression.resolve_run("baseline", tmp_path).name == "0001_baseline.json"
+    with pytest.raises(FileNotFoundError, match="--benchmark-save=other"):
+        regression.resolve_run("other", tmp_path)
+
+
+def test_under_test_is_the_function_itself_without_a_slowdown(monkeypatch):
+    def save():
+        return 1
+
+    monkeypatch.setattr(operations, "SLOWDOWN", 0.0)
+    assert operations.under_test(save) is save
+
+
+def test_under_test_adds_the_slowdown(monkeypatch):
+    monkeypatch.setattr(operations, "SLOWDOWN", 0.5)
+    calls = []
+    slowed = operations.under_test(lambda: calls.append(1) or "result")
+    assert slowed() == "result" and calls == [1]
+
+
+def test_a_bad_slowdown_value_says_what_is_expected(monkeypatch):
+    monkeypatch.setenv(operations.SLOWDOWN_VARIABLE, "fast")
+    with pytest.raises(ValueError, match="expected a fraction"):
+        operations._slowdown_from_environment()

@@ -1,0 +1,141 @@
+"""The sandbox names every way a load can end; the safety invariants hold on this torch."""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import time
+import zipfile
+
+import pytest
+import torch
+from hypothesis import settings
+
+from harness.invariants import INVARIANTS
+from harness.safety import (
+    malformed_files_fail_cleanly,
+    safety_invariants,
+    unsafe_load_executes,
+    weights_only_runs_no_payload,
+)
+from harness.sandbox import LoadRequest, load_in_child, load_requests_in_child
+from harness.suite import run_invariant
+from strategies.payloads import (
+    ATTACK_CLASSES,
+    BOMB_CLASSES,
+    CORRUPTION_KINDS,
+    Corruption,
+    HostilePayload,
+    valid_checkpoint_bytes,
+)
+
+FEW = settings(max_examples=2, derandomize=True, database=None, deadline=None)
+
+
+class _Calls:
+    """Pickles as ``function(*arguments)``."""
+
+    def __init__(self, function, *arguments):
+        self.function = function
+        self.arguments = arguments
+
+    def __reduce__(self):
+        return self.function, self.arguments
+
+
+def test_sandbox_names_each_outcome_and_goes_on_after_a_crash(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"weight": torch.ones(2)}, good)
+    segfault = tmp_path / "segfault.pt"
+    torch.save({"x": _Calls(ctypes.string_at, 0)}, segfault)
+    sleeps = tmp_path / "sleeps.pt"
+    torch.save({"x": _Calls(time.sleep, 60)}, sleeps)
+    hostile = tmp_path / "hostile.pt"
+    HostilePayload("reduce_open").write(hostile, tmp_path / "ran")
+    bomb = tmp_path / "bomb.pt"
+    HostilePayload("zeros_bomb").write(bomb, tmp_path / "unused")
+    requests = [
+        LoadRequest(str(good), weights_only=True),
+        LoadRequest(str(hostile), weights_only=True),
+        LoadRequest(str(bomb), weights_only=False),
+        LoadRequest(str(segfault), weights_only=False),
+        LoadRequest(str(good), weights_only=False),
+        LoadRequest(str(sleeps), weights_only=False),
+        LoadRequest(str(good), weights_only=True),
+    ]
+    outcomes = load_requests_in_child(requests, timeout_s=2)
+    assert [o.kind for o in outcomes] == [
+        "loaded",
+        "refused",
+        "out_of_memory",
+        "crashed",
+        "loaded",
+        "timeout",
+        "loaded",
+    ]
+    assert outcomes[1].error_type == "UnpicklingError"
+    assert outcomes[1].detail.startswith("UnpicklingError: WeightsUnpickler error:")
+    assert outcomes[3].error_type == "SIGSEGV"
+    assert str(outcomes[3]) == "crashed (SIGSEGV)"
+    assert [o.path for o in outcomes] == [r.path for r in requests]
+    assert not (tmp_path / "ran").exists()
+
+
+def test_load_in_child_refuses_a_missing_file(tmp_path):
+    outcome = load_in_child(tmp_path / "missing.pt", weights_only=True)
+    assert (outcome.kind, outcome.error_type) == ("refused", "FileNotFoundError")
+
+
+def test_every_attack_is_live_without_weights_only_and_blocked_with_it():
+    payloads = [HostilePayload(attack) for attack in ATTACK_CLASSES]
+    ran = list(unsafe_load_executes(payloads))
+    assert [line.split(":")[0] for line in ran] == list(ATTACK_CLASSES)
+    assert all(line.split(": ", 1)[1].startswith("ran,") for line in ran), ran
+    everything = payloads + [HostilePayload(attack) for attack in BOMB_CLASSES]
+    refused = list(weights_only_runs_no_payload(everything))
+    assert len(refused) == len(everything)
+    assert "torchscript_archive: refused (RuntimeError)" in refused
+
+
+def test_malformed_files_of_every_kind_fail_cleanly():
+    corruptions = [Corruption(kind, index=3, mask=0x80) for kind in CORRUPTION_KINDS]
+    seen = list(malformed_files_fail_cleanly(corruptions))
+    assert {line.split(":")[0] for line in seen} >= set(CORRUPTION_KINDS)
+
+
+@pytest.mark.parametrize("invariant", safety_invariants(), ids=lambda i: i.name)
+def test_safety_invariants_pass_as_properties(invariant):
+    result = run_invariant(invariant, settings_=FEW)
+    assert result.passed, result.message
+    assert result.examples == FEW.max_examples
+    assert result.observations
+
+
+def test_safety_invariants_are_in_the_suite():
+    names = {invariant.name for invariant in INVARIANTS}
+    assert {i.name for i in safety_invariants()} <= names
+
+
+@pytest.mark.parametrize("kind", CORRUPTION_KINDS)
+def test_corruptions_change_the_file(kind):
+    valid = valid_checkpoint_bytes()
+    for index in (0, 1, 17, 4095):
+        assert Corruption(kind, index, 0x80).apply(valid) != valid
+
+
+def test_truncating_at_records_cuts_at_every_record_boundary():
+    valid = valid_checkpoint_bytes()
+    lengths = {len(Corruption("truncate_at_record", index).apply(valid)) for index in range(64)}
+    starts = {info.header_offset for info in zipfile.ZipFile(io.BytesIO(valid)).infolist()}
+    assert starts <= lengths
+
+
+@pytest.mark.parametrize("attack", ATTACK_CLASSES + BOMB_CLASSES)
+def test_payloads_are_zip_checkpoints_and_write_no_sentinel(attack, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    sentinel = tmp_path / "ran"
+    HostilePayload(attack).write(path, sentinel)
+    assert zipfile.is_zipfile(path)
+    assert not os.path.exists(sentinel)
+    assert HostilePayload(attack).creates_sentinel == (attack in ATTACK_CLASSES)
