@@ -23,42 +23,51 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from benchmarks.report import load_benchmarks, newest_run, storage_directory
+from benchmarks.report import load_benchmarks, resolve_run
 
 __all__ = [
     "DEFAULT_SUITE_THRESHOLD",
     "DEFAULT_THRESHOLD",
     "Comparison",
     "Verdict",
+    "STATISTICS",
+    "combine",
     "compare",
     "format_calibration",
     "format_verdict",
     "geometric_mean",
     "judge",
-    "medians",
-    "resolve_run",
+    "figures",
     "spreads",
     "suite_spread",
 ]
 
+#: The statistics of a benchmark's times that can be compared.
+STATISTICS = ("median", "min")
 #: Per-benchmark threshold: fail when a benchmark is more than this fraction slower.
-DEFAULT_THRESHOLD = 0.35
+DEFAULT_THRESHOLD = 10.0
 #: Suite threshold: fail when the geometric mean is more than this fraction slower.
-DEFAULT_SUITE_THRESHOLD = 0.10
+DEFAULT_SUITE_THRESHOLD = 0.15
 
 
-def medians(benchmarks: Iterable[dict], *, normalize: bool = False) -> dict[str, float]:
-    """The median time of each operation under test, by name; with ``normalize``, divided by
-    the median of its limit in the same run where it has one."""
+def figures(
+    benchmarks: Iterable[dict], *, statistic: str = "median", normalize: bool = False
+) -> dict[str, float]:
+    """The ``statistic`` (``"median"`` or ``"min"``) of each operation under test's times, by
+    name; with ``normalize``, divided by the same statistic of its limit in the same run where
+    it has one."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic={statistic!r}: expected one of {STATISTICS}")
     benchmarks = list(benchmarks)
     limits = {
-        (benchmark["extra_info"]["measures"], benchmark["extra_info"].get("bytes")):
-            benchmark["stats"]["median"]
+        (benchmark["extra_info"]["measures"], benchmark["extra_info"].get("bytes")): benchmark[
+            "stats"
+        ][statistic]
         for benchmark in benchmarks
         if "measures" in benchmark.get("extra_info", {})
     }
@@ -67,9 +76,9 @@ def medians(benchmarks: Iterable[dict], *, normalize: bool = False) -> dict[str,
         info = benchmark.get("extra_info", {})
         if "measures" in info:
             continue
-        median = benchmark["stats"]["median"]
+        value = benchmark["stats"][statistic]
         limit = limits.get((info.get("limit"), info.get("bytes")))
-        result[benchmark["name"]] = median / limit if normalize and limit else median
+        result[benchmark["name"]] = value / limit if normalize and limit else value
     return result
 
 
@@ -85,6 +94,13 @@ class Comparison:
     def ratio(self) -> float:
         """Run over baseline: 1.25 is 25% slower."""
         return self.current / self.baseline
+
+
+def combine(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """One baseline from several runs: per benchmark present in all of them, the median of its
+    figures, so that one unlucky baseline run cannot hide or fake a regression."""
+    names = [name for name in runs[0] if all(name in run for run in runs[1:])]
+    return {name: statistics.median(run[name] for run in runs) for name in names}
 
 
 def compare(baseline: Mapping[str, float], current: Mapping[str, float]) -> list[Comparison]:
@@ -151,8 +167,7 @@ def spreads(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
     minus 1 (0.08: the slowest clean run was 8% slower than the fastest)."""
     names = [name for name in runs[0] if all(name in run for run in runs[1:])]
     return {
-        name: max(run[name] for run in runs) / min(run[name] for run in runs) - 1
-        for name in names
+        name: max(run[name] for run in runs) / min(run[name] for run in runs) - 1 for name in names
     }
 
 
@@ -207,59 +222,63 @@ def format_calibration(runs: Sequence[Mapping[str, float]], *, show: int = 10) -
     return "\n".join(lines)
 
 
-def resolve_run(run: str | None, directory: Path | None = None) -> Path:
-    """A run's JSON: ``run`` as a path, else the newest stored file whose name ends with
-    ``_<run>.json``, else (``run`` is None) the newest stored run."""
-    directory = directory or storage_directory()
-    if run is None:
-        return newest_run(directory)
-    if Path(run).is_file():
-        return Path(run)
-    matches = sorted(directory.rglob(f"*_{run}.json"), key=lambda path: path.stat().st_mtime)
-    if not matches:
-        raise FileNotFoundError(
-            f"no run {run!r}: neither a file nor a run saved with --benchmark-save={run} "
-            f"under {directory}"
-        )
-    return matches[-1]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``check``: exit 1 on a regression; ``calibrate``: print the noise of clean runs."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.regression", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.regression",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compare a run with a baseline")
-    check.add_argument("baseline", help="the baseline run (path or saved name)")
-    check.add_argument("run", nargs="?", help="the run to judge (default: the newest stored)")
     check.add_argument(
-        "--threshold", type=float, default=DEFAULT_THRESHOLD,
+        "baseline",
+        nargs="+",
+        help="the baseline: one or more runs (paths or saved names), combined by median",
+    )
+    check.add_argument("--run", help="the run to judge (default: the newest stored)")
+    check.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
         help=f"per-benchmark slowdown that fails (default: {DEFAULT_THRESHOLD})",
     )
     check.add_argument(
-        "--suite-threshold", type=float, default=DEFAULT_SUITE_THRESHOLD,
+        "--suite-threshold",
+        type=float,
+        default=DEFAULT_SUITE_THRESHOLD,
         help=f"geometric-mean slowdown that fails (default: {DEFAULT_SUITE_THRESHOLD})",
     )
     calibrate = commands.add_parser("calibrate", help="the noise of repeated clean runs")
     calibrate.add_argument("runs", nargs="+", help="two or more clean runs (paths or names)")
     for command in (check, calibrate):
         command.add_argument(
-            "--normalize", action="store_true",
+            "--normalize",
+            action="store_true",
             help="divide each figure by its limit in the same run (default: off)",
+        )
+        command.add_argument(
+            "--statistic",
+            choices=STATISTICS,
+            default="min",
+            help="which statistic of each benchmark's times to compare (default: min, the "
+            "least disturbed by other processes)",
         )
     arguments = parser.parse_args(argv)
 
-    def figures(run: str | None) -> dict[str, float]:
+    def figures_of(run: str | None) -> dict[str, float]:
         path = resolve_run(run)
         print(f"run: {path}")
-        return medians(load_benchmarks(path), normalize=arguments.normalize)
+        return figures(
+            load_benchmarks(path), statistic=arguments.statistic, normalize=arguments.normalize
+        )
 
     if arguments.command == "calibrate":
-        runs = [figures(run) for run in arguments.runs]
+        runs = [figures_of(run) for run in arguments.runs]
         print(format_calibration(runs))
         return 0
-    baseline = figures(arguments.baseline)
-    current = figures(arguments.run)
+    baseline = combine([figures_of(run) for run in arguments.baseline])
+    current = figures_of(arguments.run)
     verdict = judge(
         compare(baseline, current),
         threshold=arguments.threshold,

@@ -9,14 +9,15 @@ Reads benchmarks in pytest-benchmark's JSON shape (``{"name", "stats": {"median"
 - ``file_bytes``: the bytes written, for the format overhead.
 - ``reference`` / ``relative_to``: a bare operation and the harness check compared with it.
 
-Run ``python -m benchmarks.report [RUN.json]`` (default: the newest stored run of the installed
-torch) to print the table of a stored run.
+Run ``python -m benchmarks.report [RUN ...]`` (default: the newest stored run of the installed
+torch) to print the table of stored runs, several combined by the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,7 +30,9 @@ __all__ = [
     "bar",
     "format_table",
     "load_benchmarks",
+    "median_over_runs",
     "newest_run",
+    "resolve_run",
     "rows",
     "storage_directory",
 ]
@@ -52,6 +55,23 @@ def newest_run(directory: Path) -> Path:
             "`pytest benchmarks --benchmark-autosave` first"
         )
     return runs[-1]
+
+
+def resolve_run(run: str | None, directory: Path | None = None) -> Path:
+    """A run's JSON: ``run`` as a path, else the newest stored file whose name ends with
+    ``_<run>.json``, else (``run`` is None) the newest stored run."""
+    directory = directory or storage_directory()
+    if run is None:
+        return newest_run(directory)
+    if Path(run).is_file():
+        return Path(run)
+    matches = sorted(directory.rglob(f"*_{run}.json"), key=lambda path: path.stat().st_mtime)
+    if not matches:
+        raise FileNotFoundError(
+            f"no run {run!r}: neither a file nor a run saved with --benchmark-save={run} "
+            f"under {directory}"
+        )
+    return matches[-1]
 
 
 def load_benchmarks(path: Path) -> list[dict]:
@@ -96,6 +116,18 @@ def rows(benchmarks: Iterable[dict]) -> list[Row]:
         if "reference" in info:
             references[info["reference"]] = benchmark["stats"]["median"]
     return [Row(benchmark, limits, references) for benchmark in benchmarks]
+
+
+def median_over_runs(runs: Sequence[Sequence[dict]]) -> list[dict]:
+    """The benchmarks of the first run, each with the median over ``runs`` of its median
+    time; a benchmark missing from any run is left out."""
+    by_name = [{benchmark["name"]: benchmark for benchmark in run} for run in runs]
+    combined = []
+    for benchmark in runs[0]:
+        if all(benchmark["name"] in run for run in by_name):
+            median = statistics.median(run[benchmark["name"]]["stats"]["median"] for run in by_name)
+            combined.append({**benchmark, "stats": {**benchmark["stats"], "median": median}})
+    return combined
 
 
 def bar(fraction: float, width: int = _BAR_WIDTH) -> str:
@@ -151,13 +183,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the table of a stored run."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__)
     parser.add_argument(
-        "run", nargs="?", type=Path,
-        help="a pytest-benchmark JSON file (default: the newest under .benchmarks/torch-<version>)",
+        "runs",
+        nargs="*",
+        help="runs (JSON paths or names given to --benchmark-save), combined by the median "
+        "of each benchmark (default: the newest run under .benchmarks/torch-<version>)",
     )
     arguments = parser.parse_args(argv)
-    path = arguments.run or newest_run(storage_directory())
-    print(f"{path}\n")
-    print(format_table(load_benchmarks(path)))
+    paths = [resolve_run(run) for run in arguments.runs] or [resolve_run(None)]
+    for path in paths:
+        print(path)
+    print()
+    print(format_table(median_over_runs([load_benchmarks(path) for path in paths])))
     return 0
 
 

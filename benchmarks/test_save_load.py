@@ -139,8 +139,12 @@ def test_torch_load_file(benchmark, size, weights_only, saved):
     path = saved(size_label(size), _payload(size))
     info = {"bytes": size, "limit": FILE_READ, "file_bytes": os.path.getsize(path)}
     _measure(
-        benchmark, operations.load_file, path, weights_only=weights_only,
-        rounds=_ROUNDS[size], info=info,
+        benchmark,
+        operations.load_file,
+        path,
+        weights_only=weights_only,
+        rounds=_ROUNDS[size],
+        info=info,
     )
 
 
@@ -150,8 +154,12 @@ def test_torch_load_buffer(benchmark, size, weights_only, saved):
     data = _read_bytes(saved(size_label(size), _payload(size)))
     info = {"bytes": size, "limit": MEMORY, "file_bytes": len(data)}
     _measure(
-        benchmark, operations.load_buffer, data, weights_only=weights_only,
-        rounds=_ROUNDS[size], info=info,
+        benchmark,
+        operations.load_buffer,
+        data,
+        weights_only=weights_only,
+        rounds=_ROUNDS[size],
+        info=info,
     )
 
 
@@ -191,7 +199,9 @@ def test_many_tensors_load_buffer(benchmark, saved):
     payload = _payload(_OVERHEAD_SIZE, _MANY_TENSORS)
     data = _read_bytes(saved("many", payload))
     info = {
-        "bytes": _OVERHEAD_SIZE, "limit": MEMORY, "tensors": _MANY_TENSORS,
+        "bytes": _OVERHEAD_SIZE,
+        "limit": MEMORY,
+        "tensors": _MANY_TENSORS,
         "file_bytes": len(data),
     }
     _measure(benchmark, operations.load_buffer, data, rounds=10, info=info)
@@ -227,8 +237,12 @@ def test_safetensors_save_file(benchmark, size, directory):
     path = os.path.join(directory, "save.safetensors")
     info = {"bytes": size, "limit": FILE_WRITE}
     _measure(
-        benchmark, operations.safetensors_save, _payload(size), path,
-        rounds=_ROUNDS[size], info=info,
+        benchmark,
+        operations.safetensors_save,
+        _payload(size),
+        path,
+        rounds=_ROUNDS[size],
+        info=info,
     )
     benchmark.extra_info["file_bytes"] = os.path.getsize(path)
 
@@ -261,8 +275,12 @@ def test_harness_state_dict_round_trip(benchmark):
     example = harness_model_case()
     info = {"relative_to": "state_dict"}
     _measure(
-        benchmark, operations.run_invariant, state_dict_round_trip, example,
-        rounds=_HARNESS_ROUNDS, info=info,
+        benchmark,
+        operations.run_invariant,
+        state_dict_round_trip,
+        example,
+        rounds=_HARNESS_ROUNDS,
+        info=info,
     )
 
 
@@ -277,6 +295,10 @@ def test_harness_bundle_round_trip(benchmark):
     example = harness_bundle()
     info = {"relative_to": "bundle"}
     _measure(
-        benchmark, operations.run_invariant, bundle_round_trip, example,
-        rounds=_HARNESS_ROUNDS, info=info,
+        benchmark,
+        operations.run_invariant,
+        bundle_round_trip,
+        example,
+        rounds=_HARNESS_ROUNDS,
+        info=info,
     )

@@ -32,6 +32,7 @@ from harness.persistence import (
     save,
 )
 from harness.pickle_scan import referenced_globals
+from harness.safety import safety_invariants
 from harness.suite import Invariant
 from harness.temp_modules import temporary_module
 
@@ -487,7 +488,4 @@ INVARIANTS: list[Invariant] = [
     ),
 ]
 INVARIANTS += _training_checkpoint_invariants()
-
-from harness.safety import safety_invariants  # noqa: E402
-
 INVARIANTS += safety_invariants()

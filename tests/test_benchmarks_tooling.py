@@ -6,21 +6,16 @@ Fast and timing-free: every figure here is made up, none is measured.
 from __future__ import annotations
 
 import json
-import pathlib
-import sys
 
 import pytest
 import torch
 
-# benchmarks/ is a folder of the repository, not an installed package.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from benchmarks import operations, regression, report  # noqa: E402
-from benchmarks.payloads import size_label, state_dict, tensor_bytes  # noqa: E402
+from benchmarks import operations, regression, report
+from benchmarks.payloads import size_label, state_dict, tensor_bytes
 
 
 def _benchmark(name: str, median: float, **info) -> dict:
-    return {"name": name, "stats": {"median": median}, "extra_info": info}
+    return {"name": name, "stats": {"median": median, "min": median}, "extra_info": info}
 
 
 MIB = 2**20
@@ -71,6 +66,14 @@ def test_rows_give_throughput_fraction_of_limit_overhead_and_harness_multiple():
     assert rows["harness"].times_reference == pytest.approx(4)
 
 
+def test_median_over_runs_combines_each_benchmark_and_keeps_its_info():
+    slower = [dict(b, stats={"median": b["stats"]["median"] * 3}) for b in RUN]
+    combined = report.median_over_runs([RUN, slower, RUN[:2]])
+    assert [b["name"] for b in combined] == ["copy", "write"]
+    assert combined[0]["stats"]["median"] == 0.01
+    assert combined[1]["extra_info"] == RUN[1]["extra_info"]
+
+
 def test_a_limit_of_other_bytes_is_not_used():
     other = [_benchmark("copy", 0.01, bytes=MIB, measures="memory copy"), RUN[2]]
     assert report.rows(other)[1].fraction_of_limit is None
@@ -91,17 +94,30 @@ def test_bar(fraction, expected):
     assert report.bar(fraction) == expected
 
 
-def test_medians_leave_out_the_limits_and_can_normalize():
-    assert regression.medians(RUN) == {
+def test_figures_leave_out_the_limits_and_can_normalize():
+    assert regression.figures(RUN) == {
         "save_buffer": 0.02,
         "save_file": 0.1,
         "bare": 0.002,
         "harness": 0.008,
     }
-    normalized = regression.medians(RUN, normalize=True)
+    normalized = regression.figures(RUN, normalize=True)
     assert normalized["save_buffer"] == pytest.approx(2)
     assert normalized["save_file"] == pytest.approx(2)
     assert normalized["harness"] == 0.008
+
+
+def test_figures_take_the_statistic_asked_for():
+    run = [{"name": "a", "stats": {"median": 2.0, "min": 1.0}, "extra_info": {}}]
+    assert regression.figures(run, statistic="min") == {"a": 1.0}
+    with pytest.raises(ValueError, match="expected one of"):
+        regression.figures(run, statistic="mean")
+
+
+def test_combine_takes_the_median_of_each_benchmark_over_the_runs():
+    runs = [{"a": 1.0, "b": 5.0}, {"a": 3.0, "b": 1.0}, {"a": 2.0}]
+    assert regression.combine(runs) == {"a": 2.0}
+    assert regression.combine(runs[:2]) == {"a": 2.0, "b": 3.0}
 
 
 def _scaled(figures: dict[str, float], **factors: float) -> dict[str, float]:
@@ -161,10 +177,13 @@ def test_spreads_and_suite_spread():
 def test_check_command_exits_1_on_a_regression(tmp_path, capsys):
     baseline, slower = tmp_path / "base.json", tmp_path / "slow.json"
     baseline.write_text(json.dumps({"benchmarks": RUN}))
-    slowed = [dict(b, stats={"median": b["stats"]["median"] * 1.25}) for b in RUN]
+    slowed = [
+        dict(b, stats={statistic: value * 1.25 for statistic, value in b["stats"].items()})
+        for b in RUN
+    ]
     slower.write_text(json.dumps({"benchmarks": slowed}))
-    assert regression.main(["check", str(baseline), str(baseline)]) == 0
-    assert regression.main(["check", str(baseline), str(slower)]) == 1
+    assert regression.main(["check", str(baseline), "--run", str(baseline)]) == 0
+    assert regression.main(["check", str(baseline), str(baseline), "--run", str(slower)]) == 1
     assert "FAILED" in capsys.readouterr().out
 
 
@@ -172,9 +191,9 @@ def test_resolve_run_finds_a_saved_name(tmp_path):
     machine = tmp_path / "Linux-CPython-3.11-64bit"
     machine.mkdir()
     (machine / "0001_baseline.json").write_text("{}")
-    assert regression.resolve_run("baseline", tmp_path).name == "0001_baseline.json"
+    assert report.resolve_run("baseline", tmp_path).name == "0001_baseline.json"
     with pytest.raises(FileNotFoundError, match="--benchmark-save=other"):
-        regression.resolve_run("other", tmp_path)
+        report.resolve_run("other", tmp_path)
 
 
 def test_under_test_is_the_function_itself_without_a_slowdown(monkeypatch):
