@@ -30,7 +30,7 @@ from strategies.optim import (
     step_scheduler,
 )
 
-__all__ = ["TrainingCase", "TrainingSpec", "training_cases", "training_states"]
+__all__ = ["ScaledOutput", "TrainingCase", "TrainingSpec", "training_cases", "training_states"]
 
 # The optimizer made for sparse gradients (it trains only the sparse parameters). SGD and
 # Adagrad accept sparse gradients too, but not with weight decay and other options.
@@ -45,6 +45,24 @@ class TrainingSpec:
     optimizer: OptimizerSpec
     scheduler: SchedulerSpec | None
     steps: int
+    # A model with nothing to train (pooling, frozen layers, norms without affine) gets a
+    # learnable output scale, so that every drawn model can be a training case.
+    scaled_output: bool = False
+
+
+class ScaledOutput(torch.nn.Module):
+    """A model whose (first) output is multiplied by one learnable scalar."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, *inputs):
+        output = self.model(*inputs)
+        if isinstance(output, tuple):
+            return (output[0] * self.scale, *output[1:])
+        return output * self.scale
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,8 @@ class TrainingCase:
     def build(self, init_seed: int) -> TrainingState:
         """A fresh, untrained state: the model initialized from ``init_seed``."""
         model = build_model(self.spec.model, init_seed).module
+        if self.spec.scaled_output:
+            model = ScaledOutput(model)
         optimizer = build_optimizer(self.spec.optimizer, model)
         scheduler = build_scheduler(self.spec.scheduler, optimizer) if self.spec.scheduler else None
         return TrainingState(model=model, optimizer=optimizer, scheduler=scheduler)
@@ -110,14 +130,16 @@ def _training_specs(draw: st.DrawFn) -> TrainingSpec:
     model_spec = draw(model_specs())
     assume(not model_spec.has_uninitialized_parameters)
     model = build_model(model_spec, 0).module
-    assume(any(p.requires_grad for p in model.parameters()))
+    scaled_output = not any(p.requires_grad for p in model.parameters())
+    if scaled_output:
+        model = ScaledOutput(model)
     names = [name for name in probe().optimizers if _fits(name, model, model_spec)]
     optimizer = draw(optimizer_specs(names=names))
     # LBFGS steps many times per step(); a scheduler on top adds nothing to check.
     scheduler = draw(st.none() | scheduler_specs()) if not optimizer.needs_closure else None
     steps = draw(st.integers(1, 3))
     event(f"training: {optimizer.name} + {scheduler.name if scheduler else 'no scheduler'}")
-    return TrainingSpec(model_spec, optimizer, scheduler, steps)
+    return TrainingSpec(model_spec, optimizer, scheduler, steps, scaled_output)
 
 
 def training_cases() -> st.SearchStrategy[TrainingCase]:
