@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import settings
 
+from harness import safety
 from harness.invariants import INVARIANTS
 from harness.safety import (
     malformed_files_fail_cleanly,
@@ -19,7 +20,7 @@ from harness.safety import (
     unsafe_load_executes,
     weights_only_runs_no_payload,
 )
-from harness.sandbox import LoadRequest, load_in_child, load_requests_in_child
+from harness.sandbox import LoadOutcome, LoadRequest, load_in_child, load_requests_in_child
 from harness.suite import run_invariant
 from strategies.payloads import (
     ATTACK_CLASSES,
@@ -139,3 +140,17 @@ def test_payloads_are_zip_checkpoints_and_write_no_sentinel(attack, tmp_path):
     assert zipfile.is_zipfile(path)
     assert not os.path.exists(sentinel)
     assert HostilePayload(attack).creates_sentinel == (attack in ATTACK_CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error_type"),
+    [("crashed", "SIGSEGV"), ("timeout", None), ("out_of_memory", "MemoryError"), ("loaded", None)],
+)
+def test_a_load_that_does_not_refuse_cleanly_fails_the_invariant(monkeypatch, kind, error_type):
+    def sandbox_reporting(requests):
+        return [LoadOutcome(request.path, kind, error_type) for request in requests]
+
+    monkeypatch.setattr(safety, "load_requests_in_child", sandbox_reporting)
+    payloads = [HostilePayload(ATTACK_CLASSES[0])]
+    with pytest.raises(AssertionError, match=f"should be refused.*but it {kind}"):
+        list(safety.weights_only_runs_no_payload(payloads))
