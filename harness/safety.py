@@ -40,7 +40,7 @@ def _describe(outcome: LoadOutcome) -> str:
     return f"{outcome} after {outcome.seconds:.1f} s: {outcome.detail}"
 
 
-def _write_payloads(payloads: Sequence, directory: str) -> list[tuple[str, str]]:
+def write_payloads(payloads: Sequence, directory: str) -> list[tuple[str, str]]:
     """Write each payload; ``(checkpoint path, sentinel path)`` for each."""
     files = []
     for position, payload in enumerate(payloads):
@@ -59,7 +59,7 @@ def weights_only_runs_no_payload(payloads: Sequence) -> Iterator[str]:
     Yields ``"<attack>: <outcome>"`` for each.
     """
     with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
-        files = _write_payloads(payloads, directory)
+        files = write_payloads(payloads, directory)
         requests = [LoadRequest(path, weights_only=True) for path, _ in files]
         outcomes = load_requests_in_child(requests)
         for payload, (_, sentinel), outcome in zip(payloads, files, outcomes, strict=True):
@@ -84,7 +84,7 @@ def unsafe_load_executes(payloads: Sequence) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
         benign = os.path.join(directory, "benign.pt")
         torch.save({"epoch": 1, "model_state_dict": {"weight": torch.ones(2, 2)}}, benign)
-        files = _write_payloads(payloads, directory)
+        files = write_payloads(payloads, directory)
         requests = [LoadRequest(benign, weights_only=False)]
         requests += [LoadRequest(path, weights_only=False) for path, _ in files]
         control, *outcomes = load_requests_in_child(requests)
@@ -161,7 +161,7 @@ def attack_outcomes_table() -> str:
     columns = []
     for weights_only in (True, False):
         with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
-            files = _write_payloads(payloads, directory)
+            files = write_payloads(payloads, directory)
             requests = [LoadRequest(path, weights_only=weights_only) for path, _ in files]
             outcomes = load_requests_in_child(requests)
             columns.append(
