@@ -124,12 +124,19 @@ def bundle_round_trip(example: tuple[dict, SaveOptions]) -> Iterator[str]:
     assert_identical(bundle, loaded, name="bundle")
 
 
+def _saved_bytes(obj: Any, options: SaveOptions, directory: str) -> bytes:
+    target = save(obj, options, directory)
+    if isinstance(target, io.BytesIO):
+        return target.getvalue()
+    with open(target, "rb") as handle:
+        return handle.read()
+
+
 def _same_bytes_when_saved_twice(obj: Any, options: SaveOptions) -> str:
     files = []
     for _ in range(2):
         with tempfile.TemporaryDirectory() as directory:
-            with open(save(obj, options, directory), "rb") as handle:
-                files.append(handle.read())
+            files.append(_saved_bytes(obj, options, directory))
     verdict = "identical" if files[0] == files[1] else "different"
     return f"saving the same object twice ({options}) writes {verdict} bytes"
 
@@ -196,14 +203,6 @@ def _resolve_global(qualified: str) -> Any:
             value = getattr(value, attribute)
         return value
     raise ImportError(f"cannot import {qualified}")
-
-
-def _saved_bytes(obj: Any, options: SaveOptions, directory: str) -> bytes:
-    target = save(obj, options, directory)
-    if isinstance(target, io.BytesIO):
-        return target.getvalue()
-    with open(target, "rb") as handle:
-        return handle.read()
 
 
 def _load_allowlisted(data: bytes, names: set[str]) -> tuple[Any, list[str]]:
