@@ -44,6 +44,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 
 __all__ = [
+    "PickledCall",
     "ATTACK_CLASSES",
     "BOMB_CLASSES",
     "CORRUPTION_KINDS",
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 
-class _Call:
+class PickledCall:
     """Pickles as a call of ``function(*arguments)``: what a crafted ``__reduce__`` does."""
 
     def __init__(self, function, *arguments):
@@ -190,7 +191,7 @@ def _runpy_script(sentinel: str) -> str:
 def _reduce_run_path(sentinel: str) -> bytes:
     import runpy
 
-    return _saved(_checkpoint(_Call(runpy.run_path, _runpy_script(sentinel))))
+    return _saved(_checkpoint(PickledCall(runpy.run_path, _runpy_script(sentinel))))
 
 
 def _reduce_import_module(sentinel: str) -> bytes:
@@ -229,16 +230,16 @@ def _persistent_id(sentinel: str) -> bytes:
 
 
 def _nested_torch_load(sentinel: str) -> bytes:
-    inner = _saved(_checkpoint(_Call(builtins.open, sentinel, "w")))
+    inner = _saved(_checkpoint(PickledCall(builtins.open, sentinel, "w")))
     load = functools.partial(torch.load, weights_only=False)
-    return _saved(_checkpoint(_Call(load, _Call(io.BytesIO, inner))))
+    return _saved(_checkpoint(PickledCall(load, PickledCall(io.BytesIO, inner))))
 
 
 def _numpy_object_array(sentinel: str) -> bytes:
     import numpy
 
     array = numpy.empty(2, dtype=object)
-    array[0] = _Call(builtins.open, sentinel, "w")
+    array[0] = PickledCall(builtins.open, sentinel, "w")
     array[1] = 0
     return _saved(_checkpoint(array))
 
@@ -281,11 +282,13 @@ def _reduce(build):
 # Simplest first. Each entry builds the bytes of a checkpoint whose loading creates the
 # sentinel when its code runs.
 _ATTACKS = {
-    "reduce_open": _reduce(lambda sentinel: _Call(builtins.open, sentinel, "w")),
-    "reduce_eval": _reduce(lambda sentinel: _Call(builtins.eval, _creates(sentinel))),
-    "reduce_exec": _reduce(lambda sentinel: _Call(builtins.exec, _creates(sentinel))),
-    "reduce_os_system": _reduce(lambda sentinel: _Call(os.system, f"touch '{sentinel}'")),
-    "reduce_subprocess": _reduce(lambda sentinel: _Call(subprocess.call, ["touch", sentinel])),
+    "reduce_open": _reduce(lambda sentinel: PickledCall(builtins.open, sentinel, "w")),
+    "reduce_eval": _reduce(lambda sentinel: PickledCall(builtins.eval, _creates(sentinel))),
+    "reduce_exec": _reduce(lambda sentinel: PickledCall(builtins.exec, _creates(sentinel))),
+    "reduce_os_system": _reduce(lambda sentinel: PickledCall(os.system, f"touch '{sentinel}'")),
+    "reduce_subprocess": _reduce(
+        lambda sentinel: PickledCall(subprocess.call, ["touch", sentinel])
+    ),
     "reduce_runpy_run_path": _reduce_run_path,
     "reduce_import_module": _reduce_import_module,
     "getattr_chain": _getattr_chain,
@@ -305,7 +308,7 @@ _BOMB_ELEMENTS = 2**38
 
 
 def _zeros_bomb(sentinel: str) -> bytes:
-    return _saved(_checkpoint(_Call(torch.zeros, _BOMB_ELEMENTS)))
+    return _saved(_checkpoint(PickledCall(torch.zeros, _BOMB_ELEMENTS)))
 
 
 def _storage_size_bomb(sentinel: str) -> bytes:

@@ -28,30 +28,20 @@ from strategies.payloads import (
     CORRUPTION_KINDS,
     Corruption,
     HostilePayload,
+    PickledCall,
     valid_checkpoint_bytes,
 )
 
 FEW = settings(max_examples=2, derandomize=True, database=None, deadline=None)
 
 
-class _Calls:
-    """Pickles as ``function(*arguments)``."""
-
-    def __init__(self, function, *arguments):
-        self.function = function
-        self.arguments = arguments
-
-    def __reduce__(self):
-        return self.function, self.arguments
-
-
 def test_sandbox_names_each_outcome_and_goes_on_after_a_crash(tmp_path):
     good = tmp_path / "good.pt"
     torch.save({"weight": torch.ones(2)}, good)
     segfault = tmp_path / "segfault.pt"
-    torch.save({"x": _Calls(ctypes.string_at, 0)}, segfault)
+    torch.save({"x": PickledCall(ctypes.string_at, 0)}, segfault)
     sleeps = tmp_path / "sleeps.pt"
-    torch.save({"x": _Calls(time.sleep, 60)}, sleeps)
+    torch.save({"x": PickledCall(time.sleep, 60)}, sleeps)
     hostile = tmp_path / "hostile.pt"
     HostilePayload("reduce_open").write(hostile, tmp_path / "ran")
     bomb = tmp_path / "bomb.pt"
