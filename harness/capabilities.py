@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "DTYPE_NAMES",
     "Capabilities",
     "cpu_grad_scaler",
     "cyclic_lr_cycles_betas",
@@ -29,9 +30,10 @@ __all__ = [
     "weights_only_loadable_types",
 ]
 
-# Dtypes in the order strategies should prefer them: simplest first, so a failure
-# shrinks toward float32. Names that the installed torch lacks are skipped.
-_DTYPE_NAMES = (
+# Every dtype name the harness knows, in the order strategies should prefer them: simplest
+# first, so a failure shrinks toward float32. probe() skips names the installed torch lacks;
+# the matrix's corpus writes one file per name.
+DTYPE_NAMES = (
     "float32",
     "float64",
     "float16",
@@ -173,7 +175,7 @@ def probe() -> Capabilities:
     """Probe the installed torch once and return what it supports."""
     dtypes = tuple(
         getattr(torch, name)
-        for name in _DTYPE_NAMES
+        for name in DTYPE_NAMES
         if isinstance(getattr(torch, name, None), torch.dtype)
         and _saves_and_loads(getattr(torch, name))
     )

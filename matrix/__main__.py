@@ -1,0 +1,193 @@
+"""``python -m matrix``: run the cross-version matrix, or one of its steps.
+
+In any environment with the project installed::
+
+    python -m matrix run [--versions 2.5.1 2.6.0] [--jobs 2] [--rewrite]   the whole matrix
+    python -m matrix merge            matrix/results/*.json into matrix/results.json
+    python -m matrix render           matrix/results.json into matrix/grid.md and grid.png
+
+In one torch version's environment (what ``run`` does through tox)::
+
+    python -m matrix write            write matrix/corpus/<this torch's version>
+    python -m matrix verify-corpus    write it again elsewhere; fail if the manifest differs
+    python -m matrix read             read every corpus, attack the loader:
+                                      matrix/results/<this torch's version>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS = os.path.join(ROOT, "matrix", "corpus")
+RESULTS = os.path.join(ROOT, "matrix", "results")
+MERGED = os.path.join(ROOT, "matrix", "results.json")
+
+
+def _corpora() -> list[str]:
+    from matrix.versions import version_key
+
+    found = [
+        path
+        for path in glob.glob(os.path.join(CORPUS, "*"))
+        if os.path.isfile(os.path.join(path, "manifest.json"))
+    ]
+    return sorted(found, key=lambda path: version_key(os.path.basename(path)))
+
+
+def _write(arguments) -> int:
+    from harness.capabilities import torch_version
+    from matrix.corpus import write_corpus
+
+    directory = arguments.out or os.path.join(CORPUS, torch_version())
+    if os.path.isdir(directory):
+        shutil.rmtree(directory)
+    manifest = write_corpus(directory)
+    unwritable = sum("unwritable" in entry for entry in manifest["artifacts"])
+    print(f"wrote {len(manifest['artifacts'])} artifacts ({unwritable} unwritable) to {directory}")
+    return 0
+
+
+def _verify_corpus(arguments) -> int:
+    from harness.capabilities import torch_version
+    from matrix.corpus import MANIFEST, write_corpus
+    from matrix.describe import first_difference
+
+    committed = os.path.join(CORPUS, torch_version(), MANIFEST)
+    if not os.path.isfile(committed):
+        print(f"corpus of {torch_version()}: none committed, nothing to compare with")
+        return 0
+    with open(committed) as handle:
+        expected = json.load(handle)
+    with tempfile.TemporaryDirectory(prefix="matrix-corpus-") as directory:
+        again = write_corpus(directory, progress=lambda line: None)
+    difference = first_difference(expected, again)
+    if difference:
+        print(f"corpus of {torch_version()}: written again, the manifest differs: {difference}")
+        return 1
+    print(f"corpus of {torch_version()}: written again, same manifest")
+    return 0
+
+
+def _read(arguments) -> int:
+    from harness.capabilities import torch_version
+    from matrix.reader import payload_records, read_corpus
+    from matrix.results import write_records
+
+    records = []
+    for directory in _corpora():
+        records += read_corpus(directory)
+    if not arguments.skip_payloads:
+        records += payload_records()
+    out = arguments.out or os.path.join(RESULTS, f"{torch_version()}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    write_records(records, out)
+    print(f"read {len(_corpora())} corpora: {len(records)} records in {out}")
+    return 0
+
+
+def _merge(arguments) -> int:
+    from matrix.results import merge, read_records, write_records
+
+    parts = sorted(glob.glob(os.path.join(RESULTS, "*.json")))
+    if not parts:
+        print(f"no results in {RESULTS}: run `python -m matrix run` first", file=sys.stderr)
+        return 1
+    records = merge([read_records(path) for path in parts])
+    write_records(records, MERGED)
+    print(f"merged {len(parts)} readers' results: {len(records)} records in {MERGED}")
+    return 0
+
+
+def _render(arguments) -> int:
+    from matrix.render import render
+    from matrix.results import read_records
+
+    for path in render(read_records(MERGED), os.path.join(ROOT, "matrix")):
+        print(f"wrote {path}")
+    return 0
+
+
+def _run(arguments) -> int:
+    from matrix.driver import GB_PER_ENV, Step, run_steps
+    from matrix.versions import VERSIONS, check_versions
+
+    try:
+        versions = check_versions(arguments.versions) if arguments.versions else list(VERSIONS)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    committed = {os.path.basename(path) for path in _corpora()}
+    to_write = [v for v in versions if arguments.rewrite or v not in committed]
+    steps = [Step("write", v, [["write"]]) for v in to_write]
+    steps += [Step("read", v, [["verify-corpus"], ["read"]]) for v in versions]
+    need_gb = GB_PER_ENV * arguments.jobs
+    free_gb = shutil.disk_usage(ROOT).free / 1e9
+    print(
+        f"matrix: {len(versions)} torch versions, {len(to_write)} corpora to write, "
+        f"{len(steps)} environment runs, {arguments.jobs} at a time; each environment is "
+        f"created, used and removed: needs about {need_gb:.0f} GB of disk at a time "
+        f"({free_gb:.0f} GB free); logs in .tox/matrix-logs/"
+    )
+    if free_gb < need_gb:
+        print(
+            f"not enough free disk: {need_gb:.0f} GB needed; lower --jobs or free some",
+            file=sys.stderr,
+        )
+        return 1
+    # Every corpus must be written before any reader starts: run the phases one after another.
+    failed, seconds, peak = [], 0.0, 0
+    for phase in ("write", "read"):
+        phase_steps = [step for step in steps if step.phase == phase]
+        if phase_steps:
+            phase_failed, phase_seconds, phase_peak = run_steps(
+                phase_steps, arguments.jobs, arguments.keep_envs
+            )
+            failed += phase_failed
+            seconds += phase_seconds
+            peak = max(peak, phase_peak)
+    print(f"matrix took {seconds / 60:.1f} min; disk peak {peak / 1e9:.1f} GB above the start")
+    _merge(arguments)
+    _render(arguments)
+    if failed:
+        print(f"failed: {', '.join(map(str, failed))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m matrix", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    write = commands.add_parser("write", help="write this torch's corpus")
+    write.add_argument("--out", help="folder (default: matrix/corpus/<version>)")
+    write.set_defaults(handler=_write)
+    verify = commands.add_parser(
+        "verify-corpus", help="check that writing again gives the same manifest"
+    )
+    verify.set_defaults(handler=_verify_corpus)
+    read = commands.add_parser("read", help="read every corpus and attack the loader")
+    read.add_argument("--out", help="results file (default: matrix/results/<version>.json)")
+    read.add_argument("--skip-payloads", action="store_true", help="read corpora only")
+    read.set_defaults(handler=_read)
+    commands.add_parser("merge", help="merge matrix/results/*.json").set_defaults(handler=_merge)
+    commands.add_parser("render", help="draw matrix/grid.md and grid.png").set_defaults(
+        handler=_render
+    )
+    run = commands.add_parser("run", help="the whole matrix, through tox")
+    run.add_argument("--versions", nargs="+", help="a subset of the versions (default: all)")
+    run.add_argument("--jobs", type=int, default=1, help="environments at a time (each about 5 GB)")
+    run.add_argument("--rewrite", action="store_true", help="write every corpus again")
+    run.add_argument("--keep-envs", action="store_true", help="keep the environments afterwards")
+    run.set_defaults(handler=_run)
+    arguments = parser.parse_args(argv)
+    return arguments.handler(arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

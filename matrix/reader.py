@@ -1,0 +1,204 @@
+"""Reading corpora with the installed torch, and attacking its loader, into records.
+
+:func:`read_corpus` loads every artifact of one writer's corpus in each load mode and
+compares it with the manifest; :func:`payload_records` writes every hostile payload of
+:mod:`strategies.payloads` with the installed torch and loads it in a child process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from harness.capabilities import probe, torch_version
+from harness.persistence import explain_error
+from harness.safety import write_payloads
+from harness.sandbox import LoadRequest, load_requests_in_child
+from matrix.corpus import MANIFEST, from_plain
+from matrix.describe import describe, first_difference
+from matrix.results import LOAD_MODES, Record
+from strategies.models import build_model
+from strategies.payloads import ATTACK_CLASSES, BOMB_CLASSES, HostilePayload
+from strategies.training import TrainingCase
+
+__all__ = ["load_artifact", "payload_records", "read_corpus"]
+
+_REBUILD_SEED = 1
+
+
+def _is_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is the weights_only unpickler refusing the file."""
+    return isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in str(error)
+
+
+def load_artifact(path: str, load_mode: str, map_location: Any = None) -> Any:
+    """``torch.load`` of ``path`` as ``load_mode`` says (see :data:`matrix.results.LOAD_MODES`)."""
+    keywords: dict[str, Any] = {"map_location": map_location}
+    if load_mode != "default":
+        if not probe().load_weights_only:
+            raise TypeError(f"torch {torch_version()}'s torch.load has no weights_only")
+        keywords["weights_only"] = load_mode == "weights_only"
+    return torch.load(path, **keywords)
+
+
+def _restricted(state: dict, expected_keys: dict) -> dict:
+    """``state`` with only the keys the saved state had, in param groups too: a newer torch
+    adds defaults (``foreach``, ``differentiable``, ...) when it loads an older state."""
+    kept = {key: value for key, value in state.items() if key in expected_keys}
+    if "param_groups" in kept and "param_groups" in expected_keys:
+        kept["param_groups"] = [
+            {key: value for key, value in group.items() if key in saved}
+            for group, saved in zip(
+                kept["param_groups"], expected_keys["param_groups"], strict=False
+            )
+        ]
+    return kept
+
+
+def _check_restored(entry: dict, loaded: Any) -> str | None:
+    """Load a training checkpoint into objects rebuilt from its specs; where the restored
+    optimizer or scheduler state differs from the saved one, say so."""
+    state = TrainingCase(from_plain(entry["rebuild"]["training"])).build(_REBUILD_SEED)
+    state.model.load_state_dict(loaded["model_state_dict"])
+    # load_state_dict may pop entries of the dict it is given (CyclicLR does): keep a copy
+    saved = copy.deepcopy(loaded)
+    state.optimizer.load_state_dict(loaded["optimizer_state_dict"])
+    restored = {"optimizer": (state.optimizer, saved["optimizer_state_dict"])}
+    if "scheduler" in entry["restored"]:
+        state.scheduler.load_state_dict(loaded["scheduler_state_dict"])
+        restored["scheduler"] = (state.scheduler, saved["scheduler_state_dict"])
+    for part, (restored_object, saved) in restored.items():
+        actual = describe(_restricted(restored_object.state_dict(), saved))
+        difference = first_difference(entry["restored"][part], actual)
+        if difference:
+            return f"restored {part} differs: {difference}"
+    return None
+
+
+def _check_outputs(entry: dict, loaded: Any) -> str | None:
+    """Load the state_dict strictly into a model rebuilt from its spec; compare its outputs
+    in eval mode on the saved inputs with the writer's."""
+    module = build_model(from_plain(entry["rebuild"]["model"]), _REBUILD_SEED).module
+    module.load_state_dict(loaded["model_state_dict"], strict=True)
+    module.eval()
+    with torch.no_grad():
+        outputs = module(*loaded["inputs"])
+    difference = first_difference(entry["outputs"], describe(outputs))
+    return f"outputs differ: {difference}" if difference else None
+
+
+_FURTHER_CHECKS: dict[str, Callable[[dict, Any], str | None]] = {
+    "outputs": _check_outputs,
+    "restored": _check_restored,
+}
+
+
+def _read(entry: dict, path: str, load_mode: str) -> tuple[str, str]:
+    """``(outcome, message)`` of loading one artifact."""
+    map_location = "cpu" if "tagged_as" in entry else None
+    try:
+        loaded = load_artifact(path, load_mode, map_location)
+    except Exception as error:  # noqa: BLE001 - how the load failed is the result
+        return ("refused" if _is_refusal(error) else "error"), explain_error(error)
+    difference = first_difference(entry["expected"], describe(loaded))
+    if difference:
+        return "differs", difference
+    for key, check in _FURTHER_CHECKS.items():
+        if key in entry:
+            try:
+                difference = check(entry, loaded)
+            except Exception as error:  # noqa: BLE001
+                return "error", f"{key}: {explain_error(error)}"
+            if difference:
+                return "differs", difference
+    return "identical", ""
+
+
+def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list[Record]:
+    """Records of loading every artifact of the corpus in ``directory``, in every load mode,
+    with the installed torch."""
+    with open(os.path.join(directory, MANIFEST)) as handle:
+        manifest = json.load(handle)
+    writer, reader = manifest["writer"], torch_version()
+    records = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for entry in manifest["artifacts"]:
+            for load_mode in LOAD_MODES:
+                if "unwritable" in entry:
+                    outcome, message = "unwritable", entry["unwritable"]
+                else:
+                    outcome, message = _read(
+                        entry, os.path.join(directory, entry["file"]), load_mode
+                    )
+                records.append(
+                    Record(
+                        writer, reader, entry["name"], entry["kind"], load_mode, outcome, message
+                    )
+                )
+    counts = {}
+    for record in records:
+        counts[record.outcome] = counts.get(record.outcome, 0) + 1
+    summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
+    progress(f"  read {writer}'s corpus: {summary}")
+    return records
+
+
+def _payload_outcome(outcome, sentinel: str) -> tuple[str, str]:
+    if os.path.exists(sentinel):
+        return "executed", f"the payload ran ({outcome.kind}): {outcome.detail}"[:300]
+    if outcome.kind in ("crashed", "timeout"):
+        return "crashed", f"{outcome.kind} ({outcome.error_type}): {outcome.detail}"[:300]
+    if outcome.kind == "loaded":
+        return "differs", "loaded without running the payload"
+    return "refused", outcome.detail[:300]
+
+
+def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
+    """Records of loading every hostile payload, built with the installed torch, with
+    ``weights_only=True`` and ``weights_only=False`` in a child process each."""
+    version = torch_version()
+    records = []
+    for load_mode in ("weights_only", "unsafe"):
+        with tempfile.TemporaryDirectory(prefix="matrix-payloads-") as directory:
+            written, files = [], []
+            for attack in ATTACK_CLASSES + BOMB_CLASSES:
+                try:
+                    files += write_payloads([HostilePayload(attack)], directory)
+                except Exception as error:  # noqa: BLE001
+                    record = Record(
+                        version,
+                        version,
+                        attack,
+                        f"payload:{attack}",
+                        load_mode,
+                        "unwritable",
+                        explain_error(error),
+                    )
+                    records.append(record)
+                    continue
+                written.append(attack)
+            requests = [
+                LoadRequest(path, weights_only=load_mode == "weights_only") for path, _ in files
+            ]
+            outcomes = load_requests_in_child(requests)
+            for attack, (_, sentinel), outcome in zip(written, files, outcomes, strict=True):
+                result, message = _payload_outcome(outcome, sentinel)
+                records.append(
+                    Record(
+                        version, version, attack, f"payload:{attack}", load_mode, result, message
+                    )
+                )
+    executed = sorted(
+        {r.artifact for r in records if r.load_mode == "weights_only" and r.outcome == "executed"}
+    )
+    progress(f"  payloads: {len(records)} loads; executed under weights_only: {executed or 'none'}")
+    return records

@@ -1,0 +1,222 @@
+"""The matrix as people look at it: ``grid.md`` (tables) and ``grid.png`` (heatmaps).
+
+Artifacts are grouped into panels (:data:`PANELS`). A cell of a panel is one writer and one
+reader, loading with ``weights_only=True``; it shows the worst outcome among the panel's
+artifacts (:data:`SEVERITY`) and how many artifacts ended so. Hostile payloads have their own
+panel: attack class against reader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+
+from matrix.results import Record
+from matrix.versions import version_key
+
+__all__ = ["PANELS", "SEVERITY", "panel_of", "render"]
+
+# Worst first.
+SEVERITY = ("crashed", "executed", "error", "differs", "refused", "unwritable", "identical")
+_SYMBOLS = {
+    "identical": "✓",
+    "differs": "≠",
+    "refused": "R",
+    "error": "E",
+    "crashed": "💥",
+    "executed": "☠",
+    "unwritable": "–",
+}
+_COLOURS = {
+    "identical": "#4caf50",
+    "unwritable": "#d9d9d9",
+    "refused": "#fdd835",
+    "differs": "#fb8c00",
+    "error": "#e53935",
+    "executed": "#6a1b9a",
+    "crashed": "#000000",
+}
+PANELS = {
+    "models": "state_dict and outputs of every model family",
+    "training": "training checkpoints, every optimizer and scheduler",
+    "tensors": "every dtype, views, sparse, quantized",
+    "packages": "inference package, whole-model pickle, CUDA-tagged, legacy format",
+}
+
+
+def panel_of(kind: str) -> str:
+    """The panel an artifact kind is drawn in."""
+    if kind in ("state_dict", "outputs"):
+        return "models"
+    if kind.startswith(("optimizer:", "scheduler:")) or kind == "training_checkpoint":
+        return "training"
+    if kind.startswith("dtype:") or kind in ("views", "sparse", "quantized"):
+        return "tensors"
+    if kind.startswith("payload:"):
+        return "payloads"
+    return "packages"
+
+
+def _worst(outcomes: list[str]) -> str:
+    return min(outcomes, key=SEVERITY.index)
+
+
+def _cells(records: list[Record], load_mode: str) -> dict[str, dict[tuple[str, str], list[str]]]:
+    """Outcomes by panel, then by (row, column): (writer, reader), or (attack, reader)."""
+    cells: dict[str, dict[tuple[str, str], list[str]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if record.load_mode != load_mode:
+            continue
+        panel = panel_of(record.kind)
+        row = record.artifact if panel == "payloads" else record.writer
+        cells[panel][(row, record.reader)].append(record.outcome)
+    return cells
+
+
+def _cell_text(outcomes: list[str]) -> str:
+    counts = Counter(outcomes)
+    worst = _worst(outcomes)
+    if worst == "identical":
+        return _SYMBOLS["identical"]
+    return " ".join(
+        f"{_SYMBOLS[outcome]}{counts[outcome]}"
+        for outcome in SEVERITY
+        if counts[outcome] and outcome != "identical"
+    )
+
+
+def _versions(records: list[Record]) -> list[str]:
+    return sorted({r.writer for r in records} | {r.reader for r in records}, key=version_key)
+
+
+def _table(
+    cells: dict[tuple[str, str], list[str]], rows: list[str], columns: list[str], corner: str
+) -> str:
+    lines = [f"| {corner} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in rows:
+        texts = [
+            _cell_text(cells[(row, column)]) if (row, column) in cells else "" for column in columns
+        ]
+        lines.append(f"| **{row}** | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def _differences(records: list[Record]) -> list[str]:
+    """Every weights_only outcome other than identical and unwritable, grouped by artifact,
+    outcome and message, with the writers and readers it happens for."""
+    groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
+    for record in records:
+        if record.load_mode == "weights_only" and record.outcome not in ("identical", "unwritable"):
+            groups[(record.artifact, record.outcome, record.message)].append(record)
+    lines = []
+    for (artifact, outcome, message), found in sorted(groups.items()):
+        writers = sorted({r.writer for r in found}, key=version_key)
+        readers = sorted({r.reader for r in found}, key=version_key)
+        lines.append(
+            f"| {artifact} | {outcome} | {len(found)} | {', '.join(writers)} | "
+            f"{', '.join(readers)} | {message.replace('|', '/')[:160]} |"
+        )
+    return lines
+
+
+def _markdown(records: list[Record]) -> str:
+    versions = _versions(records)
+    cells = _cells(records, "weights_only")
+    legend = ", ".join(f"{_SYMBOLS[o]} {o}" for o in SEVERITY)
+    parts = [
+        "# The cross-version matrix",
+        "",
+        f"{len(records)} loads from `matrix/results.json`. Rows: the torch that wrote the file; "
+        "columns: the torch that loaded it with `weights_only=True`. A cell shows ✓ when every "
+        "artifact of the panel loaded identical, else each other outcome with its count "
+        f"({legend}).",
+        "The picture: `grid.png`. Every record, with its message: `results.json`.",
+    ]
+    for panel, title in PANELS.items():
+        parts += [
+            "",
+            f"## {panel}: {title}",
+            "",
+            _table(cells.get(panel, {}), versions, versions, "writer \\ reader"),
+        ]
+    attacks = sorted({r.artifact for r in records if panel_of(r.kind) == "payloads"})
+    if attacks:
+        readers = [v for v in versions if any((a, v) in cells["payloads"] for a in attacks)]
+        parts += [
+            "",
+            "## payloads: hostile files built and loaded with weights_only=True by each torch",
+            "",
+            _table(cells["payloads"], attacks, readers, "attack \\ torch"),
+        ]
+    parts += [
+        "",
+        "## Every load with weights_only=True that was not identical",
+        "",
+        "| artifact | outcome | loads | writers | readers | message |",
+        "|---|---|---|---|---|---|",
+        *_differences(records),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _picture(records: list[Record], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    versions = _versions(records)
+    cells = _cells(records, "weights_only")
+    attacks = sorted({r.artifact for r in records if panel_of(r.kind) == "payloads"})
+    colormap = ListedColormap([_COLOURS[o] for o in SEVERITY])
+    panels = [(name, versions) for name in PANELS] + ([("payloads", attacks)] if attacks else [])
+    figure, axes = plt.subplots(2, 3, figsize=(24, 16))
+    for axis, (panel, rows) in zip(axes.flat, panels, strict=False):
+        grid = [[float("nan")] * len(versions) for _ in rows]
+        for i, row in enumerate(rows):
+            for j, reader in enumerate(versions):
+                outcomes = cells.get(panel, {}).get((row, reader))
+                if outcomes:
+                    worst = _worst(outcomes)
+                    grid[i][j] = SEVERITY.index(worst)
+                    bad = sum(o == worst for o in outcomes)
+                    if worst != "identical":
+                        colour = "white" if worst in ("executed", "crashed", "error") else "black"
+                        axis.text(
+                            j, i, str(bad), ha="center", va="center", fontsize=7, color=colour
+                        )
+        axis.imshow(grid, cmap=colormap, vmin=-0.5, vmax=len(SEVERITY) - 0.5, aspect="auto")
+        axis.set_xticks(range(len(versions)), versions, rotation=90, fontsize=8)
+        axis.set_yticks(range(len(rows)), rows, fontsize=8)
+        axis.set_xlabel("reader (torch.load, weights_only=True)")
+        axis.set_ylabel("attack class" if panel == "payloads" else "writer (torch.save)")
+        axis.set_title(
+            f"{panel}: {PANELS.get(panel, 'hostile files, built by each torch')}", fontsize=10
+        )
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    handles = [Patch(color=_COLOURS[o], label=o) for o in SEVERITY]
+    figure.legend(
+        handles=handles,
+        loc="lower right",
+        fontsize=12,
+        title="worst outcome in the cell (number: how many artifacts)",
+    )
+    figure.suptitle(
+        "torch.save in one version, torch.load(weights_only=True) in another", fontsize=16
+    )
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def render(records: list[Record], directory: str) -> list[str]:
+    """Write ``grid.md`` and ``grid.png`` of ``records`` into ``directory``; their paths."""
+    markdown = os.path.join(directory, "grid.md")
+    with open(markdown, "w") as handle:
+        handle.write(_markdown(records))
+    picture = os.path.join(directory, "grid.png")
+    _picture(records, picture)
+    return [markdown, picture]
