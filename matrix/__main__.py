@@ -12,6 +12,8 @@ In one torch version's environment (what ``run`` does through tox)::
     python -m matrix verify-corpus    write it again elsewhere; fail if the manifest differs
     python -m matrix read             read every corpus, attack the loader:
                                       matrix/results/<this torch's version>.json
+    python -m matrix bench            the benchmarks of benchmarks.versions.SELECTION:
+                                      matrix/bench/<this torch's version>.json
 """
 
 from __future__ import annotations
@@ -92,6 +94,21 @@ def _read(arguments) -> int:
     return 0
 
 
+def _bench(arguments) -> int:
+    import subprocess
+
+    from benchmarks.versions import SELECTION
+    from harness.capabilities import torch_version
+
+    out = os.path.join(ROOT, "matrix", "bench", f"{torch_version()}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    command = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider"]
+    command += ["-k", SELECTION, f"--benchmark-json={out}"]
+    status = subprocess.call(command, cwd=ROOT)
+    print(f"benchmarks of {torch_version()}: {out}" if status == 0 else "benchmarks failed")
+    return status
+
+
 def _merge(arguments) -> int:
     from matrix.results import merge, read_records, write_records
 
@@ -126,7 +143,8 @@ def _run(arguments) -> int:
     committed = {os.path.basename(path) for path in _corpora()}
     to_write = [v for v in versions if arguments.rewrite or v not in committed]
     steps = [Step("write", v, [["write"]]) for v in to_write]
-    steps += [Step("read", v, [["verify-corpus"], ["read"]]) for v in versions]
+    reading = [["verify-corpus"], ["read"]] + ([["bench"]] if arguments.bench else [])
+    steps += [Step("read", v, reading) for v in versions]
     need_gb = GB_PER_ENV * arguments.jobs
     free_gb = shutil.disk_usage(ROOT).free / 1e9
     print(
@@ -175,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("--out", help="results file (default: matrix/results/<version>.json)")
     read.add_argument("--skip-payloads", action="store_true", help="read corpora only")
     read.set_defaults(handler=_read)
+    bench = commands.add_parser("bench", help="run the benchmarks every version runs")
+    bench.set_defaults(handler=_bench)
     commands.add_parser("merge", help="merge matrix/results/*.json").set_defaults(handler=_merge)
     commands.add_parser("render", help="draw matrix/grid.md and grid.png").set_defaults(
         handler=_render
@@ -184,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=1, help="environments at a time (each about 5 GB)")
     run.add_argument("--rewrite", action="store_true", help="write every corpus again")
     run.add_argument("--keep-envs", action="store_true", help="keep the environments afterwards")
+    run.add_argument(
+        "--bench", action="store_true", help="also run the benchmarks into matrix/bench/"
+    )
     run.set_defaults(handler=_run)
     arguments = parser.parse_args(argv)
     return arguments.handler(arguments)

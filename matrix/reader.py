@@ -49,18 +49,21 @@ def load_artifact(path: str, load_mode: str, map_location: Any = None) -> Any:
     return torch.load(path, **keywords)
 
 
-def _restricted(state: dict, expected_keys: dict) -> dict:
-    """``state`` with only the keys the saved state had, in param groups too: a newer torch
-    adds defaults (``foreach``, ``differentiable``, ...) when it loads an older state."""
-    kept = {key: value for key, value in state.items() if key in expected_keys}
-    if "param_groups" in kept and "param_groups" in expected_keys:
-        kept["param_groups"] = [
-            {key: value for key, value in group.items() if key in saved}
-            for group, saved in zip(
-                kept["param_groups"], expected_keys["param_groups"], strict=False
-            )
-        ]
-    return kept
+def _restricted(restored: Any, saved: Any) -> Any:
+    """``restored`` with only the entries the saved state had, in the saved order, at every
+    level: a torch loading an older state adds its own defaults (``foreach``,
+    ``differentiable``, a scheduler's ``verbose``, ...) and orders keys its own way, which
+    changes nothing restored. An entry the saved state had and ``restored`` lacks stays
+    missing, so the comparison names it."""
+    if isinstance(restored, dict) and isinstance(saved, dict):
+        kept = copy.copy(restored)  # of the same type: dict, OrderedDict, Counter, ...
+        kept.clear()
+        kept.update({k: _restricted(restored[k], saved[k]) for k in saved if k in restored})
+        return kept
+    if isinstance(restored, list | tuple) and isinstance(saved, list | tuple):
+        if len(restored) == len(saved):
+            return type(restored)(_restricted(r, s) for r, s in zip(restored, saved, strict=True))
+    return restored
 
 
 def _check_restored(entry: dict, loaded: Any) -> str | None:

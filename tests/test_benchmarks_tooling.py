@@ -215,3 +215,29 @@ def test_a_bad_slowdown_value_says_what_is_expected(monkeypatch):
     monkeypatch.setenv(operations.SLOWDOWN_VARIABLE, "fast")
     with pytest.raises(ValueError, match="expected a fraction"):
         operations._slowdown_from_environment()
+
+
+def _version_run(copy: float, save: float) -> dict:
+    size = 256 * MIB
+    return {
+        "benchmarks": [
+            _benchmark("test_limit_memory_copy[256MiB]", copy, bytes=size, measures="memory copy"),
+            _benchmark("test_torch_save_buffer[256MiB]", save, bytes=size, limit="memory copy"),
+        ]
+    }
+
+
+def test_versions_table_gives_each_version_its_fraction_of_the_memory_copy(tmp_path):
+    from benchmarks.versions import fractions_by_version, markdown_table, plot
+
+    (tmp_path / "2.10.0.json").write_text(json.dumps(_version_run(0.1, 0.4)))
+    (tmp_path / "2.9.1.json").write_text(json.dumps(_version_run(0.2, 0.4)))
+    figures = fractions_by_version(tmp_path)
+    assert list(figures) == ["2.9.1", "2.10.0"]  # release order, not text order
+    assert figures["2.9.1"]["save 256MiB"] == pytest.approx((0.5, 640.0))
+    assert figures["2.10.0"]["save 256MiB"] == pytest.approx((0.25, 640.0))
+    assert "load 4096 small tensors" not in figures["2.9.1"]
+    table = markdown_table(figures)
+    assert "| 2.9.1 | 50.0% (640) |" in table and "| 2.10.0 | 25.0% (640) |" in table
+    plot(figures, tmp_path / "versions.png")
+    assert (tmp_path / "versions.png").read_bytes()[:4] == b"\x89PNG"
