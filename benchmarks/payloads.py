@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.capabilities import tensor_storage
 from harness.persistence import SaveOptions
 from strategies.models import InputSpec, Layer, ModelCase, ModelSpec, build_model
 
@@ -54,7 +55,7 @@ def tensor_bytes(obj: object) -> int:
 
     def walk(value: object) -> None:
         if isinstance(value, torch.Tensor):
-            storage = value.untyped_storage()
+            storage = tensor_storage(value)
             storages[storage.data_ptr()] = storage.nbytes()
         elif isinstance(value, dict):
             for item in value.values():

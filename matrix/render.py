@@ -9,17 +9,31 @@ panel: attack class against reader.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter, defaultdict
 
 from matrix.results import Record
 from matrix.versions import version_key
 
-__all__ = ["PANELS", "SEVERITY", "panel_of", "render"]
+__all__ = ["PANELS", "SEVERITY", "panel_of", "render", "shown_outcome"]
 
-# Worst first.
-SEVERITY = ("crashed", "executed", "error", "differs", "refused", "unwritable", "identical")
+# What a cell shows, worst first: the outcomes, with "refused" split in two. A weights_only
+# refusal of a whole-model pickle or a hostile payload is the promise kept ("as promised");
+# of anything else it is a loss.
+SEVERITY = (
+    "crashed",
+    "executed",
+    "error",
+    "differs",
+    "refused",
+    "unwritable",
+    "refused as promised",
+    "identical",
+)
+_REFUSAL_PROMISED = ("whole_model", "payload:")
 _SYMBOLS = {
     "identical": "✓",
+    "refused as promised": "r",
     "differs": "≠",
     "refused": "R",
     "error": "E",
@@ -30,6 +44,7 @@ _SYMBOLS = {
 _COLOURS = {
     "identical": "#4caf50",
     "unwritable": "#d9d9d9",
+    "refused as promised": "#64b5f6",
     "refused": "#fdd835",
     "differs": "#fb8c00",
     "error": "#e53935",
@@ -57,6 +72,13 @@ def panel_of(kind: str) -> str:
     return "packages"
 
 
+def shown_outcome(record: Record) -> str:
+    """The outcome a cell counts: ``refused as promised`` for a weights_only refusal of a
+    whole-model pickle or a payload, else the record's outcome."""
+    promised = record.kind.startswith(_REFUSAL_PROMISED) and record.load_mode == "weights_only"
+    return "refused as promised" if promised and record.outcome == "refused" else record.outcome
+
+
 def _worst(outcomes: list[str]) -> str:
     return min(outcomes, key=SEVERITY.index)
 
@@ -69,7 +91,7 @@ def _cells(records: list[Record], load_mode: str) -> dict[str, dict[tuple[str, s
             continue
         panel = panel_of(record.kind)
         row = record.artifact if panel == "payloads" else record.writer
-        cells[panel][(row, record.reader)].append(record.outcome)
+        cells[panel][(row, record.reader)].append(shown_outcome(record))
     return cells
 
 
@@ -101,13 +123,20 @@ def _table(
     return "\n".join(lines)
 
 
+_NOT_LISTED = ("identical", "unwritable", "refused as promised")
+_DIGEST = re.compile(r"'[0-9a-f]{64}'")
+
+
 def _differences(records: list[Record]) -> list[str]:
-    """Every weights_only outcome other than identical and unwritable, grouped by artifact,
-    outcome and message, with the writers and readers it happens for."""
+    """Every weights_only outcome other than identical, unwritable or refused as promised,
+    grouped by artifact, outcome and message (digests left out), with the writers and
+    readers it happens for."""
     groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
     for record in records:
-        if record.load_mode == "weights_only" and record.outcome not in ("identical", "unwritable"):
-            groups[(record.artifact, record.outcome, record.message)].append(record)
+        shown = shown_outcome(record)
+        if record.load_mode == "weights_only" and shown not in _NOT_LISTED:
+            message = _DIGEST.sub("…", record.message)
+            groups[(record.artifact, record.outcome, message)].append(record)
     lines = []
     for (artifact, outcome, message), found in sorted(groups.items()):
         writers = sorted({r.writer for r in found}, key=version_key)

@@ -30,6 +30,9 @@ KINDS = (
     "legacy_format",
 )
 _KIND_PREFIXES = ("dtype", "optimizer", "scheduler", "payload")
+# Where an environment installed its packages: the part of a message that says nothing about
+# torch and differs between machines.
+_SITE_PACKAGES = re.compile(r"/[^\s'\"]*/site-packages/")
 _NAMED_KIND = re.compile(rf"^({'|'.join(_KIND_PREFIXES)}):[A-Za-z0-9_]+$")
 
 
@@ -47,7 +50,8 @@ class Record:
         load_mode: ``weights_only``, ``default`` (a plain ``torch.load(path)``) or ``unsafe``
             (``weights_only=False``).
         outcome: one of :data:`OUTCOMES`.
-        message: the first line of the error or the first difference; empty if none.
+        message: the first line of the error or the first difference; empty if none. The
+            folder of an environment's packages is written ``<site-packages>``.
     """
 
     writer: str
@@ -59,6 +63,7 @@ class Record:
     message: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "message", _SITE_PACKAGES.sub("<site-packages>/", self.message))
         if self.load_mode not in LOAD_MODES:
             raise ValueError(f"load_mode {self.load_mode!r} is not one of {LOAD_MODES}")
         if self.outcome not in OUTCOMES:

@@ -19,7 +19,7 @@ from harness.capabilities import torch_version
 from matrix.corpus import MANIFEST, from_plain, to_plain, write_corpus
 from matrix.describe import describe, first_difference
 from matrix.reader import read_corpus
-from matrix.render import PANELS, panel_of, render
+from matrix.render import PANELS, panel_of, render, shown_outcome
 from matrix.results import Record, merge, read_records, write_records
 from matrix.versions import VERSIONS, check_versions, needs_numpy_1, tox_env, version_key
 from strategies.model_specs import model_specs
@@ -149,27 +149,37 @@ def test_records_round_trip_sorted_and_conflicts_are_refused(tmp_path):
         merge([[a], [Record("2.10.0", "2.9.1", "views", "views", "weights_only", "differs")]])
 
 
+def test_record_messages_name_no_machine_folder():
+    folder = "/home/a/.tox/e/lib/python3.11/site-packages"
+    message = f"Can't get attribute 'x' on <module 'torch._utils' from '{folder}/torch/_utils.py'>"
+    record = Record("1.13.1", "2.6.0", "sparse", "sparse", "unsafe", "error", message)
+    assert record.message.endswith("from '<site-packages>/torch/_utils.py'>")
+    assert Record(**{**record.__dict__}) == record  # normalizing twice changes nothing
+
+
 def test_render_draws_every_panel(tmp_path):
     records = [
         Record("2.5.1", "2.6.0", "views", "views", "weights_only", "identical"),
         Record("2.6.0", "2.5.1", "whole_model", "whole_model", "weights_only", "refused", "E: x"),
-        Record(
-            "2.5.1",
-            "2.5.1",
-            "torchscript_archive",
-            "payload:torchscript_archive",
-            "weights_only",
-            "executed",
-        ),
+        Record("2.6.0", "2.5.1", "quantized", "quantized", "weights_only", "refused", "E: y"),
+        Record("2.5.1", "2.5.1", "torchscript_archive", "payload:torchscript_archive",
+               "weights_only", "executed"),
     ]
     markdown, picture = render(records, str(tmp_path))
     text = open(markdown).read()
     for panel in PANELS:
         assert f"## {panel}" in text
-    assert "| **2.6.0** | ✓ |" not in text  # 2.6.0 wrote only the refused whole model
-    assert "R1" in text and "☠1" in text
+    # a weights_only refusal of a whole-model pickle keeps the promise; of quantized, not
+    packages = text.split("## packages")[1].split("## ")[0]
+    tensors = text.split("## tensors")[1].split("## ")[0]
+    assert "| **2.6.0** | r1 |  |" in packages and "| **2.6.0** | R1 |  |" in tensors
+    assert "☠1" in text
+    assert "| quantized | refused | 1 | 2.6.0 | 2.5.1 | E: y |" in text
+    assert "whole_model | refused" not in text
     assert open(picture, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert panel_of("scheduler:StepLR") == "training" and panel_of("dtype:bool") == "tensors"
+    assert shown_outcome(records[1]) == "refused as promised"
+    assert shown_outcome(records[2]) == "refused"
 
 
 # --- the committed corpora, read by the installed torch -------------------------------------
