@@ -71,7 +71,7 @@ class _Walk:
 
     def compare(self, expected: Any, actual: Any, path: str) -> None:
         if type(expected) is not type(actual):
-            raise _mismatch(path, "type", _type_name(expected), _type_name(actual))
+            raise _mismatch(path, "type", type_name(expected), type_name(actual))
         if self._seen_before(expected, actual, path):
             return
         if isinstance(expected, torch.Tensor):
@@ -315,23 +315,24 @@ def _compare_numpy_values(expected, actual, path: str) -> None:
             raise _mismatch(path, aspect, left, right)
     if expected.dtype.hasobject:
         if expected.tolist() != actual.tolist():
-            raise _mismatch(path, "contents", _short_repr(expected), _short_repr(actual))
+            raise _mismatch(path, "contents", short_repr(expected), short_repr(actual))
     elif expected.tobytes() != actual.tobytes():
-        raise _mismatch(path, "contents", _short_repr(expected), _short_repr(actual))
+        raise _mismatch(path, "contents", short_repr(expected), short_repr(actual))
 
 
 def _compare_by_equality(expected: Any, actual: Any, path: str) -> None:
     equal = expected == actual
     if not isinstance(equal, bool):
         raise TypeError(
-            f"{path}: {_type_name(expected)}.__eq__ returned {_type_name(equal)}, not a bool; "
+            f"{path}: {type_name(expected)}.__eq__ returned {type_name(equal)}, not a bool; "
             "assert_identical cannot compare such values"
         )
     if not equal:
-        raise _mismatch(path, "value", _short_repr(expected), _short_repr(actual))
+        raise _mismatch(path, "value", short_repr(expected), short_repr(actual))
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The qualified name of ``value``'s class; builtins by their bare name."""
     kind = type(value)
     return (
         kind.__qualname__
@@ -340,6 +341,7 @@ def _type_name(value: Any) -> str:
     )
 
 
-def _short_repr(value: Any, limit: int = 200) -> str:
+def short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

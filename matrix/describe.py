@@ -23,19 +23,11 @@ import numpy as np
 import torch
 
 from harness.capabilities import tensor_storage
+from harness.compare import short_repr, type_name
 
 __all__ = ["describe", "first_difference"]
 
 _SCALARS = (bool, int, str, type(None))
-
-
-def _type_name(value: Any) -> str:
-    kind = type(value)
-    return (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -73,7 +65,7 @@ class _Describer:
 
     def tensor(self, tensor: torch.Tensor) -> list:
         header = {
-            "type": _type_name(tensor),
+            "type": type_name(tensor),
             "dtype": _dtype_name(tensor.dtype),
             "shape": list(tensor.shape),
             "requires_grad": tensor.requires_grad,
@@ -118,7 +110,7 @@ class _Describer:
         if isinstance(value, float):
             return ["float", value.hex()]
         if isinstance(value, _SCALARS):
-            return [_type_name(value), value]
+            return [type_name(value), value]
         if isinstance(value, torch.dtype):
             return ["torch.dtype", _dtype_name(value)]
         if isinstance(value, torch.device):
@@ -129,10 +121,10 @@ class _Describer:
             return ["bytes", hashlib.sha256(value).hexdigest()]
         if isinstance(value, dict):
             items = [[self.value(key), self.value(item)] for key, item in value.items()]
-            return [_type_name(value), items]
+            return [type_name(value), items]
         if isinstance(value, list | tuple | set | frozenset):
             items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
-            return [_type_name(value), [self.value(item) for item in items]]
+            return [type_name(value), [self.value(item) for item in items]]
         if isinstance(value, np.ndarray):
             digest = hashlib.sha256(value.tobytes()).hexdigest() if value.dtype != object else None
             return [
@@ -141,10 +133,10 @@ class _Describer:
             ]
         if isinstance(value, torch.nn.Module):
             return [
-                _type_name(value),
+                type_name(value),
                 {"training": value.training, "state_dict": self.value(value.state_dict())},
             ]
-        return [_type_name(value), None]
+        return [type_name(value), None]
 
 
 def describe(value: Any) -> Any:
@@ -185,7 +177,7 @@ def _is_tagged(description: Any) -> bool:
 def _walk(expected: Any, actual: Any, path: str) -> str | None:
     where = path or "the value"
     if type(expected) is not type(actual):
-        return f"{where}: expected {_short(expected)}, got {_short(actual)}"
+        return f"{where}: expected {short_repr(expected, 80)}, got {short_repr(actual, 80)}"
     if _is_mapping(expected) and _is_mapping(actual):
         if expected[0] != actual[0]:
             return f"{where}: expected a {expected[0]}, got a {actual[0]}"
@@ -231,13 +223,8 @@ def _walk(expected: Any, actual: Any, path: str) -> str | None:
                 return found
         return None
     if expected != actual:
-        return f"{where}: expected {_short(expected)}, got {_short(actual)}"
+        return f"{where}: expected {short_repr(expected, 80)}, got {short_repr(actual, 80)}"
     return None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def first_difference(expected: Any, actual: Any) -> str | None:
