@@ -34,7 +34,7 @@ from matrix.describe import describe
 from strategies.model_specs import available_families, model_specs
 from strategies.models import build_model
 from strategies.optim import optimizer_specs, scheduler_specs
-from strategies.training import TrainingCase, TrainingSpec, _fits
+from strategies.training import TrainingCase, TrainingSpec, optimizer_fits
 
 __all__ = ["MANIFEST", "from_plain", "to_plain", "write_corpus"]
 
@@ -150,7 +150,7 @@ def _training_spec(optimizer_name: str, scheduler_spec=None) -> TrainingSpec:
         model = _simplest(model_specs(["embedding"]), lambda spec: spec.has_sparse_gradients)
     else:
         model = _model_spec("linear")
-    if not _fits(optimizer_name, build_model(model).module, model):
+    if not optimizer_fits(optimizer_name, build_model(model).module, model):
         raise ValueError(f"{optimizer_name} cannot train the simplest model")
     optimizer = _simplest(optimizer_specs([optimizer_name]))
     return TrainingSpec(model, optimizer, scheduler_spec, _TRAINING_STEPS)

@@ -30,7 +30,14 @@ from strategies.optim import (
     step_scheduler,
 )
 
-__all__ = ["ScaledOutput", "TrainingCase", "TrainingSpec", "training_cases", "training_states"]
+__all__ = [
+    "ScaledOutput",
+    "TrainingCase",
+    "TrainingSpec",
+    "optimizer_fits",
+    "training_cases",
+    "training_states",
+]
 
 # The optimizer made for sparse gradients (it trains only the sparse parameters). SGD and
 # Adagrad accept sparse gradients too, but not with weight decay and other options.
@@ -113,7 +120,10 @@ class TrainingCase:
         return losses[0]
 
 
-def _fits(optimizer: str, model: torch.nn.Module, spec: ModelSpec) -> bool:
+def optimizer_fits(optimizer: str, model: torch.nn.Module, spec: ModelSpec) -> bool:
+    """Whether the optimizer class named ``optimizer`` can train ``model`` (built from
+    ``spec``): sparse gradients only by SparseAdam, SparseAdam nothing else, Muon only a
+    model with a trainable 2-d parameter."""
     if spec.has_sparse_gradients:
         return optimizer in _SPARSE_OPTIMIZERS
     if optimizer == "SparseAdam":
@@ -133,7 +143,7 @@ def _training_specs(draw: st.DrawFn) -> TrainingSpec:
     scaled_output = not any(p.requires_grad for p in model.parameters())
     if scaled_output:
         model = ScaledOutput(model)
-    names = [name for name in probe().optimizers if _fits(name, model, model_spec)]
+    names = [name for name in probe().optimizers if optimizer_fits(name, model, model_spec)]
     optimizer = draw(optimizer_specs(names=names))
     # LBFGS steps many times per step(); a scheduler on top adds nothing to check.
     scheduler = draw(st.none() | scheduler_specs()) if not optimizer.needs_closure else None
