@@ -53,23 +53,31 @@ def write_payloads(payloads: Sequence, directory: str) -> list[tuple[str, str]]:
 
 def weights_only_runs_no_payload(payloads: Sequence) -> Iterator[str]:
     """``torch.load(weights_only=True)`` refuses every hostile file with ``UnpicklingError`` or
-    ``RuntimeError``, and the file's payload never runs (its sentinel never appears).
+    ``RuntimeError``, and the file's payload never runs (its sentinel never appears); where
+    torch has ``mmap``, the same holds with ``mmap=True``.
 
     ``payloads`` are :class:`strategies.payloads.HostilePayload` values, loaded in one child.
-    Yields ``"<attack>: <outcome>"`` for each.
+    Yields ``"<attack>: <outcome>"`` for each, then ``"<attack> (mmap): <outcome>"``.
     """
+    mmap_modes = (False, True) if probe().load_mmap else (False,)
     with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
         files = write_payloads(payloads, directory)
-        requests = [LoadRequest(path, weights_only=True) for path, _ in files]
+        loads = [
+            (mmap, payload, file)
+            for mmap in mmap_modes
+            for payload, file in zip(payloads, files, strict=True)
+        ]
+        requests = [LoadRequest(path, weights_only=True, mmap=mmap) for mmap, _, (path, _) in loads]
         outcomes = load_requests_in_child(requests)
-        for payload, (_, sentinel), outcome in zip(payloads, files, outcomes, strict=True):
-            yield f"{payload.attack}: {outcome}"
+        for (mmap, payload, (_, sentinel)), outcome in zip(loads, outcomes, strict=True):
+            load = "weights_only=True, mmap=True" if mmap else "weights_only=True"
+            yield f"{payload.attack}{' (mmap)' if mmap else ''}: {outcome}"
             assert not os.path.exists(sentinel), (
-                f"weights_only=True ran the {payload.attack} payload: its sentinel was created "
+                f"{load} ran the {payload.attack} payload: its sentinel was created "
                 f"(load {_describe(outcome)})"
             )
             assert outcome.kind == "refused" and outcome.error_type in CLEAN_REFUSALS, (
-                f"weights_only=True on the {payload.attack} file should be refused with "
+                f"{load} on the {payload.attack} file should be refused with "
                 f"UnpicklingError or RuntimeError, but it {_describe(outcome)}"
             )
 
