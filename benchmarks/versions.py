@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmarks.payloads import SIZES
 from benchmarks.report import MIB, load_benchmarks, rows
+from matrix.versions import version_key
 
 __all__ = ["SELECTION", "fractions_by_version", "markdown_table", "plot"]
 
@@ -35,15 +36,11 @@ SERIES = {
 }
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
-
-
 def fractions_by_version(directory: Path) -> dict[str, dict[str, tuple[float, float]]]:
     """For each version with a run in ``directory``: series name -> (fraction of the memory
     copy, MiB/s). A series the run lacks is left out."""
     found = {}
-    for path in sorted(directory.glob("*.json"), key=lambda p: _version_key(p.stem)):
+    for path in sorted(directory.glob("*.json"), key=lambda p: version_key(p.stem)):
         by_name = {row.name: row for row in rows(load_benchmarks(path))}
         figures = {}
         for series, name in SERIES.items():

@@ -244,7 +244,7 @@ _COMPRESSED_PARTS = {
 }
 
 
-def _element_bytes(tensor: torch.Tensor) -> torch.Tensor:
+def element_bytes(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's elements as rows of raw bytes: shape (numel, itemsize), dtype uint8."""
     # clone, not contiguous(): a tensor whose size-1 dimensions have odd strides counts as
     # contiguous, and viewing it as bytes would fail.
@@ -255,7 +255,7 @@ def _element_bytes(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _compare_bits(expected: torch.Tensor, actual: torch.Tensor, path: str) -> None:
-    left, right = _element_bytes(expected), _element_bytes(actual)
+    left, right = element_bytes(expected), element_bytes(actual)
     differs = (left != right).any(dim=1)
     count = int(differs.sum())
     if count == 0:
@@ -283,9 +283,10 @@ def _unravel(position: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(index))
 
 
-def _describe_element(tensor: torch.Tensor, element_bytes: torch.Tensor, position: int) -> str:
-    """An element as its bit pattern (hex, most significant byte first) and its value."""
-    raw = bytes(element_bytes[position].tolist())
+def _describe_element(tensor: torch.Tensor, byte_rows: torch.Tensor, position: int) -> str:
+    """An element (row ``position`` of its :func:`element_bytes`) as its bit pattern (hex,
+    most significant byte first) and its value."""
+    raw = bytes(byte_rows[position].tolist())
     bits = "0x" + raw[::-1].hex()
     try:
         value = tensor.detach().cpu().reshape(-1)[position].item()

@@ -26,7 +26,8 @@ import shutil
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from matrix.driver import ROOT
+
 CORPUS = os.path.join(ROOT, "matrix", "corpus")
 RESULTS = os.path.join(ROOT, "matrix", "results")
 MERGED = os.path.join(ROOT, "matrix", "results.json")
@@ -82,15 +83,16 @@ def _read(arguments) -> int:
     from matrix.reader import payload_records, read_corpus
     from matrix.results import write_records
 
+    corpora = _corpora()
     records = []
-    for directory in _corpora():
+    for directory in corpora:
         records += read_corpus(directory)
     if not arguments.skip_payloads:
         records += payload_records()
     out = arguments.out or os.path.join(RESULTS, f"{torch_version()}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     write_records(records, out)
-    print(f"read {len(_corpora())} corpora: {len(records)} records in {out}")
+    print(f"read {len(corpora)} corpora: {len(records)} records in {out}")
     return 0
 
 

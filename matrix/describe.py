@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from harness.capabilities import tensor_storage
-from harness.compare import short_repr, type_name
+from harness.compare import element_bytes, short_repr, type_name
 
 __all__ = ["describe", "first_difference"]
 
@@ -32,14 +32,6 @@ _SCALARS = (bool, int, str, type(None))
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
-
-
-def _element_bytes(tensor: torch.Tensor) -> bytes:
-    """The raw bytes of a dense tensor's elements, in row-major order."""
-    flat = tensor.detach().reshape(-1).contiguous()
-    if flat.dtype != torch.uint8:
-        flat = flat.view(torch.uint8)
-    return flat.numpy().tobytes()
 
 
 class _Describer:
@@ -57,7 +49,7 @@ class _Describer:
         whole = tensor.detach().as_strided((nbytes // tensor.element_size(),), (1,), 0)
         description = {
             "nbytes": nbytes,
-            "sha256": hashlib.sha256(_element_bytes(whole)).hexdigest(),
+            "sha256": hashlib.sha256(element_bytes(whole).numpy().tobytes()).hexdigest(),
         }
         if nbytes:
             description["shared_as"] = self.storages.setdefault(key, len(self.storages))
