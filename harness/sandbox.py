@@ -4,12 +4,17 @@ observed and named instead of taking the harness down.
 :func:`load_requests_in_child` runs ``torch.load`` on several files in one fresh Python
 process (importing torch costs seconds, so loads are batched) under an address-space limit,
 with a wall-clock limit per file. The child reports each file before it loads it, so a crash
-is pinned on the file being loaded; the files after it are loaded in a new child. Each load
-ends as a :class:`LoadOutcome`; the parent judges nothing else (sentinels are the caller's).
+is pinned on the file being loaded; the files after it are loaded in a new child. A child that
+dies after its last load (a corrupted heap often crashes only at exit) has its files loaded
+again one per child, to find the one that kills it; a request marked ``alone`` (a file known
+to corrupt memory, whose damage could crash the next load) gets a child of its own from the
+start. Each load ends as a :class:`LoadOutcome`; the parent judges nothing else (sentinels
+are the caller's).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -104,12 +109,15 @@ class LoadRequest:
         mmap: load with ``mmap=True``.
         save_to: where the child saves what it loaded with ``torch.save`` (for comparing it
             in the parent), or ``None``.
+        alone: load it in a child of its own, so that memory it corrupts harms no other load
+            and a crash at the child's exit is pinned on it.
     """
 
     path: str
     weights_only: bool
     mmap: bool = False
     save_to: str | None = None
+    alone: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,10 @@ def _last_stderr_line(path: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def _signal_name(code: int) -> str | None:
+    return signal.Signals(-code).name if code < 0 else None
+
+
 def _kill(process: subprocess.Popen) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -169,9 +181,10 @@ def _run_child(
     *,
     timeout_s: float,
     memory_bytes: int,
-) -> dict[int, LoadOutcome]:
+) -> tuple[dict[int, LoadOutcome], tuple[str, str] | None]:
     """Load ``pending`` in one child until all are done or the child dies; the outcomes of
-    the files it got to, by index."""
+    the files it got to, by index, and, when a signal killed the child after its last load,
+    the signal's name and the last line of its stderr (else ``None``)."""
     job_path = os.path.join(directory, "job.json")
     progress_path = os.path.join(directory, "progress.jsonl")
     stderr_path = os.path.join(directory, "stderr.txt")
@@ -231,8 +244,8 @@ def _run_child(
                 if current == index:
                     current = None
         if len(outcomes) == len(pending):
-            process.wait()
-            return outcomes
+            name = _signal_name(process.wait())
+            return outcomes, (name, _last_stderr_line(stderr_path)) if name else None
         now = time.monotonic()
         if current is not None and now - current_since > timeout_s:
             _kill(process)
@@ -242,7 +255,7 @@ def _run_child(
                 detail=f"no result after {timeout_s:g} s",
                 seconds=now - current_since,
             )
-            return outcomes
+            return outcomes, None
         if current is None and not ready and now - launched > _STARTUP_TIMEOUT_S:
             _kill(process)
             raise SandboxError(f"the child did not import torch in {_STARTUP_TIMEOUT_S:g} s")
@@ -253,7 +266,7 @@ def _run_child(
                     f"{_last_stderr_line(stderr_path)}"
                 )
             code = process.returncode
-            name = signal.Signals(-code).name if code < 0 else None
+            name = _signal_name(code)
             why = f"killed by {name}" if name else f"exited with status {code}"
             outcomes[current] = LoadOutcome(
                 paths[current],
@@ -262,7 +275,7 @@ def _run_child(
                 detail=f"{why}; stderr: {_last_stderr_line(stderr_path)}",
                 seconds=now - current_since,
             )
-            return outcomes
+            return outcomes, None
         time.sleep(_POLL_S)
 
 
@@ -276,16 +289,33 @@ def load_requests_in_child(
 
     One child loads the files one after another; when it crashes or a load runs past
     ``timeout_s`` seconds, that file gets the outcome and the files after it go to a new
-    child. The child may map ``memory_bytes`` bytes of address space beyond what importing
-    torch took. Raises :class:`SandboxError` when a child cannot even import torch.
+    child. A child killed by a signal after its last load has its files loaded again, one
+    per child; a file whose own child dies so is ``crashed`` although ``torch.load``
+    returned. Requests marked ``alone`` always get a child of their own. The child may map
+    ``memory_bytes`` bytes of address space beyond what importing torch took. Raises
+    :class:`SandboxError` when a child cannot even import torch.
     """
     pending = list(enumerate(requests))
+    alone = {index for index, request in pending if request.alone}
     outcomes: dict[int, LoadOutcome] = {}
     with tempfile.TemporaryDirectory(prefix="sandbox-") as directory:
         while pending:
-            outcomes.update(
-                _run_child(pending, directory, timeout_s=timeout_s, memory_bytes=memory_bytes)
+            if pending[0][0] in alone:
+                batch = pending[:1]
+            else:
+                batch = list(itertools.takewhile(lambda item: item[0] not in alone, pending))
+            done, death = _run_child(
+                batch, directory, timeout_s=timeout_s, memory_bytes=memory_bytes
             )
+            if death is not None and len(batch) > 1:
+                alone.update(index for index, _ in batch)
+                continue
+            if death is not None:
+                (index, request), (name, stderr) = batch[0], death
+                first = done[index]
+                detail = f"{first.kind}, then the child was killed by {name}; stderr: {stderr}"
+                done[index] = LoadOutcome(request.path, "crashed", name, detail, first.seconds)
+            outcomes.update(done)
             pending = [(index, request) for index, request in pending if index not in outcomes]
     return [outcomes[index] for index in range(len(requests))]
 

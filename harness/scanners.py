@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 from harness.safety import write_payloads
-from harness.sandbox import LoadRequest, load_requests_in_child
+from harness.sandbox import load_requests_in_child
 
 __all__ = ["fickling_flags", "picklescan_flags", "scanner_comparison_table"]
 
@@ -65,20 +65,18 @@ def _verdict(flagged: bool | None) -> str:
 def scanner_comparison_table() -> str:
     """A Markdown table: each hostile file, picklescan's and fickling's verdicts, and what
     ``weights_only=True`` does with it (loads run in the sandbox)."""
-    from strategies.payloads import ATTACK_CLASSES, BOMB_CLASSES, HostilePayload
+    from strategies.payloads import HOSTILE_CLASSES, HostilePayload
 
-    payloads = [HostilePayload(attack) for attack in ATTACK_CLASSES + BOMB_CLASSES]
+    payloads = [HostilePayload(attack) for attack in HOSTILE_CLASSES]
     rows = ["| attack | picklescan | fickling | weights_only=True |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
         files = write_payloads(payloads, directory)
-        outcomes = load_requests_in_child(
-            [LoadRequest(path, weights_only=True) for path, _ in files]
-        )
-        for payload, (path, sentinel), outcome in zip(payloads, files, outcomes, strict=True):
-            ran = ", ran" if os.path.exists(sentinel) else ""
+        outcomes = load_requests_in_child([file.request(weights_only=True) for file in files])
+        for file, outcome in zip(files, outcomes, strict=True):
+            ran = ", ran" if file.ran else ""
             rows.append(
-                f"| {payload.attack} | {_verdict(picklescan_flags(path))} | "
-                f"{_verdict(fickling_flags(path))} | {outcome}{ran} |"
+                f"| {file.payload.attack} | {_verdict(picklescan_flags(file.path))} | "
+                f"{_verdict(fickling_flags(file.path))} | {outcome}{ran} |"
             )
     return "\n".join(rows)
 

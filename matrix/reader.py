@@ -20,13 +20,13 @@ import torch
 
 from harness.capabilities import probe, torch_version
 from harness.persistence import explain_error
-from harness.safety import write_payloads
-from harness.sandbox import LoadRequest, load_requests_in_child
+from harness.safety import WrittenPayload, write_payloads
+from harness.sandbox import LoadOutcome, load_requests_in_child
 from matrix.corpus import MANIFEST, from_plain
 from matrix.describe import describe, first_difference
-from matrix.results import LOAD_MODES, Record
+from matrix.results import CORPUS_LOAD_MODES, Record
 from strategies.models import build_model
-from strategies.payloads import ATTACK_CLASSES, BOMB_CLASSES, HostilePayload
+from strategies.payloads import HOSTILE_CLASSES, HostilePayload
 from strategies.training import TrainingCase
 
 __all__ = ["load_artifact", "payload_records", "read_corpus"]
@@ -40,7 +40,8 @@ def _is_refusal(error: BaseException) -> bool:
 
 
 def load_artifact(path: str, load_mode: str, map_location: Any = None) -> Any:
-    """``torch.load`` of ``path`` as ``load_mode`` says (see :data:`matrix.results.LOAD_MODES`)."""
+    """``torch.load`` of ``path`` as ``load_mode`` (one of
+    :data:`matrix.results.CORPUS_LOAD_MODES`) says."""
     keywords: dict[str, Any] = {"map_location": map_location}
     if load_mode != "default":
         if not probe().load_weights_only:
@@ -135,7 +136,7 @@ def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for entry in manifest["artifacts"]:
-            for load_mode in LOAD_MODES:
+            for load_mode in CORPUS_LOAD_MODES:
                 if "unwritable" in entry:
                     outcome, message = "unwritable", entry["unwritable"]
                 else:
@@ -155,53 +156,60 @@ def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list
     return records
 
 
-def _payload_outcome(outcome, sentinel: str) -> tuple[str, str]:
-    if os.path.exists(sentinel):
+def _payload_outcome(file: WrittenPayload, outcome: LoadOutcome) -> tuple[str, str]:
+    if file.ran:
         return "executed", f"the payload ran ({outcome.kind}): {outcome.detail}"[:300]
     if outcome.kind in ("crashed", "timeout"):
         return "crashed", f"{outcome.kind} ({outcome.error_type}): {outcome.detail}"[:300]
     if outcome.kind == "loaded":
-        return "differs", "loaded without running the payload"
+        return "differs", f"loaded: {file.payload.harm}"
     return "refused", outcome.detail[:300]
 
 
 def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
-    """Records of loading every hostile payload, built with the installed torch, with
-    ``weights_only=True`` and ``weights_only=False`` in a child process each."""
+    """Records of loading every hostile file of :data:`strategies.payloads.HOSTILE_CLASSES`,
+    built with the installed torch, with ``weights_only=True`` (and ``mmap=True`` too where
+    torch has it) and ``weights_only=False``, in child processes."""
     version = torch_version()
     records = []
-    for load_mode in ("weights_only", "unsafe"):
+    load_modes = ["weights_only", "unsafe"]
+    if probe().load_mmap:
+        load_modes.insert(1, "weights_only_mmap")
+    for load_mode in load_modes:
         with tempfile.TemporaryDirectory(prefix="matrix-payloads-") as directory:
-            written, files = [], []
-            for attack in ATTACK_CLASSES + BOMB_CLASSES:
+            files = []
+            for attack in HOSTILE_CLASSES:
                 try:
                     files += write_payloads([HostilePayload(attack)], directory)
                 except Exception as error:  # noqa: BLE001
-                    record = Record(
-                        version,
-                        version,
-                        attack,
-                        f"payload:{attack}",
-                        load_mode,
-                        "unwritable",
-                        explain_error(error),
+                    message = explain_error(error)
+                    kind = f"payload:{attack}"
+                    records.append(
+                        Record(version, version, attack, kind, load_mode, "unwritable", message)
                     )
-                    records.append(record)
-                    continue
-                written.append(attack)
             requests = [
-                LoadRequest(path, weights_only=load_mode == "weights_only") for path, _ in files
+                file.request(
+                    weights_only=load_mode != "unsafe", mmap=load_mode == "weights_only_mmap"
+                )
+                for file in files
             ]
-            outcomes = load_requests_in_child(requests)
-            for attack, (_, sentinel), outcome in zip(written, files, outcomes, strict=True):
-                result, message = _payload_outcome(outcome, sentinel)
+            for file, outcome in zip(files, load_requests_in_child(requests), strict=True):
+                attack = file.payload.attack
+                result, message = _payload_outcome(file, outcome)
                 records.append(
                     Record(
                         version, version, attack, f"payload:{attack}", load_mode, result, message
                     )
                 )
-    executed = sorted(
-        {r.artifact for r in records if r.load_mode == "weights_only" and r.outcome == "executed"}
+    broken = sorted(
+        {
+            r.artifact
+            for r in records
+            if r.load_mode.startswith("weights_only") and r.outcome in ("executed", "crashed")
+        }
     )
-    progress(f"  payloads: {len(records)} loads; executed under weights_only: {executed or 'none'}")
+    progress(
+        f"  payloads: {len(records)} loads; executed or crashed under weights_only: "
+        f"{broken or 'none'}"
+    )
     return records

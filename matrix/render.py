@@ -75,7 +75,9 @@ def panel_of(kind: str) -> str:
 def shown_outcome(record: Record) -> str:
     """The outcome a cell counts: ``refused as promised`` for a weights_only refusal of a
     whole-model pickle or a payload, else the record's outcome."""
-    promised = record.kind.startswith(_REFUSAL_PROMISED) and record.load_mode == "weights_only"
+    promised = record.kind.startswith(_REFUSAL_PROMISED) and record.load_mode.startswith(
+        "weights_only"
+    )
     return "refused as promised" if promised and record.outcome == "refused" else record.outcome
 
 
@@ -128,15 +130,16 @@ _DIGEST = re.compile(r"'[0-9a-f]{64}'")
 
 
 def _differences(records: list[Record]) -> list[str]:
-    """Every weights_only outcome other than identical, unwritable or refused as promised,
-    grouped by artifact, outcome and message (digests left out), with the writers and
-    readers it happens for."""
+    """Every weights_only outcome (with or without mmap) other than identical, unwritable or
+    refused as promised, grouped by artifact, outcome and message (digests left out), with
+    the writers and readers it happens for."""
     groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
     for record in records:
         shown = shown_outcome(record)
-        if record.load_mode == "weights_only" and shown not in _NOT_LISTED:
+        if record.load_mode.startswith("weights_only") and shown not in _NOT_LISTED:
             message = _DIGEST.sub("…", record.message)
-            groups[(record.artifact, record.outcome, message)].append(record)
+            artifact = record.artifact + (" (mmap)" if record.load_mode.endswith("mmap") else "")
+            groups[(artifact, record.outcome, message)].append(record)
     lines = []
     for (artifact, outcome, message), found in sorted(groups.items()):
         writers = sorted({r.writer for r in found}, key=version_key)
@@ -169,14 +172,17 @@ def _markdown(records: list[Record]) -> str:
             _table(cells.get(panel, {}), versions, versions, "writer \\ reader"),
         ]
     attacks = sorted({r.artifact for r in records if panel_of(r.kind) == "payloads"})
-    if attacks:
-        readers = [v for v in versions if any((a, v) in cells["payloads"] for a in attacks)]
-        parts += [
-            "",
-            "## payloads: hostile files built and loaded with weights_only=True by each torch",
-            "",
-            _table(cells["payloads"], attacks, readers, "attack \\ torch"),
-        ]
+    for load_mode, options in (("weights_only", ""), ("weights_only_mmap", ", mmap=True")):
+        payloads = _cells(records, load_mode).get("payloads", {})
+        readers = [v for v in versions if any((a, v) in payloads for a in attacks)]
+        if readers:
+            parts += [
+                "",
+                f"## payloads: hostile files built and loaded with weights_only=True{options} "
+                "by each torch",
+                "",
+                _table(payloads, attacks, readers, "attack \\ torch"),
+            ]
     parts += [
         "",
         "## Every load with weights_only=True that was not identical",

@@ -12,9 +12,20 @@ from dataclasses import asdict, dataclass, fields
 
 from matrix.versions import version_key
 
-__all__ = ["KINDS", "LOAD_MODES", "OUTCOMES", "Record", "merge", "read_records", "write_records"]
+__all__ = [
+    "CORPUS_LOAD_MODES",
+    "KINDS",
+    "LOAD_MODES",
+    "OUTCOMES",
+    "Record",
+    "merge",
+    "read_records",
+    "write_records",
+]
 
-LOAD_MODES = ("weights_only", "default", "unsafe")
+# Every corpus artifact is read in each of these; payloads also with weights_only_mmap.
+CORPUS_LOAD_MODES = ("weights_only", "default", "unsafe")
+LOAD_MODES = CORPUS_LOAD_MODES + ("weights_only_mmap",)
 OUTCOMES = ("identical", "differs", "refused", "error", "crashed", "executed", "unwritable")
 # Plain kinds, and the prefixes of kinds that name a class, a dtype or an attack.
 KINDS = (
@@ -47,8 +58,9 @@ class Record:
         artifact: the artifact's own name, e.g. ``state_dict/conv2d``.
         kind: one of :data:`KINDS`, or ``dtype:<name>``, ``optimizer:<class>``,
             ``scheduler:<class>``, ``payload:<attack class>``.
-        load_mode: ``weights_only``, ``default`` (a plain ``torch.load(path)``) or ``unsafe``
-            (``weights_only=False``).
+        load_mode: ``weights_only``, ``default`` (a plain ``torch.load(path)``), ``unsafe``
+            (``weights_only=False``) or, for payloads on a torch that has ``mmap``,
+            ``weights_only_mmap`` (``weights_only=True, mmap=True``).
         outcome: one of :data:`OUTCOMES`.
         message: the first line of the error or the first difference; empty if none. The
             folder of an environment's packages is written ``<site-packages>``.

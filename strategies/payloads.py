@@ -2,9 +2,10 @@
 
 Every payload's only effect, should a loader run it, is to create a sentinel file at a path
 the caller chooses; nothing is destructive and nothing touches the network. A payload is
-plain data (:class:`HostilePayload`, an attack class name) and writes a real torch zip
-checkpoint that otherwise looks like a training checkpoint. Allocation bombs
-(:data:`BOMB_CLASSES`) create no sentinel: they declare far more memory than the file holds.
+plain data (:class:`HostilePayload`, an attack class name) and writes a real torch
+checkpoint (a zip archive, unless the class is a legacy carrier) that otherwise looks like a
+training checkpoint. Memory attacks (:data:`MEMORY_ATTACK_CLASSES`) and allocation bombs
+(:data:`BOMB_CLASSES`) create no sentinel: loading them at all is what goes wrong.
 A :class:`Corruption` names one way of damaging a valid checkpoint (truncating it, flipping a
 byte, resizing a storage record) and applies it to the bytes torch wrote.
 
@@ -30,6 +31,23 @@ Attack classes, simplest first:
 - ``zip_header_mismatch``: the ``reduce_os_system`` payload in a ``data.pkl`` record whose
   local header names another file than the central directory does; torch reads the record,
   Python's ``zipfile`` (and so a scanner built on it) refuses the archive as damaged.
+- ``zip_encrypted_flag``: the ``reduce_os_system`` payload in a ``data.pkl`` record whose
+  local header says it is encrypted (it is not, and the central directory does not say so).
+- ``legacy_format``: the ``reduce_os_system`` payload in the legacy (non-zip) format that
+  ``_use_new_zipfile_serialization=False`` writes.
+- ``legacy_tar``: the ``reduce_os_system`` payload as the ``pickle`` member of the tar archive
+  torch wrote before 0.4 (``sys_info``, ``storages``, ``tensors``, ``pickle``); torch 2.6
+  refuses the format under ``weights_only`` (the tar path closed after CVE-2025-32434).
+
+Memory attacks (:data:`MEMORY_ATTACK_CLASSES`, the two halves of CVE-2026-24747 and their
+combination) create no sentinel; loading them at all is the failure:
+
+- ``setitem_on_tensor``: ``SETITEM`` applied to a loaded tensor instead of a dict, so the
+  file's pickle program writes into the weights after they are read.
+- ``storage_record_short``: a storage record of 4 bytes whose pickle declares 256; the tensor
+  built on it covers 252 bytes of memory that the file never held.
+- ``setitem_out_of_bounds``: both: ``SETITEM`` writes into such a tensor 160 bytes past the
+  end of its record, corrupting the loader's heap (:attr:`HostilePayload.corrupts_memory`).
 """
 
 from __future__ import annotations
@@ -38,8 +56,10 @@ import builtins
 import functools
 import io
 import os
+import pickle
 import struct
 import subprocess
+import tarfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -53,6 +73,8 @@ __all__ = [
     "PickledCall",
     "ATTACK_CLASSES",
     "BOMB_CLASSES",
+    "HOSTILE_CLASSES",
+    "MEMORY_ATTACK_CLASSES",
     "CORRUPTION_KINDS",
     "Corruption",
     "HostilePayload",
@@ -60,6 +82,7 @@ __all__ = [
     "corruptions",
     "hostile_files",
     "hostile_payloads",
+    "memory_attacks",
     "valid_checkpoint_bytes",
 ]
 
@@ -317,6 +340,37 @@ def _zip_header_mismatch(sentinel: str) -> bytes:
     return data[: name_end - 1] + b"X" + data[name_end:]  # .../data.pkl -> .../data.pkX
 
 
+def _zip_encrypted_flag(sentinel: str) -> bytes:
+    data = _zip_hostile(sentinel)
+    flags_at = _data_pkl(data).header_offset + 6  # general purpose flags of the local header
+    (flags,) = struct.unpack("<H", data[flags_at : flags_at + 2])
+    return data[:flags_at] + struct.pack("<H", flags | 0x1) + data[flags_at + 2 :]
+
+
+def _legacy_format(sentinel: str) -> bytes:
+    buffer = io.BytesIO()
+    payload = _checkpoint(PickledCall(os.system, f"touch '{sentinel}'"))
+    torch.save(payload, buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
+
+
+def _legacy_tar(sentinel: str) -> bytes:
+    payload = {"epoch": 1, "model_config": PickledCall(os.system, f"touch '{sentinel}'")}
+    members = {
+        "sys_info": pickle.dumps({"protocol_version": 1000, "little_endian": True}, protocol=2),
+        "storages": pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2),
+        "tensors": pickle.dumps(0, protocol=2),
+        "pickle": pickle.dumps(payload, protocol=2),
+    }
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
 def _reduce(build):
     return lambda sentinel: _saved(_checkpoint(build(sentinel)))
 
@@ -344,6 +398,9 @@ _ATTACKS = {
     "torchscript_archive": _torchscript_archive,
     "zip_duplicate_member": _zip_duplicate_member,
     "zip_header_mismatch": _zip_header_mismatch,
+    "zip_encrypted_flag": _zip_encrypted_flag,
+    "legacy_format": _legacy_format,
+    "legacy_tar": _legacy_tar,
 }
 ATTACK_CLASSES = tuple(_ATTACKS)
 
@@ -379,18 +436,85 @@ _BOMBS = {
 }
 BOMB_CLASSES = tuple(_BOMBS)
 
+# CVE-2026-24747: a record of 4 bytes declared as 64 float32 elements (256 bytes).
+_SHORT_RECORD_BYTES = 4
+_DECLARED_ELEMENTS = 64
+# Where setitem_out_of_bounds writes: element 40, 160 bytes past the end of the record.
+_OUT_OF_BOUNDS_ELEMENT = 40
+
+
+def _tensor_on_storage_0(elements: int) -> _Apply:
+    """A float32 tensor of ``elements`` over the checkpoint's first storage record."""
+    storage = _Opcode((("storage", _Global("torch", "FloatStorage"), "0", "cpu", elements), b"Q"))
+    ordered = _Apply(_Global("collections", "OrderedDict"), ())
+    arguments = (storage, 0, (elements,), (1,), False, ordered)
+    return _Apply(_Global("torch._utils", "_rebuild_tensor_v2"), arguments)
+
+
+def _memory_attack(elements: int, set_element: int | None, record_bytes: int | None) -> bytes:
+    """A checkpoint whose weight (storage 0, ``elements`` float32) is seen again as
+    ``model_config``, after ``SETITEM`` sets its ``set_element`` to 7 (when given); storage 0's
+    record cut to ``record_bytes`` (when given)."""
+    buffer = io.BytesIO()
+    checkpoint = {"epoch": 1, "model_state_dict": {"weight": torch.zeros(elements)}}
+    torch.save({**checkpoint, "model_config": _MARKER}, buffer)
+    data = buffer.getvalue()
+    node = _tensor_on_storage_0(elements)
+    if set_element is not None:
+        node = _Opcode((node, set_element, 7, b"s"))
+    pickled = zipfile.ZipFile(io.BytesIO(data)).read(_data_pkl(data))
+    replace = {"data.pkl": pickled.replace(_unicode(_MARKER), _emit(node), 1)}
+    if record_bytes is not None:
+        replace["data/0"] = bytes(record_bytes)
+    return _rewrite_zip(data, replace)
+
+
+_MEMORY_ATTACKS = {
+    "setitem_on_tensor": lambda sentinel: _memory_attack(4, 0, None),
+    "storage_record_short": lambda sentinel: _memory_attack(
+        _DECLARED_ELEMENTS, None, _SHORT_RECORD_BYTES
+    ),
+    "setitem_out_of_bounds": lambda sentinel: _memory_attack(
+        _DECLARED_ELEMENTS, _OUT_OF_BOUNDS_ELEMENT, _SHORT_RECORD_BYTES
+    ),
+}
+MEMORY_ATTACK_CLASSES = tuple(_MEMORY_ATTACKS)
+
+# What a loader that accepts the file has let happen, by attack class.
+_HARM = {
+    **{attack: "ran the payload's code" for attack in _ATTACKS},
+    **{attack: "allocated what the file declares" for attack in _BOMBS},
+    "setitem_on_tensor": "the file's pickle wrote into a loaded tensor (SETITEM on a non-dict)",
+    "storage_record_short": "a tensor covers 252 bytes beyond its 4-byte storage record",
+    "setitem_out_of_bounds": "the file's pickle wrote 160 bytes past its storage record",
+}
+
+HOSTILE_CLASSES = ATTACK_CLASSES + MEMORY_ATTACK_CLASSES + BOMB_CLASSES
+
 
 @dataclass(frozen=True)
 class HostilePayload:
-    """One attack class (a name in :data:`ATTACK_CLASSES` or :data:`BOMB_CLASSES`);
-    :meth:`write` puts it inside a checkpoint."""
+    """One attack class (a name in :data:`HOSTILE_CLASSES`); :meth:`write` puts it inside a
+    checkpoint."""
 
     attack: str
 
     @property
     def creates_sentinel(self) -> bool:
-        """Whether running the payload creates the sentinel (false for allocation bombs)."""
+        """Whether running the payload creates the sentinel (false for memory attacks and
+        allocation bombs)."""
         return self.attack in _ATTACKS
+
+    @property
+    def corrupts_memory(self) -> bool:
+        """Whether a loader that accepts the file writes outside the memory it allocated: such
+        a load may crash only later, so it belongs in a process of its own."""
+        return self.attack == "setitem_out_of_bounds"
+
+    @property
+    def harm(self) -> str:
+        """What a loader that accepts the file has let happen, in a few words."""
+        return _HARM[self.attack]
 
     def write(self, path: str | os.PathLike, sentinel: str | os.PathLike) -> None:
         """Write a torch checkpoint at ``path`` whose unpickling creates ``sentinel``.
@@ -401,7 +525,9 @@ class HostilePayload:
         if self.attack == "reduce_runpy_run_path":
             with open(_runpy_script(sentinel), "w") as script:
                 script.write(_creates(sentinel) + "\n")
-        build = _ATTACKS.get(self.attack) or _BOMBS[self.attack]
+        build = {**_ATTACKS, **_MEMORY_ATTACKS, **_BOMBS}.get(self.attack)
+        if build is None:
+            raise ValueError(f"unknown attack class {self.attack!r}; use one of {HOSTILE_CLASSES}")
         with open(path, "wb") as file:
             file.write(build(sentinel))
 
@@ -414,14 +540,21 @@ def hostile_payloads() -> st.SearchStrategy[HostilePayload]:
     return st.sampled_from(ATTACK_CLASSES).map(HostilePayload).map(_record)
 
 
+def memory_attacks() -> st.SearchStrategy[HostilePayload]:
+    """Checkpoints whose loading writes into tensors or reads past their storage records
+    (:data:`MEMORY_ATTACK_CLASSES`)."""
+    return st.sampled_from(MEMORY_ATTACK_CLASSES).map(HostilePayload).map(_record)
+
+
 def allocation_bombs() -> st.SearchStrategy[HostilePayload]:
     """Checkpoints of a few hundred bytes declaring a terabyte (:data:`BOMB_CLASSES`)."""
     return st.sampled_from(BOMB_CLASSES).map(HostilePayload).map(_record)
 
 
 def hostile_files() -> st.SearchStrategy[HostilePayload]:
-    """Code-running payloads and allocation bombs; shrinks toward ``reduce_open``."""
-    return st.one_of(hostile_payloads(), allocation_bombs())
+    """Code-running payloads, memory attacks and allocation bombs; shrinks toward
+    ``reduce_open``."""
+    return st.one_of(hostile_payloads(), memory_attacks(), allocation_bombs())
 
 
 def _record(payload: HostilePayload) -> HostilePayload:

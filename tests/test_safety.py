@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import io
 import os
+import pickletools
+import tarfile
 import time
 import zipfile
 
@@ -25,8 +28,9 @@ from harness.sandbox import LoadOutcome, LoadRequest, load_in_child, load_reques
 from harness.suite import run_invariant
 from strategies.payloads import (
     ATTACK_CLASSES,
-    BOMB_CLASSES,
     CORRUPTION_KINDS,
+    HOSTILE_CLASSES,
+    MEMORY_ATTACK_CLASSES,
     Corruption,
     HostilePayload,
     PickledCall,
@@ -74,6 +78,29 @@ def test_sandbox_names_each_outcome_and_goes_on_after_a_crash(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_child_dying_after_its_last_load_is_pinned_on_the_file_that_killed_it(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"weight": torch.ones(2)}, good)
+    aborts_at_exit = tmp_path / "aborts-at-exit.pt"
+    torch.save({"x": PickledCall(atexit.register, os.abort)}, aborts_at_exit)
+    requests = [
+        LoadRequest(str(good), weights_only=False),
+        LoadRequest(str(aborts_at_exit), weights_only=False),
+        LoadRequest(str(good), weights_only=False),
+        LoadRequest(str(aborts_at_exit), weights_only=False, alone=True),
+        LoadRequest(str(good), weights_only=False),
+    ]
+    outcomes = load_requests_in_child(requests)
+    assert [str(o) for o in outcomes] == [
+        "loaded",
+        "crashed (SIGABRT)",
+        "loaded",
+        "crashed (SIGABRT)",
+        "loaded",
+    ]
+    assert outcomes[1].detail.startswith("loaded, then the child was killed by SIGABRT")
+
+
 def test_load_in_child_refuses_a_missing_file(tmp_path):
     outcome = load_in_child(tmp_path / "missing.pt", weights_only=True)
     assert (outcome.kind, outcome.error_type) == ("refused", "FileNotFoundError")
@@ -84,14 +111,20 @@ def test_every_attack_is_live_without_weights_only_and_blocked_with_it():
     ran = list(unsafe_load_executes(payloads))
     assert [line.split(":")[0] for line in ran] == list(ATTACK_CLASSES)
     assert all(line.split(": ", 1)[1].startswith("ran,") for line in ran), ran
-    everything = payloads + [HostilePayload(attack) for attack in BOMB_CLASSES]
-    refused = list(weights_only_runs_no_payload(everything))
-    with_mmap = [line for line in refused if " (mmap): " in line]
-    assert len(refused) - len(with_mmap) == len(everything)
-    assert "torchscript_archive: refused (RuntimeError)" in refused
+    everything = [HostilePayload(attack) for attack in HOSTILE_CLASSES]
+    lines = list(weights_only_runs_no_payload(everything))
+    findings = [line for line in lines if line.startswith("finding: ")]
+    outcomes = [line for line in lines if not line.startswith("finding: ")]
+    with_mmap = [line for line in outcomes if " (mmap): " in line]
+    assert len(outcomes) - len(with_mmap) == len(everything)
+    assert "torchscript_archive: refused (RuntimeError)" in outcomes
     if probe().load_mmap:
         assert len(with_mmap) == len(everything)
-        assert "torchscript_archive (mmap): refused (RuntimeError)" in refused
+        assert "torchscript_archive (mmap): refused (RuntimeError)" in outcomes
+    # Every load that did not refuse is a memory attack, reported as a finding.
+    loaded = [line.split(":")[0] for line in outcomes if line.endswith(": loaded")]
+    assert len(findings) == len(loaded)
+    assert all(name.split(" ")[0] in MEMORY_ATTACK_CLASSES for name in loaded)
 
 
 def test_malformed_files_of_every_kind_fail_cleanly():
@@ -127,14 +160,51 @@ def test_truncating_at_records_cuts_at_every_record_boundary():
     assert starts <= lengths
 
 
-@pytest.mark.parametrize("attack", ATTACK_CLASSES + BOMB_CLASSES)
-def test_payloads_are_zip_checkpoints_and_write_no_sentinel(attack, tmp_path):
+@pytest.mark.parametrize("attack", HOSTILE_CLASSES)
+def test_payloads_are_checkpoints_in_their_carrier_and_write_no_sentinel(attack, tmp_path):
     path = tmp_path / "checkpoint.pt"
     sentinel = tmp_path / "ran"
     HostilePayload(attack).write(path, sentinel)
-    assert zipfile.is_zipfile(path)
+    if attack == "legacy_tar":
+        assert tarfile.is_tarfile(path)
+        assert tarfile.open(path).getnames() == ["sys_info", "storages", "tensors", "pickle"]
+    elif attack == "legacy_format":
+        assert not zipfile.is_zipfile(path)
+        assert path.read_bytes()[:2] == b"\x80\x02"  # the legacy format's magic number pickle
+    else:
+        assert zipfile.is_zipfile(path)
     assert not os.path.exists(sentinel)
     assert HostilePayload(attack).creates_sentinel == (attack in ATTACK_CLASSES)
+
+
+def _storage_record_and_declared_bytes(path) -> tuple[int, int]:
+    """The size of storage record 0 and the bytes the pickle declares for it."""
+    archive = zipfile.ZipFile(path)
+    (record,) = [info for info in archive.infolist() if info.filename.endswith("/data/0")]
+    pickled = archive.read(next(n for n in archive.namelist() if n.endswith("/data.pkl")))
+    declared = max(
+        argument
+        for opcode, argument, _ in pickletools.genops(pickled)
+        if opcode.name in ("BININT", "BININT1", "BININT2") and argument < 2**20
+    )
+    return record.file_size, declared * 4
+
+
+def test_memory_attacks_are_what_they_say(tmp_path):
+    for attack in ("storage_record_short", "setitem_out_of_bounds"):
+        path = tmp_path / f"{attack}.pt"
+        HostilePayload(attack).write(path, tmp_path / "unused")
+        assert _storage_record_and_declared_bytes(path) == (4, 256)
+    # Without the storage trick, plain pickle runs the SETITEM on the tensor.
+    path = tmp_path / "setitem_on_tensor.pt"
+    HostilePayload("setitem_on_tensor").write(path, tmp_path / "unused")
+    loaded = torch.load(path, weights_only=False)
+    assert loaded["model_state_dict"]["weight"].tolist() == [7.0, 0.0, 0.0, 0.0]
+    assert [HostilePayload(a).corrupts_memory for a in MEMORY_ATTACK_CLASSES] == [
+        False,
+        False,
+        True,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -148,4 +218,20 @@ def test_a_load_that_does_not_refuse_cleanly_fails_the_invariant(monkeypatch, ki
     monkeypatch.setattr(safety, "load_requests_in_child", sandbox_reporting)
     payloads = [HostilePayload(ATTACK_CLASSES[0])]
     with pytest.raises(AssertionError, match=f"should be refused.*but it {kind}"):
+        list(safety.weights_only_runs_no_payload(payloads))
+
+
+def test_a_memory_attack_that_loads_is_a_finding_and_one_that_crashes_fails(monkeypatch):
+    def sandbox_reporting(kind, error_type=None):
+        return lambda requests: [LoadOutcome(r.path, kind, error_type) for r in requests]
+
+    payloads = [HostilePayload("setitem_on_tensor")]
+    monkeypatch.setattr(safety, "load_requests_in_child", sandbox_reporting("loaded"))
+    lines = list(safety.weights_only_runs_no_payload(payloads))
+    assert lines[1] == (
+        "finding: weights_only=True loads the setitem_on_tensor file: "
+        + HostilePayload("setitem_on_tensor").harm
+    )
+    monkeypatch.setattr(safety, "load_requests_in_child", sandbox_reporting("crashed", "SIGSEGV"))
+    with pytest.raises(AssertionError, match="should be refused.*but it crashed"):
         list(safety.weights_only_runs_no_payload(payloads))
