@@ -23,8 +23,10 @@ from harness.suite import Invariant
 
 __all__ = [
     "CLEAN_REFUSALS",
+    "MalformedLoad",
     "WrittenPayload",
     "attack_outcomes_table",
+    "load_malformed",
     "malformed_files_fail_cleanly",
     "safety_invariants",
     "unsafe_load_executes",
@@ -141,19 +143,34 @@ def _original() -> object:
         return torch.load(path, weights_only=True)
 
 
-def malformed_files_fail_cleanly(corruptions: Sequence) -> Iterator[str]:
-    """``torch.load(weights_only=True)``, with and without ``mmap``, on a damaged checkpoint
-    either raises a Python exception or loads; it never crashes, hangs or runs out of memory.
+@dataclass(frozen=True)
+class MalformedLoad:
+    """How ``torch.load(weights_only=True)`` ended on one damaged checkpoint.
 
-    ``corruptions`` are :class:`strategies.payloads.Corruption` values applied to
-    :func:`strategies.payloads.valid_checkpoint_bytes`, loaded in one child. Yields
-    ``"<kind>: <outcome>"``, and ``"finding: ..."`` when a damaged file loads with content
-    other than the original's or is refused with an exception other than
-    :data:`CLEAN_REFUSALS`.
+    Attributes:
+        corruption: the :class:`strategies.payloads.Corruption` applied.
+        mmap: whether it was loaded with ``mmap=True``.
+        outcome: the sandbox's :class:`harness.sandbox.LoadOutcome`.
+        difference: for a file that loaded, ``None`` if its content is identical to the
+            undamaged checkpoint's, else where the first difference is (path and aspect). A
+            shortened storage record that loads is a difference whatever the values read
+            past its end (:attr:`strategies.payloads.Corruption.shortens_record`).
     """
+
+    corruption: object
+    mmap: bool
+    outcome: LoadOutcome
+    difference: str | None = None
+
+
+def load_malformed(corruptions: Sequence) -> list[MalformedLoad]:
+    """Apply each corruption to :func:`strategies.payloads.valid_checkpoint_bytes` and load
+    the result with ``weights_only=True``, with and without ``mmap`` where torch has it, in
+    the sandbox; compare what loads with the undamaged checkpoint."""
     from strategies.payloads import valid_checkpoint_bytes
 
     valid = valid_checkpoint_bytes()
+    loads = []
     with tempfile.TemporaryDirectory(prefix="malformed-") as directory:
         requests = []
         for position, corruption in enumerate(corruptions):
@@ -163,26 +180,45 @@ def malformed_files_fail_cleanly(corruptions: Sequence) -> Iterator[str]:
             for mmap in (False, True) if probe().load_mmap else (False,):
                 saved = os.path.join(directory, f"{position}-mmap{int(mmap)}.loaded.pt")
                 requests.append(LoadRequest(path, weights_only=True, mmap=mmap, save_to=saved))
-        outcomes = load_requests_in_child(requests)
+                loads.append((corruption, mmap))
         original = None
-        for request, outcome in zip(requests, outcomes, strict=True):
-            corruption = corruptions[int(os.path.basename(request.path).split("-")[0])]
-            where = f"{corruption} (mmap={request.mmap})"
-            yield f"{corruption.kind}: {outcome}"
-            assert outcome.kind not in _FAILURES, f"loading {where} {_describe(outcome)}"
-            if outcome.kind == "refused" and outcome.error_type not in CLEAN_REFUSALS:
-                yield f"finding: {corruption.kind} escapes as a bare {outcome.error_type}"
-            if outcome.kind == "loaded":
+        results = []
+        outcomes = load_requests_in_child(requests)
+        for (corruption, mmap), request, outcome in zip(loads, requests, outcomes, strict=True):
+            difference = None
+            if outcome.kind == "loaded" and corruption.shortens_record:
+                difference = "a storage record is shorter than its declared size"
+            elif outcome.kind == "loaded":
                 original = _original() if original is None else original
-                loaded = torch.load(request.save_to, weights_only=True)
                 try:
+                    loaded = torch.load(request.save_to, weights_only=True)
                     assert_identical(original, loaded, name="checkpoint")
-                except AssertionError as difference:
-                    where_aspect = ":".join(str(difference).split(":", 2)[:2])
-                    yield (
-                        f"finding: {corruption.kind} (mmap={request.mmap}) loads with different "
-                        f"content: {where_aspect}"
-                    )
+                except AssertionError as error:
+                    difference = ":".join(str(error).split(":", 2)[:2])
+            results.append(MalformedLoad(corruption, mmap, outcome, difference))
+    return results
+
+
+def malformed_files_fail_cleanly(corruptions: Sequence) -> Iterator[str]:
+    """``torch.load(weights_only=True)``, with and without ``mmap``, on a damaged checkpoint
+    either raises a Python exception or loads; it never crashes, hangs or runs out of memory.
+
+    ``corruptions`` are :class:`strategies.payloads.Corruption` values, loaded by
+    :func:`load_malformed`. Yields ``"<kind>: <outcome>"``, and ``"finding: ..."`` when a
+    damaged file loads with content other than the original's or is refused with an
+    exception other than :data:`CLEAN_REFUSALS`.
+    """
+    for load in load_malformed(corruptions):
+        kind, outcome = load.corruption.kind, load.outcome
+        yield f"{kind}: {outcome}"
+        where = f"{load.corruption} (mmap={load.mmap})"
+        assert outcome.kind not in _FAILURES, f"loading {where} {_describe(outcome)}"
+        if outcome.kind == "refused" and outcome.error_type not in CLEAN_REFUSALS:
+            yield f"finding: {kind} escapes as a bare {outcome.error_type}"
+        if load.difference is not None:
+            yield f"finding: {kind} (mmap={load.mmap}) loads with different content: " + (
+                load.difference
+            )
 
 
 def attack_outcomes_table() -> str:

@@ -80,7 +80,7 @@ def _verify_corpus(arguments) -> int:
 
 def _read(arguments) -> int:
     from harness.capabilities import torch_version
-    from matrix.reader import payload_records, read_corpus
+    from matrix.reader import malformed_records, payload_records, read_corpus
     from matrix.results import write_records
 
     corpora = _corpora()
@@ -88,7 +88,7 @@ def _read(arguments) -> int:
     for directory in corpora:
         records += read_corpus(directory)
     if not arguments.skip_payloads:
-        records += payload_records()
+        records += payload_records() + malformed_records()
     out = arguments.out or os.path.join(RESULTS, f"{torch_version()}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     write_records(records, out)
@@ -193,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     verify.set_defaults(handler=_verify_corpus)
     read = commands.add_parser("read", help="read every corpus and attack the loader")
     read.add_argument("--out", help="results file (default: matrix/results/<version>.json)")
-    read.add_argument("--skip-payloads", action="store_true", help="read corpora only")
+    read.add_argument(
+        "--skip-payloads",
+        action="store_true",
+        help="read corpora only: no hostile or damaged files",
+    )
     read.set_defaults(handler=_read)
     bench = commands.add_parser("bench", help="run the benchmarks every version runs")
     bench.set_defaults(handler=_bench)

@@ -74,7 +74,7 @@ class Step:
                 lines = [
                     line.strip()
                     for line in log
-                    if line.strip().startswith(("read", "payloads", "wrote", "corpus"))
+                    if line.strip().startswith(("read", "payloads", "damaged", "wrote", "corpus"))
                 ]
             last = lines[-1] if lines else ""
             return True, last

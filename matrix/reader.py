@@ -2,7 +2,8 @@
 
 :func:`read_corpus` loads every artifact of one writer's corpus in each load mode and
 compares it with the manifest; :func:`payload_records` writes every hostile payload of
-:mod:`strategies.payloads` with the installed torch and loads it in a child process.
+:mod:`strategies.payloads` with the installed torch and loads it in a child process;
+:func:`malformed_records` does the same with the damaged checkpoints of :data:`MALFORMED`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import pickle
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -20,16 +22,22 @@ import torch
 
 from harness.capabilities import probe, torch_version
 from harness.persistence import explain_error
-from harness.safety import WrittenPayload, write_payloads
+from harness.safety import (
+    CLEAN_REFUSALS,
+    MalformedLoad,
+    WrittenPayload,
+    load_malformed,
+    write_payloads,
+)
 from harness.sandbox import LoadOutcome, load_requests_in_child
 from matrix.corpus import MANIFEST, from_plain
 from matrix.describe import describe, first_difference
 from matrix.results import CORPUS_LOAD_MODES, Record
 from strategies.models import build_model
-from strategies.payloads import HOSTILE_CLASSES, HostilePayload
+from strategies.payloads import CORRUPTION_KINDS, HOSTILE_CLASSES, Corruption, HostilePayload
 from strategies.training import TrainingCase
 
-__all__ = ["load_artifact", "payload_records", "read_corpus"]
+__all__ = ["MALFORMED", "load_artifact", "malformed_records", "payload_records", "read_corpus"]
 
 _REBUILD_SEED = 1
 
@@ -126,6 +134,11 @@ def _read(entry: dict, path: str, load_mode: str) -> tuple[str, str]:
     return "identical", ""
 
 
+def _summary(records: list[Record]) -> str:
+    counts = Counter(record.outcome for record in records)
+    return ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
+
+
 def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list[Record]:
     """Records of loading every artifact of the corpus in ``directory``, in every load mode,
     with the installed torch."""
@@ -148,11 +161,7 @@ def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list
                         writer, reader, entry["name"], entry["kind"], load_mode, outcome, message
                     )
                 )
-    counts = {}
-    for record in records:
-        counts[record.outcome] = counts.get(record.outcome, 0) + 1
-    summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
-    progress(f"  read {writer}'s corpus: {summary}")
+    progress(f"  read {writer}'s corpus: {_summary(records)}")
     return records
 
 
@@ -161,6 +170,8 @@ def _payload_outcome(file: WrittenPayload, outcome: LoadOutcome) -> tuple[str, s
         return "executed", f"the payload ran ({outcome.kind}): {outcome.detail}"[:300]
     if outcome.kind in ("crashed", "timeout"):
         return "crashed", f"{outcome.kind} ({outcome.error_type}): {outcome.detail}"[:300]
+    if outcome.kind == "loaded" and file.payload.creates_sentinel:
+        return "differs", "loaded without running the payload"
     if outcome.kind == "loaded":
         return "differs", f"loaded: {file.payload.harm}"
     return "refused", outcome.detail[:300]
@@ -212,4 +223,47 @@ def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
         f"  payloads: {len(records)} loads; executed or crashed under weights_only: "
         f"{broken or 'none'}"
     )
+    return records
+
+
+# The damaged checkpoints every reader builds from its own valid checkpoint: each kind of
+# corruption at a few records, bytes or offsets, flipping one bit or a whole byte.
+MALFORMED = tuple(
+    dict.fromkeys(
+        Corruption(kind, index, mask) if kind != "empty" else Corruption(kind)
+        for kind in CORRUPTION_KINDS
+        for index in (0, 1, 2, 3, 5, 8, 40, 100, 777)
+        for mask in (1, 0x80)
+    )
+)
+
+
+def _malformed_outcome(load: MalformedLoad) -> tuple[str, str]:
+    outcome = load.outcome
+    if outcome.kind in ("crashed", "timeout", "out_of_memory"):
+        return "crashed", f"{outcome}: {outcome.detail}"[:300]
+    if outcome.kind == "refused":
+        clean = outcome.error_type in CLEAN_REFUSALS
+        return ("refused" if clean else "error"), outcome.detail[:300]
+    if load.difference is not None:
+        return "differs", f"loaded with other content: {load.difference}"[:300]
+    return "identical", ""
+
+
+def malformed_records(progress: Callable[[str], None] = print) -> list[Record]:
+    """Records of loading every damaged checkpoint of :data:`MALFORMED`, built from the
+    installed torch's own valid checkpoint, with ``weights_only=True`` (and ``mmap=True`` too
+    where torch has it) in child processes: ``refused`` is a clean refusal, ``error`` an
+    exception other than ``UnpicklingError``/``RuntimeError``, ``differs`` a load with other
+    content, ``crashed`` a crash, hang or runaway allocation."""
+    version = torch_version()
+    records = []
+    for load in load_malformed(MALFORMED):
+        corruption = load.corruption
+        artifact = f"malformed/{corruption.kind}/{corruption.index}/{corruption.mask:#x}"
+        load_mode = "weights_only_mmap" if load.mmap else "weights_only"
+        outcome, message = _malformed_outcome(load)
+        kind = f"malformed:{corruption.kind}"
+        records.append(Record(version, version, artifact, kind, load_mode, outcome, message))
+    progress(f"  damaged files: {len(records)} loads: {_summary(records)}")
     return records

@@ -2,8 +2,9 @@
 
 Artifacts are grouped into panels (:data:`PANELS`). A cell of a panel is one writer and one
 reader, loading with ``weights_only=True``; it shows the worst outcome among the panel's
-artifacts (:data:`SEVERITY`) and how many artifacts ended so. Hostile payloads have their own
-panel: attack class against reader.
+artifacts (:data:`SEVERITY`) and how many artifacts ended so. Hostile payloads and damaged
+checkpoints, which every reader builds itself, have their own panels: attack class (or kind
+of damage) against reader.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ SEVERITY = (
     "refused as promised",
     "identical",
 )
-_REFUSAL_PROMISED = ("whole_model", "payload:")
+_REFUSAL_PROMISED = ("whole_model", "payload:", "malformed:")
 _SYMBOLS = {
     "identical": "✓",
     "refused as promised": "r",
@@ -57,6 +58,11 @@ PANELS = {
     "tensors": "every dtype, views, sparse, quantized",
     "packages": "inference package, whole-model pickle, CUDA-tagged, legacy format",
 }
+# Panels of files each reader builds itself: their rows, and their title.
+READER_PANELS = {
+    "payloads": ("attack class", "hostile files, built by each torch"),
+    "malformed": ("kind of damage", "damaged checkpoints, built by each torch"),
+}
 
 
 def panel_of(kind: str) -> str:
@@ -69,12 +75,14 @@ def panel_of(kind: str) -> str:
         return "tensors"
     if kind.startswith("payload:"):
         return "payloads"
+    if kind.startswith("malformed:"):
+        return "malformed"
     return "packages"
 
 
 def shown_outcome(record: Record) -> str:
     """The outcome a cell counts: ``refused as promised`` for a weights_only refusal of a
-    whole-model pickle or a payload, else the record's outcome."""
+    whole-model pickle, a payload or a damaged file, else the record's outcome."""
     promised = record.kind.startswith(_REFUSAL_PROMISED) and record.load_mode.startswith(
         "weights_only"
     )
@@ -85,16 +93,30 @@ def _worst(outcomes: list[str]) -> str:
     return min(outcomes, key=SEVERITY.index)
 
 
+def _row(record: Record) -> str:
+    """The row of the record's panel: its writer, its attack class or its kind of damage."""
+    panel = panel_of(record.kind)
+    if panel == "payloads":
+        return record.artifact
+    if panel == "malformed":
+        return record.kind.split(":", 1)[1]
+    return record.writer
+
+
 def _cells(records: list[Record], load_mode: str) -> dict[str, dict[tuple[str, str], list[str]]]:
-    """Outcomes by panel, then by (row, column): (writer, reader), or (attack, reader)."""
+    """Outcomes by panel, then by (row, column): (writer, reader), (attack, reader) or
+    (kind of damage, reader)."""
     cells: dict[str, dict[tuple[str, str], list[str]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        if record.load_mode != load_mode:
-            continue
-        panel = panel_of(record.kind)
-        row = record.artifact if panel == "payloads" else record.writer
-        cells[panel][(row, record.reader)].append(shown_outcome(record))
+        if record.load_mode == load_mode:
+            cells[panel_of(record.kind)][(_row(record), record.reader)].append(
+                shown_outcome(record)
+            )
     return cells
+
+
+def _reader_panel_rows(records: list[Record], panel: str) -> list[str]:
+    return sorted({_row(r) for r in records if panel_of(r.kind) == panel})
 
 
 def _cell_text(outcomes: list[str]) -> str:
@@ -138,8 +160,9 @@ def _differences(records: list[Record]) -> list[str]:
         shown = shown_outcome(record)
         if record.load_mode.startswith("weights_only") and shown not in _NOT_LISTED:
             message = _DIGEST.sub("…", record.message)
-            artifact = record.artifact + (" (mmap)" if record.load_mode.endswith("mmap") else "")
-            groups[(artifact, record.outcome, message)].append(record)
+            label = _row(record) if panel_of(record.kind) == "malformed" else record.artifact
+            label += " (mmap)" if record.load_mode.endswith("mmap") else ""
+            groups[(label, record.outcome, message)].append(record)
     lines = []
     for (artifact, outcome, message), found in sorted(groups.items()):
         writers = sorted({r.writer for r in found}, key=version_key)
@@ -171,18 +194,18 @@ def _markdown(records: list[Record]) -> str:
             "",
             _table(cells.get(panel, {}), versions, versions, "writer \\ reader"),
         ]
-    attacks = sorted({r.artifact for r in records if panel_of(r.kind) == "payloads"})
-    for load_mode, options in (("weights_only", ""), ("weights_only_mmap", ", mmap=True")):
-        payloads = _cells(records, load_mode).get("payloads", {})
-        readers = [v for v in versions if any((a, v) in payloads for a in attacks)]
-        if readers:
-            parts += [
-                "",
-                f"## payloads: hostile files built and loaded with weights_only=True{options} "
-                "by each torch",
-                "",
-                _table(payloads, attacks, readers, "attack \\ torch"),
-            ]
+    for panel, (rows_are, title) in READER_PANELS.items():
+        rows = _reader_panel_rows(records, panel)
+        for load_mode, options in (("weights_only", ""), ("weights_only_mmap", ", mmap=True")):
+            found = _cells(records, load_mode).get(panel, {})
+            readers = [v for v in versions if any((row, v) in found for row in rows)]
+            if readers:
+                parts += [
+                    "",
+                    f"## {panel}: {title}, loaded with weights_only=True{options}",
+                    "",
+                    _table(found, rows, readers, f"{rows_are} \\ torch"),
+                ]
     parts += [
         "",
         "## Every load with weights_only=True that was not identical",
@@ -204,10 +227,12 @@ def _picture(records: list[Record], path: str) -> None:
 
     versions = _versions(records)
     cells = _cells(records, "weights_only")
-    attacks = sorted({r.artifact for r in records if panel_of(r.kind) == "payloads"})
     colormap = ListedColormap([_COLOURS[o] for o in SEVERITY])
-    panels = [(name, versions) for name in PANELS] + ([("payloads", attacks)] if attacks else [])
-    figure, axes = plt.subplots(2, 3, figsize=(24, 16))
+    panels = [(name, versions) for name in PANELS]
+    panels += [
+        (name, rows) for name in READER_PANELS if (rows := _reader_panel_rows(records, name))
+    ]
+    figure, axes = plt.subplots(2, 3, figsize=(24, 17))
     for axis, (panel, rows) in zip(axes.flat, panels, strict=False):
         grid = [[float("nan")] * len(versions) for _ in rows]
         for i, row in enumerate(rows):
@@ -226,23 +251,23 @@ def _picture(records: list[Record], path: str) -> None:
         axis.set_xticks(range(len(versions)), versions, rotation=90, fontsize=8)
         axis.set_yticks(range(len(rows)), rows, fontsize=8)
         axis.set_xlabel("reader (torch.load, weights_only=True)")
-        axis.set_ylabel("attack class" if panel == "payloads" else "writer (torch.save)")
-        axis.set_title(
-            f"{panel}: {PANELS.get(panel, 'hostile files, built by each torch')}", fontsize=10
-        )
+        rows_are, title = READER_PANELS.get(panel, ("writer (torch.save)", PANELS.get(panel)))
+        axis.set_ylabel(rows_are)
+        axis.set_title(f"{panel}: {title}", fontsize=10)
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     handles = [Patch(color=_COLOURS[o], label=o) for o in SEVERITY]
     figure.legend(
         handles=handles,
-        loc="lower right",
+        loc="lower center",
+        ncol=len(handles),
         fontsize=12,
         title="worst outcome in the cell (number: how many artifacts)",
     )
     figure.suptitle(
         "torch.save in one version, torch.load(weights_only=True) in another", fontsize=16
     )
-    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    figure.tight_layout(rect=(0, 0.05, 1, 0.97))
     figure.savefig(path, dpi=80)
     plt.close(figure)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from dataclasses import asdict, dataclass, fields
 
 from matrix.versions import version_key
 
 __all__ = [
+    "BUILT_BY_READER",
     "CORPUS_LOAD_MODES",
     "KINDS",
     "LOAD_MODES",
@@ -40,10 +42,15 @@ KINDS = (
     "cuda_tagged",
     "legacy_format",
 )
-_KIND_PREFIXES = ("dtype", "optimizer", "scheduler", "payload")
+_KIND_PREFIXES = ("dtype", "optimizer", "scheduler", "payload", "malformed")
+# Kinds whose files each reader builds with its own torch and loads (writer == reader): the
+# hostile payloads and the damaged checkpoints; they are no corpus.
+BUILT_BY_READER = ("payload:", "malformed:")
 # Where an environment installed its packages: the part of a message that says nothing about
 # torch and differs between machines.
 _SITE_PACKAGES = re.compile(r"/[^\s'\"]*/site-packages/")
+# A temporary folder a reader built its files in: named at random on every run.
+_TEMPORARY = re.compile(rf"{re.escape(tempfile.gettempdir())}/[^/\s'\"]+/")
 _NAMED_KIND = re.compile(rf"^({'|'.join(_KIND_PREFIXES)}):[A-Za-z0-9_]+$")
 
 
@@ -53,17 +60,19 @@ class Record:
 
     Attributes:
         writer: the torch version that wrote the file, as ``torch.__version__`` prints it
-            without the local part; for payloads, the version that built them.
+            without the local part; for payloads and damaged files, the version that built
+            them.
         reader: the torch version that loaded it.
         artifact: the artifact's own name, e.g. ``state_dict/conv2d``.
         kind: one of :data:`KINDS`, or ``dtype:<name>``, ``optimizer:<class>``,
-            ``scheduler:<class>``, ``payload:<attack class>``.
+            ``scheduler:<class>``, ``payload:<attack class>``, ``malformed:<corruption kind>``.
         load_mode: ``weights_only``, ``default`` (a plain ``torch.load(path)``), ``unsafe``
-            (``weights_only=False``) or, for payloads on a torch that has ``mmap``,
-            ``weights_only_mmap`` (``weights_only=True, mmap=True``).
+            (``weights_only=False``) or, for payloads and damaged files on a torch that has
+            ``mmap``, ``weights_only_mmap`` (``weights_only=True, mmap=True``).
         outcome: one of :data:`OUTCOMES`.
         message: the first line of the error or the first difference; empty if none. The
-            folder of an environment's packages is written ``<site-packages>``.
+            folder of an environment's packages is written ``<site-packages>``, a temporary
+            folder ``<tmp>``.
     """
 
     writer: str
@@ -75,7 +84,8 @@ class Record:
     message: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "message", _SITE_PACKAGES.sub("<site-packages>/", self.message))
+        message = _SITE_PACKAGES.sub("<site-packages>/", self.message)
+        object.__setattr__(self, "message", _TEMPORARY.sub("<tmp>/", message))
         if self.load_mode not in LOAD_MODES:
             raise ValueError(f"load_mode {self.load_mode!r} is not one of {LOAD_MODES}")
         if self.outcome not in OUTCOMES:

@@ -480,7 +480,8 @@ _MEMORY_ATTACKS = {
 }
 MEMORY_ATTACK_CLASSES = tuple(_MEMORY_ATTACKS)
 
-# What a loader that accepts the file has let happen, by attack class.
+# What a loader that accepts the file has let happen, by attack class (for a code payload,
+# only if its sentinel appeared: one can also load without running, as a benign record).
 _HARM = {
     **{attack: "ran the payload's code" for attack in _ATTACKS},
     **{attack: "allocated what the file declares" for attack in _BOMBS},
@@ -513,7 +514,8 @@ class HostilePayload:
 
     @property
     def harm(self) -> str:
-        """What a loader that accepts the file has let happen, in a few words."""
+        """What a loader that accepts the file has let happen, in a few words (for a code
+        payload: what happened if its sentinel appeared)."""
         return _HARM[self.attack]
 
     def write(self, path: str | os.PathLike, sentinel: str | os.PathLike) -> None:
@@ -657,6 +659,13 @@ class Corruption:
             resized = content[:-change] if self.mask % 2 else content + bytes(change)
             return _rewrite_zip(data, {name.split("/", 1)[1]: resized})
         raise ValueError(f"unknown corruption kind {self.kind!r}; use one of {CORRUPTION_KINDS}")
+
+    @property
+    def shortens_record(self) -> bool:
+        """Whether this corruption cuts bytes off a storage record: the declared size then
+        covers bytes the file does not hold, so a load that succeeds reads them from
+        elsewhere (memory or the rest of the file) and their values mean nothing."""
+        return self.kind == "resize_storage" and self.mask % 2 == 1
 
     def _targets(self, name: str) -> bool:
         if self.kind == "flip_data_pkl":

@@ -9,6 +9,7 @@ import configparser
 import glob
 import json
 import os
+import tempfile
 
 import pytest
 import torch
@@ -18,9 +19,9 @@ from hypothesis import strategies as st
 from harness.capabilities import torch_version
 from matrix.corpus import MANIFEST, from_plain, to_plain, write_corpus
 from matrix.describe import describe, first_difference
-from matrix.reader import read_corpus
-from matrix.render import PANELS, panel_of, render, shown_outcome
-from matrix.results import Record, merge, read_records, write_records
+from matrix.reader import MALFORMED, malformed_records, payload_records, read_corpus
+from matrix.render import PANELS, READER_PANELS, panel_of, render, shown_outcome
+from matrix.results import BUILT_BY_READER, Record, merge, read_records, write_records
 from matrix.versions import VERSIONS, check_versions, needs_numpy_1, tox_env, version_key
 from strategies.model_specs import model_specs
 from strategies.optim import optimizer_specs, scheduler_specs
@@ -155,6 +156,9 @@ def test_record_messages_name_no_machine_folder():
     record = Record("1.13.1", "2.6.0", "sparse", "sparse", "unsafe", "error", message)
     assert record.message.endswith("from '<site-packages>/torch/_utils.py'>")
     assert Record(**{**record.__dict__}) == record  # normalizing twice changes nothing
+    temporary = os.path.join(tempfile.gettempdir(), "malformed-x1_y2", "3-empty.pt")
+    record = Record("2.6.0", "2.6.0", "m", "malformed:empty", "weights_only", "error", temporary)
+    assert record.message == "<tmp>/3-empty.pt"
 
 
 def test_render_draws_every_panel(tmp_path):
@@ -164,11 +168,15 @@ def test_render_draws_every_panel(tmp_path):
         Record("2.6.0", "2.5.1", "quantized", "quantized", "weights_only", "refused", "E: y"),
         Record("2.5.1", "2.5.1", "torchscript_archive", "payload:torchscript_archive",
                "weights_only", "executed"),
+        Record("2.6.0", "2.6.0", "malformed/empty/0/0x1", "malformed:empty",
+               "weights_only_mmap", "error", "EOFError: "),
     ]
     markdown, picture = render(records, str(tmp_path))
     text = open(markdown).read()
-    for panel in PANELS:
+    for panel in [*PANELS, *READER_PANELS]:
         assert f"## {panel}" in text
+    assert "loaded with weights_only=True, mmap=True\n\n| kind of damage \\ torch | 2.6.0 |" in text
+    assert "| empty (mmap) | error | 1 | 2.6.0 | 2.6.0 | EOFError:  |" in text
     # a weights_only refusal of a whole-model pickle keeps the promise; of quantized, not
     packages = text.split("## packages")[1].split("## ")[0]
     tensors = text.split("## tensors")[1].split("## ")[0]
@@ -203,13 +211,15 @@ def test_every_torch_version_has_a_committed_corpus_and_results():
     assert {r.reader for r in records} == set(VERSIONS)
 
 
-def _committed_outcomes(writer: str) -> dict[tuple, tuple[str, str]]:
-    """The committed outcomes of the corpus of ``writer`` read by the installed torch
-    (payloads are no corpus: tests/test_safety.py loads them)."""
+def _committed_outcomes(writer: str, built_by_reader: bool = False) -> dict[tuple, tuple]:
+    """The committed outcomes of the corpus of ``writer`` read by the installed torch, or
+    (``built_by_reader``) of the payloads and damaged files it built."""
     return {
         (r.artifact, r.load_mode): (r.outcome, r.message)
         for r in read_records(RESULTS)
-        if r.writer == writer and r.reader == torch_version() and not r.kind.startswith("payload:")
+        if r.writer == writer
+        and r.reader == torch_version()
+        and r.kind.startswith(BUILT_BY_READER) == built_by_reader
     }
 
 
@@ -226,3 +236,18 @@ def test_committed_corpus_reads_as_the_matrix_recorded(manifest):
     records = read_corpus(os.path.dirname(manifest), progress=lambda line: None)
     actual = {(r.artifact, r.load_mode): (r.outcome, r.message) for r in records}
     assert actual == expected
+
+
+def test_payloads_and_damaged_files_end_as_the_matrix_recorded():
+    """The hostile and damaged files the installed torch builds and loads end exactly as the
+    matrix committed for this torch version."""
+    expected = _committed_outcomes(torch_version(), built_by_reader=True)
+    if not expected:
+        pytest.skip(f"the committed results have no reader {torch_version()}")
+    records = payload_records(progress=lambda line: None)
+    records += malformed_records(progress=lambda line: None)
+    actual = {(r.artifact, r.load_mode): (r.outcome, r.message) for r in records}
+    assert actual == expected
+    assert {r.kind for r in records if r.kind.startswith("malformed:")} == {
+        f"malformed:{corruption.kind}" for corruption in MALFORMED
+    }
