@@ -8,7 +8,9 @@ temporary directory removed afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,9 +25,11 @@ from harness.suite import Invariant
 
 __all__ = [
     "CLEAN_REFUSALS",
+    "KEPT_FILES_DIR",
     "MalformedLoad",
     "WrittenPayload",
     "attack_outcomes_table",
+    "keep_failing_file",
     "load_malformed",
     "malformed_files_fail_cleanly",
     "safety_invariants",
@@ -39,10 +43,25 @@ __all__ = [
 # "bug" by catching these two).
 CLEAN_REFUSALS = frozenset({"UnpicklingError", "RuntimeError"})
 _FAILURES = frozenset({"crashed", "timeout", "out_of_memory"})
+# Where a file whose load crashed, hung or ran out of memory is kept (relative to the working
+# directory), so that the failure can be reproduced after the temporary files are gone.
+KEPT_FILES_DIR = os.path.join("reports", "kept")
 
 
 def _describe(outcome: LoadOutcome) -> str:
     return f"{outcome} after {outcome.seconds:.1f} s: {outcome.detail}"
+
+
+def keep_failing_file(path: str, *, mmap: bool) -> str:
+    """Copy ``path``, whose ``torch.load(weights_only=True)`` crashed, hung or ran out of
+    memory, into :data:`KEPT_FILES_DIR` under its SHA-256; a one-line reproduction."""
+    with open(path, "rb") as file:
+        digest = hashlib.sha256(file.read()).hexdigest()[:16]
+    os.makedirs(KEPT_FILES_DIR, exist_ok=True)
+    kept = os.path.join(KEPT_FILES_DIR, f"{digest}.pt")
+    shutil.copyfile(path, kept)
+    options = "weights_only=True, mmap=True" if mmap else "weights_only=True"
+    return f"python -c \"import torch; torch.load('{kept}', {options})\""
 
 
 @dataclass(frozen=True)
@@ -105,9 +124,12 @@ def weights_only_runs_no_payload(payloads: Sequence) -> Iterator[str]:
             if outcome.kind == "loaded" and attack in MEMORY_ATTACK_CLASSES:
                 yield f"finding: {load} loads the {attack} file: {file.payload.harm}"
                 continue
+            kept = ""
+            if outcome.kind in _FAILURES:
+                kept = f"; kept, reproduce with: {keep_failing_file(file.path, mmap=mmap)}"
             assert outcome.kind == "refused" and outcome.error_type in CLEAN_REFUSALS, (
                 f"{load} on the {attack} file should be refused with "
-                f"UnpicklingError or RuntimeError, but it {_describe(outcome)}"
+                f"UnpicklingError or RuntimeError, but it {_describe(outcome)}{kept}"
             )
 
 
@@ -155,12 +177,15 @@ class MalformedLoad:
             undamaged checkpoint's, else where the first difference is (path and aspect). A
             shortened storage record that loads is a difference whatever the values read
             past its end (:attr:`strategies.payloads.Corruption.shortens_record`).
+        reproduction: for a load that crashed, hung or ran out of memory, the line that
+            loads the file kept by :func:`keep_failing_file`.
     """
 
     corruption: object
     mmap: bool
     outcome: LoadOutcome
     difference: str | None = None
+    reproduction: str | None = None
 
 
 def load_malformed(corruptions: Sequence) -> list[MalformedLoad]:
@@ -195,7 +220,10 @@ def load_malformed(corruptions: Sequence) -> list[MalformedLoad]:
                     assert_identical(original, loaded, name="checkpoint")
                 except AssertionError as error:
                     difference = ":".join(str(error).split(":", 2)[:2])
-            results.append(MalformedLoad(corruption, mmap, outcome, difference))
+            reproduction = None
+            if outcome.kind in _FAILURES:
+                reproduction = keep_failing_file(request.path, mmap=mmap)
+            results.append(MalformedLoad(corruption, mmap, outcome, difference, reproduction))
     return results
 
 
@@ -212,7 +240,9 @@ def malformed_files_fail_cleanly(corruptions: Sequence) -> Iterator[str]:
         kind, outcome = load.corruption.kind, load.outcome
         yield f"{kind}: {outcome}"
         where = f"{load.corruption} (mmap={load.mmap})"
-        assert outcome.kind not in _FAILURES, f"loading {where} {_describe(outcome)}"
+        assert outcome.kind not in _FAILURES, (
+            f"loading {where} {_describe(outcome)}; kept, reproduce with: {load.reproduction}"
+        )
         if outcome.kind == "refused" and outcome.error_type not in CLEAN_REFUSALS:
             yield f"finding: {kind} escapes as a bare {outcome.error_type}"
         if load.difference is not None:

