@@ -33,7 +33,7 @@ Attack classes, simplest first:
   Python's ``zipfile`` (and so a scanner built on it) refuses the archive as damaged.
 - ``zip_encrypted_flag``: the ``reduce_os_system`` payload in a ``data.pkl`` record whose
   local header says it is encrypted (it is not, and the central directory does not say so).
-- ``legacy_format``: the ``reduce_os_system`` payload in the legacy (non-zip) format that
+- ``legacy_pickle_format``: the ``reduce_os_system`` payload in the legacy (non-zip) format that
   ``_use_new_zipfile_serialization=False`` writes.
 - ``legacy_tar``: the ``reduce_os_system`` payload as the ``pickle`` member of the tar archive
   torch wrote before 0.4 (``sys_info``, ``storages``, ``tensors``, ``pickle``); torch 2.6
@@ -348,7 +348,7 @@ def _zip_encrypted_flag(sentinel: str) -> bytes:
     return data[:flags_at] + struct.pack("<H", flags | 0x1) + data[flags_at + 2 :]
 
 
-def _legacy_format(sentinel: str) -> bytes:
+def _legacy_pickle_format(sentinel: str) -> bytes:
     buffer = io.BytesIO()
     payload = _checkpoint(PickledCall(os.system, f"touch '{sentinel}'"))
     torch.save(payload, buffer, _use_new_zipfile_serialization=False)
@@ -400,7 +400,7 @@ _ATTACKS = {
     "zip_duplicate_member": _zip_duplicate_member,
     "zip_header_mismatch": _zip_header_mismatch,
     "zip_encrypted_flag": _zip_encrypted_flag,
-    "legacy_format": _legacy_format,
+    "legacy_pickle_format": _legacy_pickle_format,
     "legacy_tar": _legacy_tar,
 }
 ATTACK_CLASSES = tuple(_ATTACKS)

@@ -168,7 +168,7 @@ def test_payloads_are_checkpoints_in_their_carrier_and_write_no_sentinel(attack,
     if attack == "legacy_tar":
         assert tarfile.is_tarfile(path)
         assert tarfile.open(path).getnames() == ["sys_info", "storages", "tensors", "pickle"]
-    elif attack == "legacy_format":
+    elif attack == "legacy_pickle_format":
         assert not zipfile.is_zipfile(path)
         assert path.read_bytes()[:2] == b"\x80\x02"  # the legacy format's magic number pickle
     else:
