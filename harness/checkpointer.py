@@ -177,7 +177,7 @@ def hostile_file_runs_nothing(checkpointer: Checkpointer, purpose: str, example)
         except Exception as error:
             yield f"hostile file refused with {type(error).__name__}"
         assert not os.path.exists(sentinel), (
-            f"load ran code from a hostile file: the {payload.attack} payload created its sentinel"
+            f"load ran code from a hostile file: the {payload.name} payload created its sentinel"
         )
 
 

@@ -115,13 +115,13 @@ def weights_only_runs_no_payload(payloads: Sequence) -> Iterator[str]:
         )
         for (mmap, file), outcome in zip(loads, outcomes, strict=True):
             load = "weights_only=True, mmap=True" if mmap else "weights_only=True"
-            attack = file.payload.attack
+            attack = file.payload.name
             yield f"{attack}{' (mmap)' if mmap else ''}: {outcome}"
             assert not file.ran, (
                 f"{load} ran the {attack} payload: its sentinel was created "
                 f"(load {_describe(outcome)})"
             )
-            if outcome.kind == "loaded" and attack in MEMORY_ATTACK_CLASSES:
+            if outcome.kind == "loaded" and file.payload.attack in MEMORY_ATTACK_CLASSES:
                 yield f"finding: {load} loads the {attack} file: {file.payload.harm}"
                 continue
             kept = ""
@@ -152,7 +152,7 @@ def unsafe_load_executes(payloads: Sequence) -> Iterator[str]:
             f"{_describe(control)}"
         )
         for file, outcome in zip(files, outcomes, strict=True):
-            yield f"{file.payload.attack}: {'ran' if file.ran else 'did not run'}, {outcome}"
+            yield f"{file.payload.name}: {'ran' if file.ran else 'did not run'}, {outcome}"
 
 
 def _original() -> object:
@@ -253,11 +253,12 @@ def malformed_files_fail_cleanly(corruptions: Sequence) -> Iterator[str]:
 
 def attack_outcomes_table() -> str:
     """A Markdown table: each hostile class (code-running, memory attack, allocation bomb),
-    loaded with ``weights_only=True`` and ``weights_only=False`` in the sandbox, and whether
-    it ran."""
-    from strategies.payloads import HOSTILE_CLASSES, HostilePayload
+    then each pickle-level class in the legacy format, loaded with ``weights_only=True`` and
+    ``weights_only=False`` in the sandbox, and whether it ran."""
+    from strategies.payloads import HOSTILE_CLASSES, LEGACY_CARRIED_CLASSES, HostilePayload
 
     payloads = [HostilePayload(attack) for attack in HOSTILE_CLASSES]
+    payloads += [HostilePayload(attack, "legacy") for attack in LEGACY_CARRIED_CLASSES]
     rows = ["| attack | weights_only=True | weights_only=False |", "|---|---|---|"]
     columns = []
     for weights_only in (True, False):
@@ -275,7 +276,7 @@ def attack_outcomes_table() -> str:
                 ]
             )
     for payload, safe, unsafe in zip(payloads, *columns, strict=True):
-        rows.append(f"| {payload.attack} | {safe} | {unsafe} |")
+        rows.append(f"| {payload.name} | {safe} | {unsafe} |")
     return "\n".join(rows)
 
 

@@ -39,6 +39,10 @@ class _Describer:
 
     def __init__(self) -> None:
         self.storages: dict[tuple[int, int], int] = {}
+        # Every tensor described stays alive until the description is done: the parts of a
+        # quantized tensor (int_repr(), q_per_channel_scales()) are temporaries, and a freed
+        # one's address, reused by the next, would read as storage sharing.
+        self.described: list[torch.Tensor] = []
 
     def _storage(self, tensor: torch.Tensor) -> dict[str, Any]:
         with warnings.catch_warnings():
@@ -46,6 +50,7 @@ class _Describer:
             storage = tensor_storage(tensor)
             nbytes = storage.nbytes()
             key = (storage.data_ptr(), nbytes)
+        self.described.append(tensor)
         whole = tensor.detach().as_strided((nbytes // tensor.element_size(),), (1,), 0)
         description = {
             "nbytes": nbytes,

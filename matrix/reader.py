@@ -34,10 +34,23 @@ from matrix.corpus import MANIFEST, from_plain
 from matrix.describe import describe, first_difference
 from matrix.results import CORPUS_LOAD_MODES, Record
 from strategies.models import build_model
-from strategies.payloads import CORRUPTION_KINDS, HOSTILE_CLASSES, Corruption, HostilePayload
+from strategies.payloads import (
+    CORRUPTION_KINDS,
+    HOSTILE_CLASSES,
+    LEGACY_CARRIED_CLASSES,
+    Corruption,
+    HostilePayload,
+)
 from strategies.training import TrainingCase
 
-__all__ = ["MALFORMED", "load_artifact", "malformed_records", "payload_records", "read_corpus"]
+__all__ = [
+    "MALFORMED",
+    "PAYLOADS",
+    "load_artifact",
+    "malformed_records",
+    "payload_records",
+    "read_corpus",
+]
 
 _REBUILD_SEED = 1
 
@@ -177,10 +190,17 @@ def _payload_outcome(file: WrittenPayload, outcome: LoadOutcome) -> tuple[str, s
     return "refused", outcome.detail[:300]
 
 
+# Every hostile class in a zip checkpoint, then every pickle-level one in the legacy format;
+# a record's artifact is the payload's name, its kind ``payload:<attack class>``.
+PAYLOADS = tuple(HostilePayload(attack) for attack in HOSTILE_CLASSES) + tuple(
+    HostilePayload(attack, "legacy") for attack in LEGACY_CARRIED_CLASSES
+)
+
+
 def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
-    """Records of loading every hostile file of :data:`strategies.payloads.HOSTILE_CLASSES`,
-    built with the installed torch, with ``weights_only=True`` (and ``mmap=True`` too where
-    torch has it) and ``weights_only=False``, in child processes."""
+    """Records of loading every hostile file of :data:`PAYLOADS`, built with the installed
+    torch, with ``weights_only=True`` (and ``mmap=True`` too where torch has it) and
+    ``weights_only=False``, in child processes."""
     version = torch_version()
     records = []
     load_modes = ["weights_only", "unsafe"]
@@ -189,14 +209,16 @@ def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
     for load_mode in load_modes:
         with tempfile.TemporaryDirectory(prefix="matrix-payloads-") as directory:
             files = []
-            for attack in HOSTILE_CLASSES:
+            for payload in PAYLOADS:
                 try:
-                    files += write_payloads([HostilePayload(attack)], directory)
+                    files += write_payloads([payload], directory)
                 except Exception as error:  # noqa: BLE001
                     message = explain_error(error)
-                    kind = f"payload:{attack}"
+                    kind = f"payload:{payload.attack}"
                     records.append(
-                        Record(version, version, attack, kind, load_mode, "unwritable", message)
+                        Record(
+                            version, version, payload.name, kind, load_mode, "unwritable", message
+                        )
                     )
             requests = [
                 file.request(
@@ -205,12 +227,10 @@ def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
                 for file in files
             ]
             for file, outcome in zip(files, load_requests_in_child(requests), strict=True):
-                attack = file.payload.attack
                 result, message = _payload_outcome(file, outcome)
+                kind = f"payload:{file.payload.attack}"
                 records.append(
-                    Record(
-                        version, version, attack, f"payload:{attack}", load_mode, result, message
-                    )
+                    Record(version, version, file.payload.name, kind, load_mode, result, message)
                 )
     broken = sorted(
         {

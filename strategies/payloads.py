@@ -4,7 +4,11 @@ Every payload's only effect, should a loader run it, is to create a sentinel fil
 the caller chooses; nothing is destructive and nothing touches the network. A payload is
 plain data (:class:`HostilePayload`, an attack class name) and writes a real torch
 checkpoint (a zip archive, unless the class is a legacy carrier) that otherwise looks like a
-training checkpoint. Memory attacks (:data:`MEMORY_ATTACK_CLASSES`) and allocation bombs
+training checkpoint. Every pickle-level class (``reduce_*`` to ``numpy_object_array``,
+:data:`LEGACY_CARRIED_CLASSES`) also comes in the legacy non-zip format that
+``_use_new_zipfile_serialization=False`` writes: ``HostilePayload(attack, carrier="legacy")``.
+
+Memory attacks (:data:`MEMORY_ATTACK_CLASSES`) and allocation bombs
 (:data:`BOMB_CLASSES`) create no sentinel: loading them at all is what goes wrong.
 A :class:`Corruption` names one way of damaging a valid checkpoint (truncating it, flipping a
 byte, resizing a storage record) and applies it to the bytes torch wrote.
@@ -33,11 +37,13 @@ Attack classes, simplest first:
   Python's ``zipfile`` (and so a scanner built on it) refuses the archive as damaged.
 - ``zip_encrypted_flag``: the ``reduce_os_system`` payload in a ``data.pkl`` record whose
   local header says it is encrypted (it is not, and the central directory does not say so).
-- ``legacy_pickle_format``: the ``reduce_os_system`` payload in the legacy (non-zip) format that
-  ``_use_new_zipfile_serialization=False`` writes.
 - ``legacy_tar``: the ``reduce_os_system`` payload as the ``pickle`` member of the tar archive
   torch wrote before 0.4 (``sys_info``, ``storages``, ``tensors``, ``pickle``); torch 2.6
   refuses the format under ``weights_only`` (the tar path closed after CVE-2025-32434).
+
+Every pickle-level class (``reduce_*`` to ``numpy_object_array``,
+:data:`LEGACY_CARRIED_CLASSES`) also comes in the legacy non-zip format that
+``_use_new_zipfile_serialization=False`` writes: ``HostilePayload(attack, carrier="legacy")``.
 
 Memory attacks (:data:`MEMORY_ATTACK_CLASSES`, the two halves of CVE-2026-24747 and their
 combination) create no sentinel; loading them at all is the failure:
@@ -74,7 +80,9 @@ __all__ = [
     "PickledCall",
     "ATTACK_CLASSES",
     "BOMB_CLASSES",
+    "CARRIERS",
     "HOSTILE_CLASSES",
+    "LEGACY_CARRIED_CLASSES",
     "MEMORY_ATTACK_CLASSES",
     "CORRUPTION_KINDS",
     "Corruption",
@@ -192,22 +200,29 @@ def _rewrite_zip(data: bytes, replace: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def _spliced(node: Any) -> bytes:
-    """A checkpoint whose ``model_config`` entry is the hand-written pickle of ``node``."""
-    buffer = io.BytesIO()
-    torch.save(_checkpoint(_MARKER), buffer)
-    data = buffer.getvalue()
-    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    pickle_name = next(name for name in names if name.endswith("/data.pkl"))
-    pickled = zipfile.ZipFile(io.BytesIO(data)).read(pickle_name)
+def _spliced(node: Any, legacy: bool = False) -> bytes:
+    """A checkpoint whose ``model_config`` entry is the hand-written pickle of ``node``; in the
+    legacy format (one uncompressed stream of pickles) when ``legacy``."""
+    data = _saved(_checkpoint(_MARKER), legacy)
+    if legacy:
+        return data.replace(_unicode(_MARKER), _emit(node), 1)
+    pickled = zipfile.ZipFile(io.BytesIO(data)).read(_data_pkl(data))
     pickled = pickled.replace(_unicode(_MARKER), _emit(node), 1)
     return _rewrite_zip(data, {"data.pkl": pickled})
 
 
-def _saved(obj: Any) -> bytes:
+def _saved(obj: Any, legacy: bool = False) -> bytes:
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(obj, buffer, _use_new_zipfile_serialization=not legacy)
     return buffer.getvalue()
+
+
+def _carried(entry: Any, legacy: bool) -> bytes:
+    """A checkpoint whose ``model_config`` entry is ``entry``: a hand-written pickle node,
+    spliced in, or an object that ``torch.save`` pickles."""
+    if isinstance(entry, _Global | _StackGlobal | _Apply | _Opcode):
+        return _spliced(entry, legacy)
+    return _saved(_checkpoint(entry), legacy)
 
 
 def _exec_call(code: str) -> _Apply:
@@ -218,60 +233,64 @@ def _runpy_script(sentinel: str) -> str:
     return sentinel + ".script.py"
 
 
-def _reduce_run_path(sentinel: str) -> bytes:
+# Pickle-level attacks: each builds the ``model_config`` entry (an object torch pickles, or a
+# hand-written pickle node) that :func:`_carried` puts into a zip or legacy checkpoint.
+
+
+def _reduce_run_path(sentinel: str) -> PickledCall:
     import runpy
 
-    return _saved(_checkpoint(PickledCall(runpy.run_path, _runpy_script(sentinel))))
+    return PickledCall(runpy.run_path, _runpy_script(sentinel))
 
 
-def _reduce_import_module(sentinel: str) -> bytes:
+def _reduce_import_module(sentinel: str) -> _Apply:
     system = _Apply(
         _Global("builtins", "getattr"),
         (_Apply(_Global("importlib", "import_module"), ("os",)), "system"),
     )
-    return _spliced(_Apply(system, (f"touch '{sentinel}'",)))
+    return _Apply(system, (f"touch '{sentinel}'",))
 
 
-def _getattr_chain(sentinel: str) -> bytes:
+def _getattr_chain(sentinel: str) -> _Apply:
     module = _Apply(_Global("operator", "getitem"), (_Global("sys", "modules"), "builtins"))
     exec_ = _Apply(_Global("builtins", "getattr"), (module, "exec"))
-    return _spliced(_Apply(exec_, (_creates(sentinel),)))
+    return _Apply(exec_, (_creates(sentinel),))
 
 
-def _stack_global(sentinel: str) -> bytes:
-    return _spliced(_Apply(_StackGlobal("builtins", "exec"), (_creates(sentinel),)))
+def _stack_global(sentinel: str) -> _Apply:
+    return _Apply(_StackGlobal("builtins", "exec"), (_creates(sentinel),))
 
 
-def _inst_os_system(sentinel: str) -> bytes:
-    return _spliced(_Opcode((b"(", f"touch '{sentinel}'", b"ios\nsystem\n")))
+def _inst_os_system(sentinel: str) -> _Opcode:
+    return _Opcode((b"(", f"touch '{sentinel}'", b"ios\nsystem\n"))
 
 
-def _obj_exec(sentinel: str) -> bytes:
-    return _spliced(_Opcode((b"(", _Global("builtins", "exec"), _creates(sentinel), b"o")))
+def _obj_exec(sentinel: str) -> _Opcode:
+    return _Opcode((b"(", _Global("builtins", "exec"), _creates(sentinel), b"o"))
 
 
-def _newobj_build_setstate(sentinel: str) -> bytes:
+def _newobj_build_setstate(sentinel: str) -> _Opcode:
     cls = _Global(SetStateSentinel.__module__, SetStateSentinel.__qualname__)
-    return _spliced(_Opcode((cls, (), b"\x81", sentinel, b"b")))
+    return _Opcode((cls, (), b"\x81", sentinel, b"b"))
 
 
-def _persistent_id(sentinel: str) -> bytes:
-    return _spliced(_Opcode(((_exec_call(_creates(sentinel)), "module", "0"), b"Q")))
+def _persistent_id(sentinel: str) -> _Opcode:
+    return _Opcode(((_exec_call(_creates(sentinel)), "module", "0"), b"Q"))
 
 
-def _nested_torch_load(sentinel: str) -> bytes:
+def _nested_torch_load(sentinel: str) -> PickledCall:
     inner = _saved(_checkpoint(PickledCall(builtins.open, sentinel, "w")))
     load = functools.partial(torch.load, weights_only=False)
-    return _saved(_checkpoint(PickledCall(load, PickledCall(io.BytesIO, inner))))
+    return PickledCall(load, PickledCall(io.BytesIO, inner))
 
 
-def _numpy_object_array(sentinel: str) -> bytes:
+def _numpy_object_array(sentinel: str) -> Any:
     import numpy
 
     array = numpy.empty(2, dtype=object)
     array[0] = PickledCall(builtins.open, sentinel, "w")
     array[1] = 0
-    return _saved(_checkpoint(array))
+    return array
 
 
 class _ScriptedSetState(torch.nn.Module):
@@ -348,13 +367,6 @@ def _zip_encrypted_flag(sentinel: str) -> bytes:
     return data[:flags_at] + struct.pack("<H", flags | 0x1) + data[flags_at + 2 :]
 
 
-def _legacy_pickle_format(sentinel: str) -> bytes:
-    buffer = io.BytesIO()
-    payload = _checkpoint(PickledCall(os.system, f"touch '{sentinel}'"))
-    torch.save(payload, buffer, _use_new_zipfile_serialization=False)
-    return buffer.getvalue()
-
-
 def _legacy_tar(sentinel: str) -> bytes:
     payload = {"epoch": 1, "model_config": PickledCall(os.system, f"touch '{sentinel}'")}
     members = {
@@ -372,20 +384,13 @@ def _legacy_tar(sentinel: str) -> bytes:
     return out.getvalue()
 
 
-def _reduce(build):
-    return lambda sentinel: _saved(_checkpoint(build(sentinel)))
-
-
-# Simplest first. Each entry builds the bytes of a checkpoint whose loading creates the
-# sentinel when its code runs.
-_ATTACKS = {
-    "reduce_open": _reduce(lambda sentinel: PickledCall(builtins.open, sentinel, "w")),
-    "reduce_eval": _reduce(lambda sentinel: PickledCall(builtins.eval, _creates(sentinel))),
-    "reduce_exec": _reduce(lambda sentinel: PickledCall(builtins.exec, _creates(sentinel))),
-    "reduce_os_system": _reduce(lambda sentinel: PickledCall(os.system, f"touch '{sentinel}'")),
-    "reduce_subprocess": _reduce(
-        lambda sentinel: PickledCall(subprocess.call, ["touch", sentinel])
-    ),
+# Simplest first. Each builds the model_config entry whose unpickling creates the sentinel.
+_PICKLED = {
+    "reduce_open": lambda sentinel: PickledCall(builtins.open, sentinel, "w"),
+    "reduce_eval": lambda sentinel: PickledCall(builtins.eval, _creates(sentinel)),
+    "reduce_exec": lambda sentinel: PickledCall(builtins.exec, _creates(sentinel)),
+    "reduce_os_system": lambda sentinel: PickledCall(os.system, f"touch '{sentinel}'"),
+    "reduce_subprocess": lambda sentinel: PickledCall(subprocess.call, ["touch", sentinel]),
     "reduce_runpy_run_path": _reduce_run_path,
     "reduce_import_module": _reduce_import_module,
     "getattr_chain": _getattr_chain,
@@ -396,11 +401,22 @@ _ATTACKS = {
     "persistent_id": _persistent_id,
     "nested_torch_load": _nested_torch_load,
     "numpy_object_array": _numpy_object_array,
+}
+# The pickle-level attacks that also come in the legacy (non-zip) format.
+LEGACY_CARRIED_CLASSES = tuple(_PICKLED)
+CARRIERS = ("zip", "legacy")
+
+# Each entry builds the bytes of a checkpoint whose loading creates the sentinel when its
+# code runs: the pickle-level attacks in a zip checkpoint, then the archive-level ones.
+_ATTACKS = {
+    **{
+        name: functools.partial(lambda build, sentinel: _carried(build(sentinel), False), build)
+        for name, build in _PICKLED.items()
+    },
     "torchscript_archive": _torchscript_archive,
     "zip_duplicate_member": _zip_duplicate_member,
     "zip_header_mismatch": _zip_header_mismatch,
     "zip_encrypted_flag": _zip_encrypted_flag,
-    "legacy_pickle_format": _legacy_pickle_format,
     "legacy_tar": _legacy_tar,
 }
 ATTACK_CLASSES = tuple(_ATTACKS)
@@ -493,10 +509,31 @@ HOSTILE_CLASSES = ATTACK_CLASSES + MEMORY_ATTACK_CLASSES + BOMB_CLASSES
 
 @dataclass(frozen=True)
 class HostilePayload:
-    """One attack class (a name in :data:`HOSTILE_CLASSES`); :meth:`write` puts it inside a
-    checkpoint."""
+    """One attack class (a name in :data:`HOSTILE_CLASSES`) in a carrier; :meth:`write` puts
+    it inside a checkpoint.
+
+    Attributes:
+        attack: the attack class.
+        carrier: ``"zip"`` (the format torch writes by default; an archive-level class is its
+            own carrier) or ``"legacy"`` (the non-zip format of
+            ``_use_new_zipfile_serialization=False``, for :data:`LEGACY_CARRIED_CLASSES`).
+    """
 
     attack: str
+    carrier: str = "zip"
+
+    def __post_init__(self):
+        if self.carrier not in CARRIERS:
+            raise ValueError(f"carrier {self.carrier!r} is not one of {CARRIERS}")
+        if self.carrier == "legacy" and self.attack not in LEGACY_CARRIED_CLASSES:
+            raise ValueError(
+                f"{self.attack!r} has no legacy carrier; those that do: {LEGACY_CARRIED_CLASSES}"
+            )
+
+    @property
+    def name(self) -> str:
+        """The attack class, and the carrier when it is not the default."""
+        return self.attack if self.carrier == "zip" else f"{self.attack} (legacy format)"
 
     @property
     def creates_sentinel(self) -> bool:
@@ -528,16 +565,23 @@ class HostilePayload:
         build = {**_ATTACKS, **_MEMORY_ATTACKS, **_BOMBS}.get(self.attack)
         if build is None:
             raise ValueError(f"unknown attack class {self.attack!r}; use one of {HOSTILE_CLASSES}")
+        if self.carrier == "legacy":
+            data = _carried(_PICKLED[self.attack](sentinel), legacy=True)
+        else:
+            data = build(sentinel)
         with open(path, "wb") as file:
-            file.write(build(sentinel))
+            file.write(data)
 
 
 def hostile_payloads() -> st.SearchStrategy[HostilePayload]:
-    """Hostile checkpoints, one attack class each, simplest (a ``__reduce__`` to ``open``) first.
+    """Hostile checkpoints, one attack class each, simplest (a ``__reduce__`` to ``open``) first,
+    in a zip checkpoint or, for :data:`LEGACY_CARRIED_CLASSES`, in the legacy format too.
 
-    Shrinks toward ``reduce_open``.
+    Shrinks toward ``reduce_open`` in a zip checkpoint.
     """
-    return st.sampled_from(ATTACK_CLASSES).map(HostilePayload).map(_record)
+    zipped = st.sampled_from(ATTACK_CLASSES).map(HostilePayload)
+    legacy = st.sampled_from(LEGACY_CARRIED_CLASSES).map(lambda a: HostilePayload(a, "legacy"))
+    return st.one_of(zipped, legacy).map(_record)
 
 
 def memory_attacks() -> st.SearchStrategy[HostilePayload]:
@@ -558,7 +602,7 @@ def hostile_files() -> st.SearchStrategy[HostilePayload]:
 
 
 def _record(payload: HostilePayload) -> HostilePayload:
-    event(f"attack: {payload.attack}")
+    event(f"attack: {payload.name}")
     return payload
 
 

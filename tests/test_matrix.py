@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from harness.capabilities import torch_version
 from matrix.corpus import MANIFEST, from_plain, to_plain, write_corpus
 from matrix.describe import describe, first_difference
-from matrix.reader import MALFORMED, malformed_records, payload_records, read_corpus
+from matrix.reader import MALFORMED, PAYLOADS, malformed_records, payload_records, read_corpus
 from matrix.render import PANELS, READER_PANELS, panel_of, render, shown_outcome
 from matrix.results import BUILT_BY_READER, Record, merge, read_records, write_records
 from matrix.versions import VERSIONS, check_versions, needs_numpy_1, tox_env, version_key
@@ -166,10 +166,23 @@ def test_render_draws_every_panel(tmp_path):
         Record("2.5.1", "2.6.0", "views", "views", "weights_only", "identical"),
         Record("2.6.0", "2.5.1", "whole_model", "whole_model", "weights_only", "refused", "E: x"),
         Record("2.6.0", "2.5.1", "quantized", "quantized", "weights_only", "refused", "E: y"),
-        Record("2.5.1", "2.5.1", "torchscript_archive", "payload:torchscript_archive",
-               "weights_only", "executed"),
-        Record("2.6.0", "2.6.0", "malformed/empty/0/0x1", "malformed:empty",
-               "weights_only_mmap", "error", "EOFError: "),
+        Record(
+            "2.5.1",
+            "2.5.1",
+            "torchscript_archive",
+            "payload:torchscript_archive",
+            "weights_only",
+            "executed",
+        ),
+        Record(
+            "2.6.0",
+            "2.6.0",
+            "malformed/empty/0/0x1",
+            "malformed:empty",
+            "weights_only_mmap",
+            "error",
+            "EOFError: ",
+        ),
     ]
     markdown, picture = render(records, str(tmp_path))
     text = open(markdown).read()
@@ -251,3 +264,12 @@ def test_payloads_and_damaged_files_end_as_the_matrix_recorded():
     assert {r.kind for r in records if r.kind.startswith("malformed:")} == {
         f"malformed:{corruption.kind}" for corruption in MALFORMED
     }
+
+
+def test_reader_built_artifacts_are_named_apart_from_corpus_artifacts():
+    """A payload's or damaged file's artifact name never equals a corpus artifact's: records
+    are keyed by (writer, reader, artifact, load mode), and a reader is the writer of both."""
+    corpus = {r.artifact for r in read_records(RESULTS) if not r.kind.startswith(BUILT_BY_READER)}
+    built = {payload.name for payload in PAYLOADS}
+    built |= {f"malformed/{c.kind}/{c.index}/{c.mask:#x}" for c in MALFORMED}
+    assert corpus and not corpus & built

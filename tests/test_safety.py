@@ -30,6 +30,7 @@ from strategies.payloads import (
     ATTACK_CLASSES,
     CORRUPTION_KINDS,
     HOSTILE_CLASSES,
+    LEGACY_CARRIED_CLASSES,
     MEMORY_ATTACK_CLASSES,
     Corruption,
     HostilePayload,
@@ -127,6 +128,21 @@ def test_every_attack_is_live_without_weights_only_and_blocked_with_it():
     assert all(name.split(" ")[0] in MEMORY_ATTACK_CLASSES for name in loaded)
 
 
+def test_every_pickle_level_attack_is_live_and_blocked_in_the_legacy_format_too(tmp_path):
+    payloads = [HostilePayload(attack, "legacy") for attack in LEGACY_CARRIED_CLASSES]
+    ran = list(unsafe_load_executes(payloads))
+    assert [line.split(":")[0] for line in ran] == [payload.name for payload in payloads]
+    assert payloads[0].name == "reduce_open (legacy format)"
+    assert all(line.split(": ", 1)[1].startswith("ran,") for line in ran), ran
+    refused = list(weights_only_runs_no_payload(payloads))
+    assert not [line for line in refused if line.startswith("finding: ")]
+    payloads[0].write(tmp_path / "legacy.pt", tmp_path / "ran")
+    assert not zipfile.is_zipfile(tmp_path / "legacy.pt")
+    assert (tmp_path / "legacy.pt").read_bytes()[:2] == b"\x80\x02"  # the magic number pickle
+    with pytest.raises(ValueError, match="has no legacy carrier"):
+        HostilePayload("torchscript_archive", "legacy")
+
+
 def test_malformed_files_of_every_kind_fail_cleanly():
     corruptions = [Corruption(kind, index=3, mask=0x80) for kind in CORRUPTION_KINDS]
     seen = list(malformed_files_fail_cleanly(corruptions))
@@ -168,9 +184,6 @@ def test_payloads_are_checkpoints_in_their_carrier_and_write_no_sentinel(attack,
     if attack == "legacy_tar":
         assert tarfile.is_tarfile(path)
         assert tarfile.open(path).getnames() == ["sys_info", "storages", "tensors", "pickle"]
-    elif attack == "legacy_pickle_format":
-        assert not zipfile.is_zipfile(path)
-        assert path.read_bytes()[:2] == b"\x80\x02"  # the legacy format's magic number pickle
     else:
         assert zipfile.is_zipfile(path)
     assert not os.path.exists(sentinel)
