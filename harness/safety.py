@@ -84,11 +84,13 @@ class WrittenPayload:
 
 
 def write_payloads(payloads: Sequence, directory: str) -> list[WrittenPayload]:
-    """Write each :class:`strategies.payloads.HostilePayload` into ``directory``."""
+    """Write each :class:`strategies.payloads.HostilePayload` into ``directory``, under a name
+    made of its position, attack class and carrier."""
     files = []
     for position, payload in enumerate(payloads):
-        path = os.path.join(directory, f"{position}-{payload.attack}.pt")
-        sentinel = os.path.join(directory, f"{position}-{payload.attack}.ran")
+        stem = f"{position}-{payload.attack}-{payload.carrier}"
+        path = os.path.join(directory, f"{stem}.pt")
+        sentinel = os.path.join(directory, f"{stem}.ran")
         payload.write(path, sentinel)
         files.append(WrittenPayload(payload, path, sentinel))
     return files

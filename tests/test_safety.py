@@ -248,3 +248,11 @@ def test_a_file_that_crashes_the_loader_is_kept_with_a_reproduction(monkeypatch,
     )
     junk = Corruption("junk", 1, 1).apply(valid_checkpoint_bytes())
     assert (tmp_path / safety.KEPT_FILES_DIR / kept).read_bytes() == junk
+
+
+def test_payloads_written_one_at_a_time_into_one_folder_keep_apart(tmp_path):
+    zipped, legacy = HostilePayload("reduce_open"), HostilePayload("reduce_open", "legacy")
+    (first,) = safety.write_payloads([zipped], str(tmp_path))
+    (second,) = safety.write_payloads([legacy], str(tmp_path))
+    assert first.path != second.path
+    assert zipfile.is_zipfile(first.path) and not zipfile.is_zipfile(second.path)
