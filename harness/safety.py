@@ -26,6 +26,7 @@ from harness.suite import Invariant
 __all__ = [
     "CLEAN_REFUSALS",
     "KEPT_FILES_DIR",
+    "LOAD_FAILURES",
     "MalformedLoad",
     "WrittenPayload",
     "attack_outcomes_table",
@@ -42,10 +43,17 @@ __all__ = [
 # from torch.load is reported as a usability finding (the caller cannot tell "bad file" from
 # "bug" by catching these two).
 CLEAN_REFUSALS = frozenset({"UnpicklingError", "RuntimeError"})
-_FAILURES = frozenset({"crashed", "timeout", "out_of_memory"})
+# The sandbox outcomes that are failures whatever the file: the loader crashed, hung or ran
+# away with memory.
+LOAD_FAILURES = frozenset({"crashed", "timeout", "out_of_memory"})
 # Where a file whose load crashed, hung or ran out of memory is kept (relative to the working
 # directory), so that the failure can be reproduced after the temporary files are gone.
 KEPT_FILES_DIR = os.path.join("reports", "kept")
+
+
+def _mmap_modes() -> tuple[bool, ...]:
+    """Without ``mmap``, and with it where this torch's ``torch.load`` has it."""
+    return (False, True) if probe().load_mmap else (False,)
 
 
 def _describe(outcome: LoadOutcome) -> str:
@@ -108,10 +116,9 @@ def weights_only_runs_no_payload(payloads: Sequence) -> Iterator[str]:
     """
     from strategies.payloads import MEMORY_ATTACK_CLASSES
 
-    mmap_modes = (False, True) if probe().load_mmap else (False,)
     with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
         files = write_payloads(payloads, directory)
-        loads = [(mmap, file) for mmap in mmap_modes for file in files]
+        loads = [(mmap, file) for mmap in _mmap_modes() for file in files]
         outcomes = load_requests_in_child(
             [file.request(weights_only=True, mmap=mmap) for mmap, file in loads]
         )
@@ -127,7 +134,7 @@ def weights_only_runs_no_payload(payloads: Sequence) -> Iterator[str]:
                 yield f"finding: {load} loads the {attack} file: {file.payload.harm}"
                 continue
             kept = ""
-            if outcome.kind in _FAILURES:
+            if outcome.kind in LOAD_FAILURES:
                 kept = f"; kept, reproduce with: {keep_failing_file(file.path, mmap=mmap)}"
             assert outcome.kind == "refused" and outcome.error_type in CLEAN_REFUSALS, (
                 f"{load} on the {attack} file should be refused with "
@@ -204,7 +211,7 @@ def load_malformed(corruptions: Sequence) -> list[MalformedLoad]:
             path = os.path.join(directory, f"{position}-{corruption.kind}.pt")
             with open(path, "wb") as file:
                 file.write(corruption.apply(valid))
-            for mmap in (False, True) if probe().load_mmap else (False,):
+            for mmap in _mmap_modes():
                 saved = os.path.join(directory, f"{position}-mmap{int(mmap)}.loaded.pt")
                 requests.append(LoadRequest(path, weights_only=True, mmap=mmap, save_to=saved))
                 loads.append((corruption, mmap))
@@ -223,7 +230,7 @@ def load_malformed(corruptions: Sequence) -> list[MalformedLoad]:
                 except AssertionError as error:
                     difference = ":".join(str(error).split(":", 2)[:2])
             reproduction = None
-            if outcome.kind in _FAILURES:
+            if outcome.kind in LOAD_FAILURES:
                 reproduction = keep_failing_file(request.path, mmap=mmap)
             results.append(MalformedLoad(corruption, mmap, outcome, difference, reproduction))
     return results
@@ -242,7 +249,7 @@ def malformed_files_fail_cleanly(corruptions: Sequence) -> Iterator[str]:
         kind, outcome = load.corruption.kind, load.outcome
         yield f"{kind}: {outcome}"
         where = f"{load.corruption} (mmap={load.mmap})"
-        assert outcome.kind not in _FAILURES, (
+        assert outcome.kind not in LOAD_FAILURES, (
             f"loading {where} {_describe(outcome)}; kept, reproduce with: {load.reproduction}"
         )
         if outcome.kind == "refused" and outcome.error_type not in CLEAN_REFUSALS:

@@ -24,6 +24,7 @@ from harness.capabilities import probe, torch_version
 from harness.persistence import explain_error
 from harness.safety import (
     CLEAN_REFUSALS,
+    LOAD_FAILURES,
     MalformedLoad,
     WrittenPayload,
     load_malformed,
@@ -260,7 +261,7 @@ MALFORMED = tuple(
 
 def _malformed_outcome(load: MalformedLoad) -> tuple[str, str]:
     outcome = load.outcome
-    if outcome.kind in ("crashed", "timeout", "out_of_memory"):
+    if outcome.kind in LOAD_FAILURES:
         return "crashed", f"{outcome}: {outcome.detail}"[:300]
     if outcome.kind == "refused":
         clean = outcome.error_type in CLEAN_REFUSALS

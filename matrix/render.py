@@ -194,10 +194,11 @@ def _markdown(records: list[Record]) -> str:
             "",
             _table(cells.get(panel, {}), versions, versions, "writer \\ reader"),
         ]
+    with_mmap = _cells(records, "weights_only_mmap")
     for panel, (rows_are, title) in READER_PANELS.items():
         rows = _reader_panel_rows(records, panel)
-        for load_mode, options in (("weights_only", ""), ("weights_only_mmap", ", mmap=True")):
-            found = _cells(records, load_mode).get(panel, {})
+        for by_panel, options in ((cells, ""), (with_mmap, ", mmap=True")):
+            found = by_panel.get(panel, {})
             readers = [v for v in versions if any((row, v) in found for row in rows)]
             if readers:
                 parts += [

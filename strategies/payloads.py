@@ -2,16 +2,13 @@
 
 Every payload's only effect, should a loader run it, is to create a sentinel file at a path
 the caller chooses; nothing is destructive and nothing touches the network. A payload is
-plain data (:class:`HostilePayload`, an attack class name) and writes a real torch
-checkpoint (a zip archive, unless the class is a legacy carrier) that otherwise looks like a
-training checkpoint. Every pickle-level class (``reduce_*`` to ``numpy_object_array``,
-:data:`LEGACY_CARRIED_CLASSES`) also comes in the legacy non-zip format that
-``_use_new_zipfile_serialization=False`` writes: ``HostilePayload(attack, carrier="legacy")``.
-
-Memory attacks (:data:`MEMORY_ATTACK_CLASSES`) and allocation bombs
-(:data:`BOMB_CLASSES`) create no sentinel: loading them at all is what goes wrong.
-A :class:`Corruption` names one way of damaging a valid checkpoint (truncating it, flipping a
-byte, resizing a storage record) and applies it to the bytes torch wrote.
+plain data (:class:`HostilePayload`, an attack class name and a carrier) and writes a real
+torch checkpoint (a zip archive, except ``legacy_tar`` and the legacy carrier) that
+otherwise looks like a training checkpoint. Memory attacks (:data:`MEMORY_ATTACK_CLASSES`)
+and allocation bombs (:data:`BOMB_CLASSES`) create no sentinel: loading them at all is what
+goes wrong. A :class:`Corruption` names one way of damaging a valid checkpoint
+(truncating it, flipping a byte, resizing a storage record) and applies it to the bytes
+torch wrote.
 
 Attack classes, simplest first:
 
@@ -384,6 +381,10 @@ def _legacy_tar(sentinel: str) -> bytes:
     return out.getvalue()
 
 
+def _zip_carried(build, sentinel: str) -> bytes:
+    return _carried(build(sentinel), legacy=False)
+
+
 # Simplest first. Each builds the model_config entry whose unpickling creates the sentinel.
 _PICKLED = {
     "reduce_open": lambda sentinel: PickledCall(builtins.open, sentinel, "w"),
@@ -410,8 +411,7 @@ CARRIERS = ("zip", "legacy")
 # code runs: the pickle-level attacks in a zip checkpoint, then the archive-level ones.
 _ATTACKS = {
     **{
-        name: functools.partial(lambda build, sentinel: _carried(build(sentinel), False), build)
-        for name, build in _PICKLED.items()
+        name: functools.partial(_zip_carried, build) for name, build in _PICKLED.items()
     },
     "torchscript_archive": _torchscript_archive,
     "zip_duplicate_member": _zip_duplicate_member,
