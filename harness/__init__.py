@@ -1,11 +1,21 @@
-"""torch-persistence-harness: property-based checks of PyTorch save/load promises."""
+"""torch-persistence-harness: property-based checks of PyTorch save/load promises.
 
-from harness.capabilities import Capabilities, probe
-from harness.checkpointer import Checkpointer, check_checkpointer
-from harness.compare import assert_identical
-from harness.recipes import InferencePackage, TrainingCheckpoint
-from harness.report import Report
-from harness.state import TrainingState
+The public names below are imported on first use (PEP 562), so that importing a submodule
+such as :mod:`harness.profiles` or the pytest plugin does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.capabilities import Capabilities, probe
+    from harness.checkpointer import Checkpointer, check_checkpointer
+    from harness.compare import assert_identical
+    from harness.recipes import InferencePackage, TrainingCheckpoint
+    from harness.report import Report
+    from harness.state import TrainingState
 
 __all__ = [
     "Capabilities",
@@ -18,3 +28,29 @@ __all__ = [
     "check_checkpointer",
     "probe",
 ]
+
+# Where each public name is defined.
+_MODULES = {
+    "Capabilities": "harness.capabilities",
+    "probe": "harness.capabilities",
+    "Checkpointer": "harness.checkpointer",
+    "check_checkpointer": "harness.checkpointer",
+    "assert_identical": "harness.compare",
+    "InferencePackage": "harness.recipes",
+    "TrainingCheckpoint": "harness.recipes",
+    "Report": "harness.report",
+    "TrainingState": "harness.state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

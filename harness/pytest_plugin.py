@@ -1,93 +1,192 @@
 """pytest plugin of torch-persistence-harness, registered through the ``pytest11`` entry point.
 
 Only hooks, options and fixtures live here; the logic is in the harness's ordinary modules.
-What it adds to any project that installs the harness:
+Every project that installs the harness loads this plugin, so it changes nothing in a test
+run unless asked: loading it imports neither torch nor Hypothesis and probes nothing, no
+profile is registered or loaded, no header line or seed is printed, no failure is touched.
 
-- the Hypothesis profiles ``dev``, ``ci`` and ``thorough`` (see :mod:`harness.profiles`),
-  one of them loaded for every run, and a header line saying which and why;
-- a fixed, printed Hypothesis seed for randomized profiles, so every failure comes with a
-  reproduction line;
-- fixtures ``torch_capabilities`` and ``checkpoint_path``, and the option
-  ``--harness-keep-checkpoints``.
+**Asking for a harness profile** (``dev``, ``ci``, ``thorough``; see :mod:`harness.profiles`):
+
+- ``HARNESS_PROFILE=NAME``, the harness's own variable, always means the harness's profile
+  ``NAME``: it is registered under that name and loaded for the run (Hypothesis's
+  ``--hypothesis-verbosity`` still applies on top).
+- ``--hypothesis-profile NAME`` is Hypothesis's own option, so a name that is already
+  registered when pytest configures keeps the meaning it has without the harness:
+  Hypothesis's built-in ``default`` and ``ci`` profiles and any profile the user's
+  conftest registers are loaded by Hypothesis as usual, and the harness stays out. Only a
+  harness profile name that nothing else registered (``dev``, ``thorough``), or one the
+  user registered with :func:`harness.profiles.register_profiles`, selects the harness's
+  profile. A name registered nowhere is a usage error (``HARNESS_PROFILE`` overrides
+  nothing here: the option wins).
+
+The built-in ``ci`` profile: Hypothesis registers it itself and loads it automatically on
+CI machines, with its default of 100 examples. Replacing it whenever the harness is
+installed would silently cut every user's CI runs to the harness's 20 examples, so the
+harness never touches it unless asked through its own variable: ``--hypothesis-profile ci``
+is Hypothesis's ``ci``, ``HARNESS_PROFILE=ci`` the harness's.
+
+**When the harness's profile is in use** (asked for as above), the run gets a header line
+naming torch's version (torch is imported then, not before), the profile, why it was chosen
+and the seed; a profile that is not derandomized gets a fixed seed (``--hypothesis-seed``,
+else a random one) so that the run can be repeated. The reproduction section is added to a
+failure only when the harness's profile is in use *and* the failing test is a Hypothesis
+test (``@given``): those are the failures that the profile and the printed seed reproduce.
+Any other failure, and every failure in a run that did not ask, is reported as it would be
+without the harness.
+
+**Fixtures** (each imports torch when it runs): ``torch_capabilities``, what the installed
+torch supports; ``checkpoint_paths``, a factory giving a fresh path in a fresh directory per
+call, for ``@given`` tests (it is session-scoped, so Hypothesis's function-scoped-fixture
+health check passes); ``checkpoint_path``, one path per test, for tests without ``@given``.
+``--harness-keep-checkpoints DIR`` keeps what both write under ``DIR/<test name>/``.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness import profiles
-from harness.capabilities import probe
 
-# Profiles must exist before Hypothesis's own plugin loads --hypothesis-profile.
-profiles.register_profiles()
+_PROFILE_OPTION = "--hypothesis-profile"
+_SEED_OPTION = "--hypothesis-seed"
+_KEEP_OPTION = "--harness-keep-checkpoints"
 
-_STASH_PROFILE = pytest.StashKey[tuple[str, str, int | None]]()
+
+@dataclass(frozen=True)
+class _ProfileInUse:
+    """The harness's profile a run asked for, and how to ask for it again."""
+
+    name: str
+    reason: str
+    seed: int | str | None
+    by_option: bool
+
+    def reproduction(self, nodeid: str) -> str:
+        seed = f" {_SEED_OPTION}={self.seed}" if self.seed is not None else ""
+        if self.by_option:
+            return f"pytest '{nodeid}' {_PROFILE_OPTION}={self.name}{seed}"
+        return f"{profiles.ENVIRONMENT_VARIABLE}={self.name} pytest '{nodeid}'{seed}"
+
+
+_PROFILE_IN_USE = pytest.StashKey[_ProfileInUse]()
+_CURRENT_TEST = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("torch-persistence-harness")
     group.addoption(
-        "--harness-keep-checkpoints",
+        _KEEP_OPTION,
         metavar="DIR",
         default=None,
-        help="write the checkpoint_path fixture's files under DIR/<test name>/ and keep them, "
-        "to inspect what a failing example saved (default: a temporary directory that "
-        "pytest cleans up). The Hypothesis profile is chosen with --hypothesis-profile or "
-        f"${profiles.ENVIRONMENT_VARIABLE} (dev, ci, thorough; ci when $CI is set).",
+        help="write the files of the checkpoint_path and checkpoint_paths fixtures under "
+        "DIR/<test name>/ and keep them, to inspect what a failing example saved (default: "
+        "temporary directories that pytest cleans up). The harness's Hypothesis profiles "
+        f"({', '.join(profiles.NAMES)}) are used only when asked for, with "
+        f"${profiles.ENVIRONMENT_VARIABLE}=NAME or {_PROFILE_OPTION}=NAME (default: none, "
+        "Hypothesis's own settings).",
     )
 
 
-# tryfirst: Hypothesis's own plugin then applies --hypothesis-verbosity on top of this profile.
+def _asked_profile(config: pytest.Config) -> tuple[str, str, bool] | None:
+    """The harness profile this run asks for, ``(name, reason, by option)``, or None."""
+    explicit = config.getoption(_PROFILE_OPTION, None)
+    if explicit is None and not os.environ.get(profiles.ENVIRONMENT_VARIABLE):
+        return None
+    if explicit is not None and profiles.is_registered_elsewhere(explicit):
+        return None  # Hypothesis's or the user's profile: Hypothesis loads it
+    try:
+        name, reason = profiles.choose_profile(explicit)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    return name, reason, explicit is not None
+
+
+# tryfirst: before Hypothesis's own plugin, which loads --hypothesis-profile (registered by
+# then) and applies --hypothesis-verbosity on top of the loaded profile.
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    asked = _asked_profile(config)
+    if asked is None:
+        return
     from hypothesis import core, settings
 
-    name, reason = profiles.choose_profile(config.getoption("--hypothesis-profile", None))
-    settings.load_profile(name)
+    name, reason, by_option = asked
+    profiles.load_profile(name)
     seed = None
     if not settings.default.derandomize:
-        seed = config.getoption("--hypothesis-seed", None)
+        seed = config.getoption(_SEED_OPTION, None)
         if seed is None:
             seed = random.SystemRandom().randrange(2**32)
-        core.global_force_seed = int(seed)
-    config.stash[_STASH_PROFILE] = (name, reason, seed)
+        try:  # as Hypothesis's own plugin reads --hypothesis-seed: an integer if it is one
+            seed = int(seed)
+        except ValueError:
+            pass
+        core.global_force_seed = seed
+    config.stash[_PROFILE_IN_USE] = _ProfileInUse(name, reason, seed, by_option)
 
 
-def _reproduction(config: pytest.Config, nodeid: str) -> str:
-    name, _, seed = config.stash[_STASH_PROFILE]
-    seed_option = f" --hypothesis-seed={seed}" if seed is not None else ""
-    return f"pytest '{nodeid}' --hypothesis-profile={name}{seed_option}"
+def _torch_version() -> str:
+    from harness.capabilities import torch_version
+
+    return torch_version()
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    name, reason, seed = config.stash[_STASH_PROFILE]
-    seed_text = f", seed {seed}" if seed is not None else ", derandomized"
-    caps = probe()
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    in_use = config.stash.get(_PROFILE_IN_USE, None)
+    if in_use is None:
+        return None
+    seed = f", seed {in_use.seed}" if in_use.seed is not None else ", derandomized"
     return [
-        f"torch-persistence-harness: torch {caps.version}"
-        f" (CUDA {'available' if caps.cuda_available else 'not available'}),"
-        f" Hypothesis profile '{name}' ({reason}){seed_text}"
+        f"torch-persistence-harness: torch {_torch_version()},"
+        f" Hypothesis profile '{in_use.name}' ({in_use.reason}){seed}"
     ]
+
+
+def _is_hypothesis_test(item: pytest.Item) -> bool:
+    from hypothesis import is_hypothesis_test
+
+    return is_hypothesis_test(getattr(item, "obj", None))
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
+    in_use = item.config.stash.get(_PROFILE_IN_USE, None)
+    if in_use is None or call.when != "call":
+        return
     report = outcome.get_result()
-    if report.failed and call.when == "call":
-        line = _reproduction(item.config, item.nodeid)
+    if report.failed and _is_hypothesis_test(item):
         report.sections.append(
-            ("torch-persistence-harness", f"torch {probe().version}; reproduce with:\n  {line}")
+            (
+                "torch-persistence-harness",
+                f"torch {_torch_version()}; reproduce with:\n  {in_use.reproduction(item.nodeid)}",
+            )
         )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # The test checkpoint_paths (session-scoped) names its directories after.
+    item.config.stash[_CURRENT_TEST] = item.nodeid
+
+
+def _directory_name(nodeid: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", nodeid)
 
 
 @pytest.fixture(scope="session")
 def torch_capabilities():
     """What the installed torch supports (:class:`harness.capabilities.Capabilities`)."""
+    from harness.capabilities import probe
+
     return probe()
 
 
@@ -95,11 +194,47 @@ def torch_capabilities():
 def checkpoint_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """A path to save a checkpoint to, in a fresh directory for this test.
 
+    One path per test: under ``@given`` every example would share it (and Hypothesis's
+    health check refuses function-scoped fixtures there), so use ``checkpoint_paths``.
     With ``--harness-keep-checkpoints DIR`` the directory is ``DIR/<test name>`` and is kept.
     """
-    keep = request.config.getoption("--harness-keep-checkpoints")
+    keep = request.config.getoption(_KEEP_OPTION)
     if keep is None:
         return tmp_path / "checkpoint.pt"
-    directory = Path(keep) / re.sub(r"[^\w.-]+", "_", request.node.nodeid)
+    directory = Path(keep) / _directory_name(request.node.nodeid)
     directory.mkdir(parents=True, exist_ok=True)
     return directory / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def checkpoint_paths(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """A factory of checkpoint paths: ``checkpoint_paths(name="checkpoint.pt")`` returns
+    ``<a new empty directory>/<name>``, a different one at every call, so every example of a
+    ``@given`` test saves to its own file.
+
+    The directories are temporary and named after the running test. With
+    ``--harness-keep-checkpoints DIR`` they are ``DIR/<test name>/<n>/`` and are kept, ``n``
+    counting the calls (continuing after folders an earlier run left): the highest is the
+    last call, e.g. the example Hypothesis shrank a failure to.
+    """
+    config = request.config
+    keep = config.getoption(_KEEP_OPTION)
+    calls: Counter[str] = Counter()
+
+    def checkpoint_paths(name: str = "checkpoint.pt") -> Path:
+        test = _directory_name(config.stash.get(_CURRENT_TEST, "session"))
+        if keep is None:
+            # pytest's own limit for tmp_path's folder names.
+            return tmp_path_factory.mktemp(test[:30], numbered=True) / name
+        while True:
+            calls[test] += 1
+            directory = Path(keep) / test / str(calls[test])
+            try:
+                directory.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            return directory / name
+
+    return checkpoint_paths
