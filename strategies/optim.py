@@ -296,9 +296,13 @@ def _optimizer_specs(draw: st.DrawFn, names: tuple[str, ...]) -> OptimizerSpec:
 
 
 def optimizer_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[OptimizerSpec]:
-    """Specs of optimizers of the installed torch (every class in ``probe().optimizers``).
+    """Specs of optimizers of the installed torch that train dense parameters.
 
-    ``names`` narrows the choice to those optimizer classes. Each spec has one to three
+    By default every class in ``probe().optimizers`` except ``SparseAdam``, which trains
+    only sparse gradients (``nn.Embedding(sparse=True)``) and so fits no dense model; ask
+    for it by name. ``names`` narrows the choice to those optimizer classes, sparse ones
+    included (pick names that fit the model, e.g. with
+    :func:`strategies.training.optimizer_fits`). Each spec has one to three
     parameter groups (``LBFGS``: one) with different learning rates and class-specific
     hyperparameters (SGD momentum, nesterov and dampening; Adam/AdamW amsgrad; RMSprop
     centered and momentum; weight decay; ...), flags that run on CPU here (foreach, fused,
@@ -309,8 +313,9 @@ def optimizer_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[Opt
     """
     available = probe().optimizers
     chosen = _check_class_names(names, available, "optimizer")
-    ordered = _ordered(chosen if chosen is not None else available, _OPTIMIZER_ORDER)
-    return _optimizer_specs(tuple(ordered))
+    if chosen is None:
+        chosen = [name for name in available if not OptimizerSpec(name).needs_sparse_gradients]
+    return _optimizer_specs(tuple(_ordered(chosen, _OPTIMIZER_ORDER)))
 
 
 def _is_sparse_module(module: torch.nn.Module) -> bool:

@@ -1,24 +1,30 @@
 """Tests of strategies.bundles: bundles and weights-only contents survive a weights-only round
-trip identically, unsafe contents are refused, and storage sharing really appears."""
+trip identically, unsafe contents are refused, and storage sharing really appears; and of
+strategies.options: every save/load option combination drawn by default reads back."""
 
 from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
+import tempfile
 
 import pytest
 import torch
 from hypothesis import Phase, find, given, settings
+from hypothesis.errors import InvalidArgument, NoSuchExample
 
 from harness.capabilities import probe, tensor_storage, weights_only_loadable_types
 from harness.compare import assert_identical
+from harness.persistence import SaveOptions
 from strategies.bundles import (
     UnsafeContent,
     bundles,
     unsafe_contents,
     weights_only_contents,
 )
+from strategies.options import save_options
 
 pytestmark = pytest.mark.skipif(
     not probe().load_weights_only, reason="torch.load has no weights_only keyword here"
@@ -151,3 +157,75 @@ def test_bundles_hold_realistic_entries():
     )
     group = found["optimizer_state_dict"]["param_groups"][0]
     assert isinstance(group["betas"], tuple) and len(group["betas"]) == 2
+
+
+# --- strategies.options -----------------------------------------------------------------------
+
+
+def save_and_load(obj, options: SaveOptions):
+    """``obj`` saved as ``options`` say and loaded with ``torch.load(weights_only=True)``,
+    calling torch directly (not the harness's persistence module)."""
+    with tempfile.TemporaryDirectory() as directory:
+        target = io.BytesIO() if options.to_buffer else os.path.join(directory, "checkpoint.pt")
+        torch.save(
+            obj,
+            target,
+            pickle_protocol=options.pickle_protocol,
+            _use_new_zipfile_serialization=not options.legacy_format,
+        )
+        if options.to_buffer:
+            target.seek(0)
+        return torch.load(target, weights_only=True, **({"mmap": True} if options.mmap else {}))
+
+
+@given(save_options())
+def test_every_drawn_save_option_reads_a_tensor_dict_back(options):
+    tensors = {"weight": torch.arange(6.0).reshape(2, 3), "bias": torch.zeros(3)}
+    assert_identical(tensors, save_and_load(tensors, options))
+
+
+@given(weights_only_contents(), save_options())
+def test_weights_only_contents_read_back_with_every_drawn_save_option(contents, options):
+    assert_identical(contents, save_and_load(contents, options))
+
+
+def test_save_options_reach_a_buffer_and_mmap():
+    find(save_options(), lambda options: options.to_buffer, settings=FIND)
+    if probe().load_mmap:
+        find(save_options(), lambda options: options.mmap, settings=FIND)
+
+
+# Combinations the strategy drew before it knew what torch reads back.
+COMBINATIONS = {
+    "highest_protocol": lambda options: options.pickle_protocol == pickle.HIGHEST_PROTOCOL,
+    "protocol_4": lambda options: options.pickle_protocol == 4,
+    "legacy_buffer": lambda options: options.legacy_format and options.to_buffer,
+}
+if probe().load_mmap:
+    COMBINATIONS["mmap_protocol_3"] = lambda options: options.mmap and options.pickle_protocol == 3
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("name", sorted(COMBINATIONS))
+def test_combinations_torch_cannot_read_are_drawn_only_when_asked(name):
+    found = find(save_options(include_unreadable=True), COMBINATIONS[name], settings=FIND)
+    tensors = {"weight": torch.arange(6.0).reshape(2, 3)}
+    try:
+        save_and_load(tensors, found)
+    except Exception:  # unreadable here (pickle protocols 4 and 5 on torch 2.13.0)
+        with pytest.raises(NoSuchExample):
+            find(save_options(), lambda options: options == found, settings=FIND)
+
+
+def test_save_options_shrink_to_torch_defaults():
+    shrink = settings(database=None, derandomize=True)
+    assert find(save_options(), lambda options: True, settings=shrink) == SaveOptions()
+    everything = save_options(include_unreadable=True)
+    assert find(everything, lambda options: True, settings=shrink) == SaveOptions()
+    failing = find(everything, lambda o: o.pickle_protocol > 2 and o.to_buffer, settings=shrink)
+    assert failing == SaveOptions(pickle_protocol=3, to_buffer=True)
+
+
+def test_save_options_refuse_a_non_boolean_switch():
+    with pytest.raises(InvalidArgument, match="include_unreadable"):
+        save_options(include_unreadable="yes")

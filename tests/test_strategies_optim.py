@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
-from hypothesis.errors import InvalidArgument
+from hypothesis.errors import InvalidArgument, NoSuchExample
 
 from harness import assert_identical
 from harness.capabilities import (
@@ -168,6 +168,24 @@ def test_every_scheduler_class_is_drawable(name):
     optimizer = build_optimizer(PLAIN_SGD, module)
     scheduler = build_scheduler(spec, optimizer)
     assert type(scheduler) is probe().schedulers[name]
+
+
+def test_sparse_adam_is_drawn_only_when_named():
+    if "SparseAdam" not in probe().optimizers:
+        pytest.skip("the installed torch has no SparseAdam")
+    with pytest.raises(NoSuchExample):
+        find(optimizer_specs(), lambda spec: spec.name == "SparseAdam", settings=FIND)
+    named = optimizer_specs(names=["SGD", "SparseAdam"])
+    find(named, lambda spec: spec.name == "SparseAdam", settings=FIND)
+
+
+@given(optimizer_specs())
+def test_default_optimizers_train_a_dense_model(spec):
+    module = Net(sparse=False)
+    optimizer = build_optimizer(spec, module)
+    compute_loss = loss_function(module, optimizer)
+    optimizer_step(optimizer, spec, compute_loss)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
 def test_two_group_failure_shrinks_to_sgd_with_default_flags():
