@@ -195,6 +195,15 @@ def test_option_overrides_environment(pytester, monkeypatch):
     assert ran["calls"] == 10, ran
 
 
+def test_profiles_the_user_registered_from_the_harness_count_as_the_harness_s(pytester):
+    pytester.makeconftest("from harness import profiles\n\nprofiles.register_profiles()\n")
+    ran = observed(pytester, "--hypothesis-profile=ci")
+    assert ran["calls"] == 20 and ran["derandomize"], ran
+    ran["output"].stdout.fnmatch_lines(
+        ["*Hypothesis profile 'ci' (chosen with --hypothesis-profile), derandomized"]
+    )
+
+
 @pytest.mark.parametrize(
     ("how", "source"),
     [("environment", "from $HARNESS_PROFILE"), ("option", "chosen with --hypothesis-profile")],
