@@ -16,8 +16,8 @@ profile is registered or loaded, no header line or seed is printed, no failure i
   conftest registers are loaded by Hypothesis as usual, and the harness stays out. Only a
   harness profile name that nothing else registered (``dev``, ``thorough``), or one the
   user registered with :func:`harness.profiles.register_profiles`, selects the harness's
-  profile. A name registered nowhere is a usage error (``HARNESS_PROFILE`` overrides
-  nothing here: the option wins).
+  profile. The option wins over ``HARNESS_PROFILE``; a name registered nowhere is a
+  one-line usage error, as is a ``HARNESS_PROFILE`` that names no harness profile.
 
 The built-in ``ci`` profile: Hypothesis registers it itself and loads it automatically on
 CI machines, with its default of 100 examples. Replacing it whenever the harness is
@@ -34,10 +34,11 @@ test (``@given``): those are the failures that the profile and the printed seed 
 Any other failure, and every failure in a run that did not ask, is reported as it would be
 without the harness.
 
-**Fixtures** (each imports torch when it runs): ``torch_capabilities``, what the installed
-torch supports; ``checkpoint_paths``, a factory giving a fresh path in a fresh directory per
-call, for ``@given`` tests (it is session-scoped, so Hypothesis's function-scoped-fixture
-health check passes); ``checkpoint_path``, one path per test, for tests without ``@given``.
+**Fixtures** (none imports anything before it runs): ``torch_capabilities``, what the
+installed torch supports (torch is imported and probed then); ``checkpoint_paths``, a
+factory giving a fresh path in a fresh directory per call, for ``@given`` tests (it is
+session-scoped, so Hypothesis's function-scoped-fixture health check passes);
+``checkpoint_path``, one path per test, for tests without ``@given``.
 ``--harness-keep-checkpoints DIR`` keeps what both write under ``DIR/<test name>/``.
 """
 
