@@ -5,35 +5,71 @@ A checkpointer is any object with ``save(state, path)`` and
 (or, for ``purpose="inference"``, models), saves them with the checkpointer, loads them into
 fresh states built from the same specs with another random init, and checks that nothing was
 lost: the state is restored exactly, training resumes bit for bit (or the model is ready for
-inference), a checkpoint whose storages are tagged ``cuda:0`` loads with
-``map_location="cpu"``, and a hostile file at the path runs nothing.
+inference), a checkpoint whose parameters and optimizer state are tagged ``cuda:0`` (as a GPU
+run saves them) loads with ``map_location="cpu"``, and a hostile file at the path runs
+nothing.
+
+What the user's code does is never allowed to end the run: an exception from ``save`` or
+``load`` (``BaseException`` included, but not ``KeyboardInterrupt``) and a call that does
+not return within ``timeout`` seconds are failures of that example, reported with the place
+in the user's file that raised. A failure whose cause the harness knows (:data:`CAUSES`)
+says what the cause is and what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import inspect
 import os
+import pickle
+import random
+import signal
+import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import hypothesis
 import torch
-from hypothesis import settings
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
+from harness.capabilities import probe
 from harness.compare import assert_identical
 from harness.devices import storages_tagged_as
 from harness.report import Report
 from harness.state import TrainingState
 from harness.suite import Invariant, run_suite
 
-__all__ = ["PURPOSES", "Checkpointer", "check_checkpointer", "checkpointer_invariants"]
+__all__ = [
+    "CAUSES",
+    "CHECKPOINTER_INVARIANTS",
+    "DEFAULT_TIMEOUT",
+    "PURPOSES",
+    "Cause",
+    "Checkpointer",
+    "CheckpointerError",
+    "CheckpointerHung",
+    "CheckpointerInvariant",
+    "check_checkpointer",
+    "checkpointer_invariants",
+]
 
 PURPOSES = ("resume", "inference")
 
 # Steps trained after the checkpoint, on the original and on the restored state.
 RESUME_STEPS = 3
+# Seconds one call of the user's save or load may take. The drawn states are tiny (a few
+# KiB): a correct save or load of one takes milliseconds, so a call this long is a hang.
+DEFAULT_TIMEOUT = 60.0
+# Hypothesis's phases that only make a failure smaller or explain it.
+_SHRINKING = (Phase.shrink, Phase.explain)
 # Seeds: the original state, the fresh one loaded into, and the RNG disturbance before load.
 _ORIGINAL_SEED, _FRESH_SEED, _DISTURBING_SEED = 0, 1, 12345
 
@@ -46,6 +82,351 @@ class Checkpointer(Protocol):
 
     def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
         """Restore the checkpoint at ``path`` into ``into``, in place."""
+
+
+# --- Calling the user's code -------------------------------------------------------------
+
+
+class CheckpointerError(AssertionError):
+    """The checkpointer's ``save`` or ``load`` raised.
+
+    A failure of the example it happened on, not of the run. ``error`` is what the user's
+    code raised; the message names the call, the exception and the place in the user's
+    file.
+    """
+
+    def __init__(self, message: str, error: BaseException) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class CheckpointerHung(BaseException):
+    """The checkpointer's ``save`` or ``load`` did not return within the time limit.
+
+    A failure of the example it happened on. A ``BaseException``, so that it passes through
+    Hypothesis without shrinking: each smaller example tried would take the whole time
+    limit again. The runner reports it with the example that hung.
+    """
+
+
+class _TimedOut(BaseException):
+    """Raised into a call that ran past its time limit (a BaseException, so that the user's
+    ``except Exception`` cannot swallow it)."""
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise :class:`_TimedOut` in the main thread after ``seconds``, and every second after
+    that until the block ends (code that catches the first one is interrupted again)."""
+
+    def on_alarm(signum, frame):
+        raise _TimedOut
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _call_in_thread(function: Callable[[], None], seconds: float) -> None:
+    """Run ``function`` in a helper thread and wait at most ``seconds`` (outside the main
+    thread no signal can interrupt it: a call that hangs is abandoned, still running)."""
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            function()
+        except BaseException as error:
+            raised.append(error)
+
+    worker = threading.Thread(target=target, name="harness-checkpointer-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise _TimedOut
+    if raised:
+        raise raised[0]
+
+
+def _with_time_limit(function: Callable[[], None], seconds: float | None) -> None:
+    if seconds is None:
+        function()
+    elif threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        with _alarm(seconds):
+            function()
+    else:
+        _call_in_thread(function, seconds)
+
+
+def _shown_path(filename: str) -> str:
+    """``filename`` relative to the working directory when it is below it."""
+    relative = os.path.relpath(filename)
+    return filename if relative.startswith(os.pardir) else relative
+
+
+# Frames of these folders are not the user's: torch, Hypothesis, the harness, its strategies.
+_NOT_USER_CODE = tuple(
+    os.path.dirname(module.__file__) + os.sep
+    for module in (torch, hypothesis, sys.modules["harness"])
+) + (os.path.join(os.path.dirname(os.path.dirname(__file__)), "strategies") + os.sep,)
+_STANDARD_LIBRARY = os.path.dirname(os.__file__) + os.sep
+
+
+def _is_user_code(filename: str) -> bool:
+    if filename.startswith(_NOT_USER_CODE):
+        return False
+    return not filename.startswith(_STANDARD_LIBRARY) or "site-packages" in filename
+
+
+def _location(error: BaseException, user_file: str | None) -> str | None:
+    """``file:line in function`` of the innermost frame of the user's file in the traceback,
+    else of the innermost frame outside torch, the harness and the standard library."""
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [frame for frame in frames if user_file and frame.filename == user_file]
+    if not own:
+        own = [frame for frame in frames if _is_user_code(frame.filename)]
+    if not own:
+        return None
+    frame = own[-1]
+    return f"{_shown_path(frame.filename)}:{frame.lineno} in {frame.name}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+@dataclass(frozen=True)
+class _Calls:
+    """The user's checkpointer, called under a time limit, with its failures as data."""
+
+    checkpointer: Any
+    timeout: float | None
+
+    @functools.cached_property
+    def _user_file(self) -> str | None:
+        try:
+            return inspect.getsourcefile(type(self.checkpointer))
+        except TypeError:  # a built-in type
+            return None
+
+    def save(self, state: TrainingState, path: str) -> None:
+        self._run("save", self.checkpointer.save, state, path)
+
+    def load(self, path: str, into: TrainingState, **kwargs: Any) -> None:
+        self._run("load", self.checkpointer.load, path, into, **kwargs)
+
+    def _run(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            _with_time_limit(lambda: method(*args, **kwargs), self.timeout)
+        except KeyboardInterrupt:
+            raise
+        except _TimedOut:
+            raise CheckpointerHung(
+                f"{what} did not return within {self.timeout:g} s: it hangs, or is slower "
+                "than the time limit (raise it with timeout= or --timeout SECONDS); the "
+                "example is not shrunk, since each smaller one would take the limit again"
+            ) from None
+        except BaseException as error:
+            where = _location(error, self._user_file)
+            message = f"{what} raised {_first_line(error)}" + (f" (at {where})" if where else "")
+            raise CheckpointerError(message, error) from error
+
+
+# --- Known causes of failures --------------------------------------------------------------
+
+
+@dataclass
+class _Evidence:
+    """What a check knows when an example fails, for :data:`CAUSES` to read.
+
+    ``saved`` is the original state's snapshot taken before ``save``; ``loaded`` the fresh
+    state's right after ``load`` (None when load did not return); ``rng_restored`` whether
+    the global RNG state after ``load`` is the one at ``save`` (None: not measured).
+    """
+
+    invariant: str
+    purpose: str
+    case: Any
+    saved: dict[str, Any]
+    restored: TrainingState
+    extra_saved: dict[str, Any] = field(default_factory=dict)
+    loaded: dict[str, Any] | None = None
+    rng_restored: bool | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Cause:
+    """A known reason for a failure: when it applies, and what the user should do.
+
+    Attributes:
+        name: short identifier, e.g. ``"rng_not_restored"``.
+        applies: reads the evidence of a failed example; True when this is the cause.
+        advice: what happened and what to do, in a sentence or two.
+    """
+
+    name: str
+    applies: Callable[[_Evidence], bool]
+    advice: str
+
+
+def _state_dtypes(optimizer_state: dict[str, Any]) -> dict[tuple[Any, str], torch.dtype]:
+    return {
+        (index, key): value.dtype
+        for index, state in optimizer_state["state"].items()
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+def _differs(expected: Any, actual: Any) -> bool:
+    try:
+        assert_identical(expected, actual)
+    except AssertionError:
+        return True
+    return False
+
+
+def _part_differs(part: str) -> Callable[[_Evidence], bool]:
+    def applies(evidence: _Evidence) -> bool:
+        loaded = evidence.loaded
+        return (
+            loaded is not None
+            and part in evidence.saved
+            and _differs(evidence.saved[part], loaded[part])
+        )
+
+    return applies
+
+
+def _optimizer_cast(evidence: _Evidence) -> bool:
+    if evidence.loaded is None or "optimizer" not in evidence.saved:
+        return False
+    saved = _state_dtypes(evidence.saved["optimizer"])
+    loaded = _state_dtypes(evidence.loaded["optimizer"])
+    return any(loaded.get(key, dtype) != dtype for key, dtype in saved.items())
+
+
+def _optimizer_not_restored(evidence: _Evidence) -> bool:
+    return _part_differs("optimizer")(evidence) and not _optimizer_cast(evidence)
+
+
+def _extra_missing(evidence: _Evidence) -> bool:
+    return evidence.loaded is not None and bool(
+        set(evidence.extra_saved) - set(evidence.restored.extra)
+    )
+
+
+def _cuda_refused(evidence: _Evidence) -> bool:
+    """torch.load refused a storage for its device (``_validate_device`` on torch 2,
+    ``validate_cuda_device`` on 1.13) in the CUDA-tagged check."""
+    error = evidence.error
+    return (
+        evidence.invariant == "cuda_tagged_round_trip"
+        and isinstance(error, RuntimeError)
+        and any(
+            frame.filename.endswith(os.path.join("torch", "serialization.py"))
+            and "device" in frame.name
+            for frame in traceback.extract_tb(error.__traceback__)
+        )
+    )
+
+
+def _in_training_mode(evidence: _Evidence) -> bool:
+    return evidence.purpose == "inference" and any(
+        module.training for module in evidence.restored.model.modules()
+    )
+
+
+CAUSES: tuple[Cause, ...] = (
+    Cause(
+        "refused_by_weights_only",
+        lambda e: isinstance(e.error, pickle.UnpicklingError),
+        "torch.load(weights_only=True) refused an object in the file: save state_dict()s and "
+        "plain data (tensors, numbers, strings, lists, dicts), not modules or your own "
+        "classes, or allowlist them with torch.serialization.add_safe_globals.",
+    ),
+    Cause(
+        "cuda_needs_map_location",
+        _cuda_refused,
+        "The checkpoint's tensors were saved on cuda:0, as a GPU run saves them, and this host "
+        "has no GPU: pass load's map_location on to every torch.load (also for files saved "
+        "beside the checkpoint).",
+    ),
+    Cause(
+        "model_not_restored",
+        _part_differs("model"),
+        "The model's state right after load differs from the saved one: call "
+        "model.load_state_dict(saved_state_dict) (strict=True, the default, names what is "
+        "missing) and restore every parameter and buffer.",
+    ),
+    Cause(
+        "optimizer_state_cast",
+        _optimizer_cast,
+        "torch's Optimizer.load_state_dict casts floating-point optimizer state to each "
+        "parameter's dtype (pytorch/pytorch#43706), so state that the optimizer keeps in "
+        "another dtype (NAdam's mu_product, ASGD's eta and mu, LBFGS) comes back changed: put "
+        "the saved tensors back after load_state_dict, as harness.TrainingCheckpoint does.",
+    ),
+    Cause(
+        "optimizer_not_restored",
+        _optimizer_not_restored,
+        "The optimizer's state right after load differs from the saved one: save "
+        "optimizer.state_dict() and call optimizer.load_state_dict() on it in load.",
+    ),
+    Cause(
+        "scheduler_not_restored",
+        _part_differs("scheduler"),
+        "The learning-rate scheduler's state right after load differs from the saved one: save "
+        "scheduler.state_dict() and call scheduler.load_state_dict() on it in load.",
+    ),
+    Cause(
+        "extra_not_restored",
+        _extra_missing,
+        "Entries of state.extra (epoch, loss, config, ...) are missing after load: save them "
+        "with the checkpoint and put them back into into.extra.",
+    ),
+    Cause(
+        "rng_not_restored",
+        lambda e: (
+            e.invariant == "resume_equivalence" and e.case.has_dropout and e.rng_restored is False
+        ),
+        "The model draws random numbers in training (dropout) and load did not restore the "
+        "global RNG state of save time: save torch.get_rng_state() with the checkpoint and "
+        "call torch.set_rng_state() on it in load, as harness.TrainingCheckpoint does.",
+    ),
+    Cause(
+        "left_in_training_mode",
+        _in_training_mode,
+        "A model loaded for inference must be in eval mode (dropout off, batch norm using its "
+        "running statistics): call model.eval() at the end of load.",
+    ),
+)
+
+
+@contextlib.contextmanager
+def _explained(evidence: _Evidence) -> Iterator[_Evidence]:
+    """Add the known causes that apply to any failure raised in the block."""
+    try:
+        yield evidence
+    except AssertionError as failure:
+        if isinstance(failure, CheckpointerError):
+            evidence.error = failure.error
+        causes = [cause for cause in CAUSES if cause.applies(evidence)]
+        if not causes:
+            raise
+        advice = "\n".join(f"likely cause ({cause.name}): {cause.advice}" for cause in causes)
+        message = f"{failure}\n{advice}"
+        if isinstance(failure, CheckpointerError):
+            raise CheckpointerError(message, failure.error) from failure
+        raise AssertionError(message) from failure
+
+
+# --- The invariants ----------------------------------------------------------------------
 
 
 def _inference_extra(case: Any) -> dict[str, Any]:
@@ -80,10 +461,15 @@ def _snapshot(state: TrainingState) -> dict[str, Any]:
     return copy.deepcopy(snapshot)
 
 
-def _assert_restored(original: TrainingState, restored: TrainingState) -> None:
-    assert_identical(_snapshot(original), _snapshot(restored), name="restored")
-    kept = {key: restored.extra[key] for key in original.extra if key in restored.extra}
-    assert_identical(original.extra, kept, name="restored.extra")
+def _evidence(invariant: str, purpose: str, case: Any, original, fresh) -> _Evidence:
+    return _Evidence(
+        invariant,
+        purpose,
+        case,
+        saved=_snapshot(original),
+        restored=fresh,
+        extra_saved=copy.deepcopy(original.extra),
+    )
 
 
 def _keeps_caller_rng(check):
@@ -101,32 +487,60 @@ def _disturb_global_rng() -> None:
     torch.manual_seed(_DISTURBING_SEED)
 
 
+def _gpu_resident(state: TrainingState) -> list[torch.Tensor]:
+    """The tensors a GPU training run keeps on the GPU: parameters, buffers, gradients and
+    the optimizer's per-parameter state. Scalar optimizer state (step counts) is left out:
+    torch keeps it on the CPU for most optimizers unless ``capturable`` or ``fused``."""
+    tensors = [*state.model.parameters(), *state.model.buffers()]
+    tensors += [p.grad for p in state.model.parameters() if p.grad is not None]
+    if state.optimizer is not None:
+        tensors += [
+            value
+            for per_parameter in state.optimizer.state.values()
+            for value in per_parameter.values()
+            if isinstance(value, torch.Tensor) and value.dim() > 0
+        ]
+    # A sparse gradient has no storage of its own (its indices and values are saved as
+    # tensors of their own, left untagged).
+    return [tensor for tensor in tensors if tensor.layout == torch.strided]
+
+
 @_keeps_caller_rng
-def state_restored(checkpointer: Checkpointer, purpose: str, case: Any) -> Iterator[str]:
+def state_restored(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
     """After save and load, model, optimizer, scheduler and extra are identical.
 
     For inference the loaded model must also be in eval mode and give bit-identical outputs.
     """
     original, fresh = _prepare(purpose, case)
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "checkpoint.pt")
-        checkpointer.save(original, path)
-        _disturb_global_rng()
-        checkpointer.load(path, fresh)
-    _assert_restored(original, fresh)
-    if purpose == "inference":
-        training = sorted(name or "model" for name, m in fresh.model.named_modules() if m.training)
-        assert not training, f"loaded for inference but in training mode: {training}"
-        original.model.eval()
-        with torch.no_grad():
-            expected = original.model(*case.example_input)
-            actual = fresh.model(*case.example_input)
-        assert_identical(expected, actual, name="output")
+    with _explained(_evidence("state_restored", purpose, case, original, fresh)) as evidence:
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "checkpoint.pt")
+            calls.save(original, path)
+            _disturb_global_rng()
+            calls.load(path, fresh)
+        evidence.loaded = _snapshot(fresh)
+        _assert_restored(original, fresh)
+        if purpose == "inference":
+            training = sorted(
+                name or "model" for name, m in fresh.model.named_modules() if m.training
+            )
+            assert not training, f"loaded for inference but in training mode: {training}"
+            original.model.eval()
+            with torch.no_grad():
+                expected = original.model(*case.example_input)
+                actual = fresh.model(*case.example_input)
+            assert_identical(expected, actual, name="output")
     yield from ()
 
 
+def _assert_restored(original: TrainingState, restored: TrainingState) -> None:
+    assert_identical(_snapshot(original), _snapshot(restored), name="restored")
+    kept = {key: restored.extra[key] for key in original.extra if key in restored.extra}
+    assert_identical(original.extra, kept, name="restored.extra")
+
+
 @_keeps_caller_rng
-def resume_equivalence(checkpointer: Checkpointer, case: Any) -> Iterator[str]:
+def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
     """Training k more steps after loading equals training them without interruption.
 
     Compared bit for bit after the steps: parameters and buffers, optimizer state, learning
@@ -134,38 +548,51 @@ def resume_equivalence(checkpointer: Checkpointer, case: Any) -> Iterator[str]:
     dropout resumes exactly only if the checkpoint restores the RNG state.
     """
     original, fresh = _prepare("resume", case)
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "checkpoint.pt")
-        rng_at_save = torch.get_rng_state()
-        checkpointer.save(original, path)
-        torch.set_rng_state(rng_at_save)
-        for _ in range(RESUME_STEPS):
-            case.train_step(original)
-        _disturb_global_rng()
-        checkpointer.load(path, fresh)
-        for _ in range(RESUME_STEPS):
-            case.train_step(fresh)
-    assert_identical(_snapshot(original), _snapshot(fresh), name=f"after {RESUME_STEPS} steps")
+    with _explained(_evidence("resume_equivalence", purpose, case, original, fresh)) as evidence:
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "checkpoint.pt")
+            rng_at_save = torch.get_rng_state()
+            calls.save(original, path)
+            torch.set_rng_state(rng_at_save)
+            for _ in range(RESUME_STEPS):
+                case.train_step(original)
+            _disturb_global_rng()
+            calls.load(path, fresh)
+            evidence.loaded = _snapshot(fresh)
+            evidence.rng_restored = torch.equal(torch.get_rng_state(), rng_at_save)
+            try:
+                for _ in range(RESUME_STEPS):
+                    case.train_step(fresh)
+            except Exception as error:
+                message = f"training the restored state raised {_first_line(error)}"
+                raise AssertionError(message) from error
+        assert_identical(_snapshot(original), _snapshot(fresh), name=f"after {RESUME_STEPS} steps")
     yield "model with dropout" if case.has_dropout else "model without dropout"
 
 
 @_keeps_caller_rng
-def cuda_tagged_round_trip(checkpointer: Checkpointer, purpose: str, case: Any) -> Iterator[str]:
-    """A checkpoint saved with storages tagged ``cuda:0`` loads on the CPU, restored exactly."""
+def cuda_tagged_round_trip(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
+    """A checkpoint saved with the GPU-resident tensors tagged ``cuda:0`` loads on the CPU
+    with ``map_location="cpu"``, restored exactly."""
     original, fresh = _prepare(purpose, case)
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "checkpoint.pt")
-        with storages_tagged_as("cuda:0"):
-            checkpointer.save(original, path)
-        checkpointer.load(path, fresh, map_location="cpu")
-    # Only the tensors' state: the extra entries are state_restored's concern.
-    assert_identical(_snapshot(original), _snapshot(fresh), name="restored")
+    with _explained(
+        _evidence("cuda_tagged_round_trip", purpose, case, original, fresh)
+    ) as evidence:
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "checkpoint.pt")
+            with storages_tagged_as("cuda:0", only=_gpu_resident(original)):
+                calls.save(original, path)
+            calls.load(path, fresh, map_location="cpu")
+        evidence.loaded = _snapshot(fresh)
+        # Only the tensors' state: the extra entries are state_restored's concern.
+        assert_identical(_snapshot(original), _snapshot(fresh), name="restored")
     yield from ()
 
 
 @_keeps_caller_rng
-def hostile_file_runs_nothing(checkpointer: Checkpointer, purpose: str, example) -> Iterator[str]:
-    """Loading a hostile file from the checkpoint path never runs the code inside it."""
+def hostile_file_runs_nothing(calls: _Calls, purpose: str, example) -> Iterator[str]:
+    """Loading a hostile file from the checkpoint path never runs the code inside it, and
+    never hangs."""
     case, payload = example
     _, fresh = _prepare(purpose, case)
     with tempfile.TemporaryDirectory() as directory:
@@ -173,93 +600,187 @@ def hostile_file_runs_nothing(checkpointer: Checkpointer, purpose: str, example)
         sentinel = os.path.join(directory, "payload-ran")
         payload.write(path, sentinel)
         try:
-            checkpointer.load(path, fresh)
-        except Exception as error:
-            yield f"hostile file refused with {type(error).__name__}"
+            calls.load(path, fresh)
+        except CheckpointerError as refusal:
+            yield f"hostile file refused with {type(refusal.error).__name__}"
         assert not os.path.exists(sentinel), (
             f"load ran code from a hostile file: the {payload.name} payload created its sentinel"
         )
 
 
-def _cases(purpose: str) -> st.SearchStrategy:
-    if purpose == "inference":
-        from strategies.models import models
+@dataclass(frozen=True)
+class _Draws:
+    """What the examples are drawn from, after the user's exclusions."""
 
-        return models()
-    from strategies.training import training_cases
+    purpose: str
+    families: tuple[str, ...] | None
+    optimizers: tuple[str, ...] | None
+    schedulers: tuple[str, ...] | None
 
-    return training_cases()
+    def cases(self) -> st.SearchStrategy:
+        if self.purpose == "inference":
+            from strategies.model_specs import model_specs
+            from strategies.models import build_model
+
+            # An uninitialized lazy module holds UninitializedParameters, which no
+            # weights_only=True loader can read and no trained model has.
+            specs = model_specs(self.families)
+            return specs.filter(lambda spec: not spec.has_uninitialized_parameters).map(build_model)
+        from strategies.training import training_cases
+
+        return training_cases(self.families, self.optimizers, self.schedulers)
+
+    def hostile(self) -> st.SearchStrategy:
+        from strategies.payloads import hostile_payloads
+
+        return st.tuples(self.cases(), hostile_payloads())
 
 
-def _hostile_examples(purpose: str) -> st.SearchStrategy:
-    from strategies.payloads import hostile_payloads
+@dataclass(frozen=True)
+class CheckpointerInvariant:
+    """A promise about a checkpointer, for the purposes it applies to.
 
-    return st.tuples(_cases(purpose), hostile_payloads())
+    Attributes:
+        name: short identifier, e.g. ``"resume_equivalence"``.
+        description: one sentence stating the promise.
+        purposes: the purposes (of :data:`PURPOSES`) it is checked for.
+        hostile: whether its examples pair a case with a hostile file.
+        check: ``check(calls, purpose, example)``, a generator of observations.
+    """
+
+    name: str
+    description: str
+    purposes: tuple[str, ...]
+    hostile: bool
+    check: Callable[[_Calls, str, Any], Iterator[str]]
 
 
-def checkpointer_invariants(checkpointer: Checkpointer, purpose: str) -> list[Invariant]:
-    """The invariants a checkpointer for ``purpose`` (``"resume"`` or ``"inference"``) must keep."""
-    _check_arguments(checkpointer, purpose)
-    invariants = [
-        Invariant(
-            "state_restored",
-            "After save and load into a fresh state, model, optimizer, scheduler and extra "
-            "entries are identical"
-            + (
-                "; the model is in eval mode and gives identical outputs."
-                if purpose == "inference"
-                else "."
-            ),
-            lambda: _cases(purpose),
-            lambda case: state_restored(checkpointer, purpose, case),
-        ),
-    ]
-    if purpose == "resume":
-        invariants.append(
-            Invariant(
-                "resume_equivalence",
-                f"Training {RESUME_STEPS} more steps after loading gives bit-identical "
-                "parameters, optimizer state and learning rates to training them without "
-                "interruption, even with the global RNG disturbed before loading.",
-                lambda: _cases(purpose),
-                lambda case: resume_equivalence(checkpointer, case),
-            )
+CHECKPOINTER_INVARIANTS: tuple[CheckpointerInvariant, ...] = (
+    CheckpointerInvariant(
+        "state_restored",
+        "After save and load into a fresh state, model, optimizer, scheduler and extra "
+        "entries are identical; for inference the model is in eval mode and gives "
+        "identical outputs.",
+        PURPOSES,
+        False,
+        state_restored,
+    ),
+    CheckpointerInvariant(
+        "resume_equivalence",
+        f"Training {RESUME_STEPS} more steps after loading gives bit-identical parameters, "
+        "optimizer state and learning rates to training them without interruption, even "
+        "with the global RNG disturbed before loading.",
+        ("resume",),
+        False,
+        resume_equivalence,
+    ),
+    CheckpointerInvariant(
+        "cuda_tagged_round_trip",
+        "A checkpoint saved with parameters, buffers, gradients and optimizer state tagged "
+        "cuda:0 (as a GPU run saves them) loads with map_location='cpu' and restores the "
+        "state exactly.",
+        PURPOSES,
+        False,
+        cuda_tagged_round_trip,
+    ),
+    CheckpointerInvariant(
+        "hostile_file_runs_nothing",
+        "Loading a hostile checkpoint from the path never runs the code inside it, and "
+        "never hangs.",
+        PURPOSES,
+        True,
+        hostile_file_runs_nothing,
+    ),
+)
+
+
+def _exclusions(exclude: Iterable[str], purpose: str) -> tuple[set[str], _Draws]:
+    """The invariants left out and what the examples are drawn from, from ``exclude``."""
+    from strategies.model_specs import available_families
+
+    if isinstance(exclude, str) or not isinstance(exclude, Iterable):
+        raise InvalidArgument(
+            f"exclude={exclude!r} must be a collection of names, e.g. exclude=['dropout', 'LBFGS']"
         )
-    invariants += [
+    names = set(exclude)
+    caps = probe()
+    kinds = {
+        "invariants": [invariant.name for invariant in CHECKPOINTER_INVARIANTS],
+        "families": list(available_families()),
+        "optimizers": list(caps.optimizers),
+        "schedulers": list(caps.schedulers),
+    }
+    unknown = sorted(names - {name for known in kinds.values() for name in known})
+    if unknown:
+        listing = "; ".join(f"{kind}: {', '.join(known)}" for kind, known in kinds.items())
+        raise InvalidArgument(
+            f"exclude names {unknown}, which is no invariant, model family, optimizer or "
+            f"scheduler class of the installed torch ({listing})"
+        )
+
+    def kept(kind: str) -> tuple[str, ...] | None:
+        known = kinds[kind]
+        return None if names.isdisjoint(known) else tuple(n for n in known if n not in names)
+
+    if kept("families") == () or kept("optimizers") == ():
+        raise InvalidArgument(f"exclude={sorted(names)} leaves no model family or no optimizer")
+    return names & set(kinds["invariants"]), _Draws(
+        purpose, kept("families"), kept("optimizers"), kept("schedulers")
+    )
+
+
+def checkpointer_invariants(
+    checkpointer: Checkpointer,
+    purpose: str,
+    *,
+    exclude: Iterable[str] = (),
+    timeout: float | None = DEFAULT_TIMEOUT,
+) -> list[Invariant]:
+    """The invariants a checkpointer for ``purpose`` (``"resume"`` or ``"inference"``) must
+    keep, as :class:`~harness.suite.Invariant` objects; see :func:`check_checkpointer` for
+    ``exclude`` and ``timeout``."""
+    _check_arguments(checkpointer, purpose, timeout)
+    left_out, draws = _exclusions(exclude, purpose)
+    calls = _Calls(checkpointer, timeout)
+    return [
         Invariant(
-            "cuda_tagged_round_trip",
-            "A checkpoint saved with storages tagged cuda:0 loads with map_location='cpu' "
-            "and restores the state exactly.",
-            lambda: _cases(purpose),
-            lambda case: cuda_tagged_round_trip(checkpointer, purpose, case),
-        ),
-        Invariant(
-            "hostile_file_runs_nothing",
-            "Loading a hostile checkpoint from the path never runs the code inside it.",
-            lambda: _hostile_examples(purpose),
-            lambda example: hostile_file_runs_nothing(checkpointer, purpose, example),
-        ),
+            record.name,
+            record.description,
+            draws.hostile if record.hostile else draws.cases,
+            functools.partial(record.check, calls, purpose),
+        )
+        for record in CHECKPOINTER_INVARIANTS
+        if purpose in record.purposes and record.name not in left_out
     ]
-    return invariants
 
 
-def _check_arguments(checkpointer: Any, purpose: str) -> None:
+def _check_arguments(checkpointer: Any, purpose: str, timeout: float | None) -> None:
     if purpose not in PURPOSES:
-        raise ValueError(f"purpose must be one of {PURPOSES}, not {purpose!r}")
+        raise InvalidArgument(f"purpose must be one of {PURPOSES}, not {purpose!r}")
     missing = [name for name in ("save", "load") if not callable(getattr(checkpointer, name, None))]
     if missing:
-        raise TypeError(
+        raise InvalidArgument(
             f"{checkpointer!r} has no {' or '.join(missing)} method: a checkpointer needs "
             "save(state, path) and load(path, into, map_location=None)"
         )
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise InvalidArgument(f"timeout={timeout!r} must be a positive number of seconds, or None")
 
 
 def check_checkpointer(
     checkpointer: Checkpointer,
     purpose: str = "resume",
     max_examples: int = 50,
-    seed: int = 0,
+    seed: int | None = None,
     reproduce: str | None = None,
+    *,
+    exclude: Iterable[str] = (),
+    invariants: Sequence[str] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    shrink: bool = True,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> Report:
     """Check your checkpoint code against every invariant for ``purpose``.
 
@@ -270,24 +791,67 @@ def check_checkpointer(
             exactly) or ``"inference"`` (model and extra; the loaded model must be in eval
             mode and give identical outputs).
         max_examples: examples per invariant.
-        seed: seed of the random draws; the same seed checks the same examples.
+        seed: seed of the random draws; the same seed checks the same examples. None (the
+            default) draws a seed, recorded in the report (``report.seed``).
         reproduce: the command reported for rerunning (default: the Python call).
+        exclude: names to leave out, each an invariant, a model family, or an optimizer or
+            scheduler class (a case you knowingly accept); the report lists them.
+        invariants: check only these invariants (default: every one for ``purpose``).
+        timeout: seconds one call of ``save`` or ``load`` may take before it counts as a
+            hang (a failure of that example; the run goes on); None for no limit.
+        shrink: whether to shrink a failing example to a minimal one (False: report the
+            first failing example as found, for a quicker verdict).
+        progress: called with a line before and after each invariant, and while one runs.
 
     Returns:
         a :class:`~harness.report.Report`: ``report.ok``, and ``report.failures``, each
         naming the invariant, the message, the minimal example and a reproduction line.
+
+    Raises:
+        InvalidArgument: for a bad argument (an unknown purpose or name, no save or load).
     """
-    invariants = checkpointer_invariants(checkpointer, purpose)
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise InvalidArgument(f"max_examples={max_examples!r} must be a positive int")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidArgument(f"seed={seed!r} must be an int, or None for a random one")
+    checks = checkpointer_invariants(checkpointer, purpose, exclude=exclude, timeout=timeout)
+    if invariants is not None:
+        known = [check.name for check in checks]
+        unknown = sorted(set(invariants) - set(known))
+        if unknown:
+            raise InvalidArgument(
+                f"invariants names {unknown}; for purpose={purpose!r} the invariants are {known}"
+            )
+        checks = [check for check in checks if check.name in invariants]
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    excluded = sorted(set(exclude))
     line = reproduce or (
         f"harness.check_checkpointer({type(checkpointer).__name__}(), purpose={purpose!r}, "
-        f"max_examples={max_examples}, seed={seed})"
+        f"max_examples={max_examples}, seed={seed}"
+        + (f", exclude={excluded!r}" if excluded else "")
+        + (f", timeout={timeout!r}" if timeout != DEFAULT_TIMEOUT else "")
+        + ")"
     )
     return run_suite(
-        invariants,
+        checks,
         profile=f"check_checkpointer(max_examples={max_examples})",
         settings_=settings(
-            max_examples=max_examples, derandomize=False, deadline=None, database=None
+            max_examples=max_examples,
+            derandomize=False,
+            deadline=None,
+            database=None,
+            phases=Phase if shrink else [p for p in Phase if p not in _SHRINKING],
         ),
         random_seed=seed,
         reproduce=lambda invariant: line,
+        progress=progress,
+        **_run_suite_extras(excluded),
     )
+
+
+def _run_suite_extras(excluded: list[str]) -> dict[str, Any]:
+    """``excluded=`` where the runner takes it."""
+    if "excluded" in inspect.signature(run_suite).parameters:
+        return {"excluded": excluded}
+    return {}

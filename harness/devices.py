@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
+from harness.capabilities import tensor_storage
+
 __all__ = ["CPU_MAP_LOCATIONS", "storages_tagged_as"]
 
-_tag_for_cpu_storages: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "tag_for_cpu_storages", default=None
+# (location, the data pointers of the storages to tag, or None for every CPU storage)
+_tagging: contextvars.ContextVar[tuple[str, frozenset[int] | None] | None] = contextvars.ContextVar(
+    "tagging", default=None
 )
 _registered = False
 
 
 def _tagger(storage) -> str | None:
-    location = _tag_for_cpu_storages.get()
-    return location if location is not None and storage.device.type == "cpu" else None
+    tagging = _tagging.get()
+    if tagging is None or storage.device.type != "cpu":
+        return None
+    location, pointers = tagging
+    return location if pointers is None or storage.data_ptr() in pointers else None
 
 
 def _no_deserializer(storage, location: str) -> None:
@@ -33,18 +39,27 @@ def _no_deserializer(storage, location: str) -> None:
 
 
 @contextlib.contextmanager
-def storages_tagged_as(location: str = "cuda:0") -> Iterator[None]:
-    """Within this context, ``torch.save`` tags every CPU storage with ``location``."""
+def storages_tagged_as(
+    location: str = "cuda:0", only: Iterable[torch.Tensor] | None = None
+) -> Iterator[None]:
+    """Within this context, ``torch.save`` tags CPU storages with ``location``.
+
+    Every CPU storage, or with ``only`` just the storages under those tensors: a GPU run
+    keeps its parameters and optimizer state on the GPU, but not the CPU RNG state or the
+    tensors a checkpointer builds on the side.
+    """
     global _registered
     if not _registered:
         # Priority 0 runs before torch's own CPU tagger (priority 10).
         torch.serialization.register_package(0, _tagger, _no_deserializer)
         _registered = True
-    token = _tag_for_cpu_storages.set(location)
+    # An empty storage has no address (0) to tell it by: it is left untagged.
+    pointers = None if only is None else frozenset(tensor_storage(t).data_ptr() for t in only) - {0}
+    token = _tagging.set((location, pointers))
     try:
         yield
     finally:
-        _tag_for_cpu_storages.reset(token)
+        _tagging.reset(token)
 
 
 def _keep_storage(storage, location):

@@ -398,7 +398,7 @@ def _unsafe_examples() -> st.SearchStrategy:
     from strategies.bundles import bundles, unsafe_contents
     from strategies.options import save_options
 
-    return st.tuples(bundles(), unsafe_contents(), save_options())
+    return st.tuples(bundles(), unsafe_contents(), save_options(include_unreadable=True))
 
 
 def _refactoring_cases() -> st.SearchStrategy:
@@ -411,7 +411,7 @@ def _models_with_options() -> st.SearchStrategy:
     from strategies.models import models
     from strategies.options import save_options
 
-    return st.tuples(models(), save_options())
+    return st.tuples(models(), save_options(include_unreadable=True))
 
 
 def _bundles() -> st.SearchStrategy:
@@ -424,7 +424,7 @@ def _bundles_with_options() -> st.SearchStrategy:
     from strategies.bundles import bundles
     from strategies.options import save_options
 
-    return st.tuples(bundles(), save_options())
+    return st.tuples(bundles(), save_options(include_unreadable=True))
 
 
 def _training_checkpoint_invariants() -> list[Invariant]:

@@ -462,6 +462,10 @@ class ModelCase:
     example_input: tuple
     init_seed: int = 0
 
+    def __repr__(self) -> str:
+        # The spec and seed say everything: the module and input are built from them.
+        return f"build_model({self.spec!r}, init_seed={self.init_seed})"
+
     def loss(self, output) -> torch.Tensor:
         """A deterministic scalar float32 loss of ``output`` (a tensor, or a tuple holding
         tensors or None, as LSTM and attention return), differentiable in every parameter

@@ -10,6 +10,7 @@ init seed and trains it one deterministic step at a time.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from hypothesis import assume, event
 from hypothesis import strategies as st
 
 from harness.state import TrainingState
+from strategies._arguments import check_names, collection_argument
 from strategies.model_specs import ModelSpec, model_specs
 from strategies.models import ModelCase, build_model
 from strategies.optim import (
@@ -134,30 +136,62 @@ def optimizer_fits(optimizer: str, model: torch.nn.Module, spec: ModelSpec) -> b
 
 
 @st.composite
-def _training_specs(draw: st.DrawFn) -> TrainingSpec:
+def _training_specs(
+    draw: st.DrawFn,
+    specs: st.SearchStrategy[ModelSpec],
+    optimizers: tuple[str, ...] | None,
+    schedulers: tuple[str, ...] | None,
+) -> TrainingSpec:
     from harness.capabilities import probe
 
-    model_spec = draw(model_specs())
+    model_spec = draw(specs)
     assume(not model_spec.has_uninitialized_parameters)
     model = build_model(model_spec, 0).module
     scaled_output = not any(p.requires_grad for p in model.parameters())
     if scaled_output:
         model = ScaledOutput(model)
-    names = [name for name in probe().optimizers if optimizer_fits(name, model, model_spec)]
+    names = [
+        name
+        for name in (optimizers or probe().optimizers)
+        if optimizer_fits(name, model, model_spec)
+    ]
+    # Every model fits some optimizer of the installed torch, but maybe none of those chosen.
+    assume(names)
     optimizer = draw(optimizer_specs(names=names))
     # LBFGS steps many times per step(); a scheduler on top adds nothing to check.
-    scheduler = draw(st.none() | scheduler_specs()) if not optimizer.needs_closure else None
+    scheduler = None
+    if not optimizer.needs_closure and schedulers != ():
+        scheduler = draw(st.none() | scheduler_specs(schedulers))
     steps = draw(st.integers(1, 3))
     event(f"training: {optimizer.name} + {scheduler.name if scheduler else 'no scheduler'}")
     return TrainingSpec(model_spec, optimizer, scheduler, steps, scaled_output)
 
 
-def training_cases() -> st.SearchStrategy[TrainingCase]:
+def training_cases(
+    families: Iterable[str] | None = None,
+    optimizers: Iterable[str] | None = None,
+    schedulers: Iterable[str] | None = None,
+) -> st.SearchStrategy[TrainingCase]:
     """Training cases: a model, an optimizer that fits it, maybe a scheduler, 1 to 3 steps.
 
-    Shrinks toward the smallest model, SGD with one group, no scheduler and one step.
+    ``families``, ``optimizers`` and ``schedulers`` narrow the model families and the
+    optimizer and scheduler classes drawn from (None: every one the installed torch has; an
+    empty ``schedulers`` means no scheduler). Shrinks toward the smallest model, SGD with
+    one group, no scheduler and one step.
     """
-    return _training_specs().map(TrainingCase)
+    from harness.capabilities import probe
+
+    def names(value: Iterable[str] | None, name: str, available) -> tuple[str, ...] | None:
+        chosen = collection_argument(value, name=name, item_type=str, example="['Adam']")
+        if chosen or (chosen is not None and name == "optimizers"):
+            check_names(chosen, name=name, known=available, available=available)
+        return chosen
+
+    return _training_specs(
+        model_specs(families),
+        names(optimizers, "optimizers", probe().optimizers),
+        names(schedulers, "schedulers", probe().schedulers),
+    ).map(TrainingCase)
 
 
 def training_states() -> st.SearchStrategy[TrainingState]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -9,9 +12,10 @@ import textwrap
 import pytest
 import torch
 from hypothesis import find, settings
+from hypothesis.errors import InvalidArgument, NoSuchExample
 
 from harness import InferencePackage, TrainingCheckpoint, check_checkpointer
-from harness.checkpointer import resume_equivalence, state_restored
+from harness.checkpointer import CAUSES, checkpointer_invariants
 from strategies.training import training_cases
 
 EXAMPLES = 5
@@ -89,7 +93,7 @@ class ForgetsRngState(TrainingCheckpoint):
     ids=lambda value: type(value).__name__ if not isinstance(value, str) else value,
 )
 def test_planted_defect_breaks_only_its_invariant(checkpointer, purpose, broken):
-    report = check_checkpointer(checkpointer, purpose=purpose, max_examples=EXAMPLES)
+    report = check_checkpointer(checkpointer, purpose=purpose, max_examples=EXAMPLES, shrink=False)
     assert failed(report) == {broken}
     failure = report.failures[0]
     assert failure.minimal_example and failure.reproduction.startswith(
@@ -97,28 +101,263 @@ def test_planted_defect_breaks_only_its_invariant(checkpointer, purpose, broken)
     )
 
 
-def test_resume_without_rng_state_is_caught_on_a_model_with_dropout():
-    def resume_breaks(case) -> bool:
-        try:
-            list(resume_equivalence(ForgetsRngState(), case))
-        except AssertionError:
-            return True
-        return False
+def _check_of(checkpointer, name: str, purpose: str = "resume", **kwargs):
+    (invariant,) = [
+        i for i in checkpointer_invariants(checkpointer, purpose, **kwargs) if i.name == name
+    ]
+    return invariant
 
+
+def _failure(check, example) -> str | None:
+    try:
+        list(check(example) or ())
+    except AssertionError as failure:
+        return str(failure)
+    return None
+
+
+def test_resume_without_rng_state_is_caught_on_a_model_with_dropout():
+    resume = _check_of(ForgetsRngState(), "resume_equivalence")
     case = find(
         training_cases(),
-        lambda case: case.has_dropout and resume_breaks(case),
+        lambda case: case.has_dropout and _failure(resume.check, case) is not None,
         settings=settings(database=None, derandomize=True, max_examples=1000),
     )
-    list(state_restored(ForgetsRngState(), "resume", case))  # the state itself is restored
-    list(resume_equivalence(TrainingCheckpoint(), case))  # and saving the RNG state fixes it
+    assert "likely cause (rng_not_restored)" in _failure(resume.check, case)
+    # the state itself is restored, and saving the RNG state fixes it
+    assert _failure(_check_of(ForgetsRngState(), "state_restored").check, case) is None
+    assert _failure(_check_of(TrainingCheckpoint(), "resume_equivalence").check, case) is None
+
+
+class KeepsCastState(TrainingCheckpoint):
+    """Loads the optimizer with torch's load_state_dict alone, which casts its state."""
+
+    def load(self, path, into, map_location=None):
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        into.model.load_state_dict(checkpoint["model_state_dict"])
+        into.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        if into.scheduler is not None:
+            into.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        torch.set_rng_state(checkpoint["rng_state"])
+        into.extra.update({k: checkpoint[k] for k in ("epoch", "loss", "train_loss")})
+
+
+def test_optimizer_state_cast_is_explained_as_torchs():
+    restored = _check_of(KeepsCastState(), "state_restored")
+    case = find(
+        training_cases(optimizers=["NAdam"]),
+        lambda case: _failure(restored.check, case) is not None,
+        settings=settings(database=None, derandomize=True, max_examples=1000),
+    )
+    message = _failure(restored.check, case)
+    assert "dtype differs" in message
+    assert "likely cause (optimizer_state_cast)" in message and "pytorch/pytorch#43706" in message
+    assert _failure(_check_of(TrainingCheckpoint(), "state_restored").check, case) is None
+
+
+class SkipsOptimizer(TrainingCheckpoint):
+    def load(self, path, into, map_location=None):
+        optimizer, into.optimizer = into.optimizer, None
+        super().load(path, into, map_location)
+        into.optimizer = optimizer
+
+
+class SkipsScheduler(TrainingCheckpoint):
+    def load(self, path, into, map_location=None):
+        scheduler, into.scheduler = into.scheduler, None
+        super().load(path, into, map_location)
+        into.scheduler = scheduler
+
+
+class SkipsModel(TrainingCheckpoint):
+    def load(self, path, into, map_location=None):
+        model_state = copy.deepcopy(into.model.state_dict())
+        super().load(path, into, map_location)
+        into.model.load_state_dict(model_state)
+
+
+class SavesArguments(TrainingCheckpoint):
+    """Saves the run's argparse.Namespace beside the state, which weights_only=True refuses."""
+
+    def save(self, state, path):
+        super().save(state, path)
+        checkpoint = torch.load(path, weights_only=True)
+        torch.save({**checkpoint, "args": argparse.Namespace(lr=0.1)}, path)
+
+
+# Each known cause, and a checkpointer with that defect; the cases it needs are drawn often
+# enough for 20 examples at seed 0 (the dropout and cast causes are tested above).
+PLANTED_CAUSES = {
+    "refused_by_weights_only": (SavesArguments(), "resume"),
+    "cuda_needs_map_location": (IgnoresMapLocation(), "resume"),
+    "model_not_restored": (SkipsModel(), "resume"),
+    "optimizer_not_restored": (SkipsOptimizer(), "resume"),
+    "scheduler_not_restored": (SkipsScheduler(), "resume"),
+    "extra_not_restored": (ForgetsExtra(), "resume"),
+    "left_in_training_mode": (StaysInTrainingMode(), "inference"),
+}
+
+
+def test_every_known_cause_has_a_planted_defect():
+    tested_elsewhere = {"rng_not_restored", "optimizer_state_cast"}
+    assert set(PLANTED_CAUSES) | tested_elsewhere == {cause.name for cause in CAUSES}
+
+
+@pytest.mark.parametrize("cause", sorted(PLANTED_CAUSES))
+def test_a_known_cause_is_named_with_what_to_do(cause):
+    checkpointer, purpose = PLANTED_CAUSES[cause]
+    report = check_checkpointer(
+        checkpointer, purpose=purpose, max_examples=20, seed=0, shrink=False
+    )
+    messages = [failure.message for failure in report.failures]
+    assert any(f"likely cause ({cause})" in message for message in messages), messages
+
+
+def test_a_correct_checkpointer_gets_no_cause():
+    # The causes read the evidence of failures only: a passing run has no message at all.
+    report = check_checkpointer(TrainingCheckpoint(), max_examples=EXAMPLES, seed=0)
+    assert report.ok, [f.message for f in report.failures]
+
+
+def test_gpu_tags_only_what_a_gpu_run_keeps_on_the_gpu(tmp_path):
+    class RngBeside(TrainingCheckpoint):
+        """Keeps the CPU RNG state in a file of its own, loaded without map_location."""
+
+        def save(self, state, path):
+            super().save(state, path)
+            torch.save(torch.get_rng_state(), f"{path}.rng")
+
+        def load(self, path, into, map_location=None):
+            super().load(path, into, map_location)
+            torch.set_rng_state(torch.load(f"{path}.rng", weights_only=True))
+
+    report = check_checkpointer(RngBeside(), max_examples=20, seed=0)
+    assert report.ok, [f.message for f in report.failures]
+
+
+def test_inference_cases_hold_no_uninitialized_lazy_module():
+    (restored, *_) = checkpointer_invariants(InferencePackage(), "inference")
+    with pytest.raises(NoSuchExample):
+        find(
+            restored.examples(),
+            lambda case: case.spec.has_uninitialized_parameters,
+            settings=settings(database=None, max_examples=300),
+        )
+
+
+def test_minimal_examples_are_plain_specs():
+    report = check_checkpointer(StaysInTrainingMode(), purpose="inference", max_examples=5, seed=0)
+    example = report.failures[0].minimal_example
+    assert example.startswith("build_model(ModelSpec(input=InputSpec("), example
+    assert "Parameter containing" not in example and "tensor(" not in example
+
+
+def test_exclusions_leave_out_what_they_name():
+    excluded = ["dropout", "NAdam", "StepLR", "resume_equivalence"]
+    invariants = checkpointer_invariants(TrainingCheckpoint(), "resume", exclude=excluded)
+    assert "resume_equivalence" not in [invariant.name for invariant in invariants]
+    with pytest.raises(NoSuchExample):
+        find(
+            invariants[0].examples(),
+            lambda case: (
+                any(layer.kind == "dropout" for layer in case.spec.model.walk())
+                or case.spec.optimizer.name == "NAdam"
+                or (case.spec.scheduler is not None and case.spec.scheduler.name == "StepLR")
+            ),
+            settings=settings(database=None, max_examples=300),
+        )
 
 
 def test_bad_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match="purpose must be one of"):
-        check_checkpointer(TrainingCheckpoint(), purpose="deploy")
-    with pytest.raises(TypeError, match="needs save\\(state, path\\) and load"):
+    for arguments, match in [
+        ({"purpose": "deploy"}, "purpose must be one of"),
+        ({"max_examples": 0}, "max_examples=0 must be a positive int"),
+        ({"timeout": -1}, "timeout=-1 must be a positive number"),
+        ({"exclude": "dropout"}, "must be a collection of names"),
+        ({"exclude": ["no_such_thing"]}, "no invariant, model family, optimizer or scheduler"),
+        ({"invariants": ["resume_equivalence"], "purpose": "inference"}, "invariants names"),
+    ]:
+        with pytest.raises(InvalidArgument, match=match):
+            check_checkpointer(TrainingCheckpoint(), **arguments)
+    with pytest.raises(InvalidArgument, match="needs save\\(state, path\\) and load"):
         check_checkpointer(object())
+
+
+USER_FILE = """
+import time
+
+import torch
+
+from harness import TrainingCheckpoint
+
+
+class CheckpointException(BaseException):
+    \"\"\"Like torch.distributed.checkpoint's, not an Exception.\"\"\"
+
+
+class RaisesKeyError(TrainingCheckpoint):
+    def load(self, path, into, map_location=None):
+        checkpoint = torch.load(path, weights_only=True)
+        into.model.load_state_dict(checkpoint["no such key"])
+
+
+class RaisesBaseException(TrainingCheckpoint):
+    def load(self, path, into, map_location=None):
+        raise CheckpointException("collective failed")
+
+
+class Exits(TrainingCheckpoint):
+    def save(self, state, path):
+        raise SystemExit(3)
+
+
+class Hangs(TrainingCheckpoint):
+    def load(self, path, into, map_location=None):
+        try:
+            time.sleep(600)
+        except BaseException:  # a loader that swallows the first interruption
+            time.sleep(600)
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    path = tmp_path / "user_checkpoints.py"
+    path.write_text(USER_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("user_checkpoints")
+    yield module
+    sys.modules.pop("user_checkpoints", None)
+
+
+def test_an_exception_in_user_code_names_its_line(user_module):
+    report = check_checkpointer(user_module.RaisesKeyError(), max_examples=3, seed=0, shrink=False)
+    line = USER_FILE.splitlines().index(
+        '        into.model.load_state_dict(checkpoint["no such key"])'
+    )
+    message = report.failures[0].message
+    assert "load raised KeyError: 'no such key'" in message
+    assert f"user_checkpoints.py:{line + 1} in load" in message
+
+
+@pytest.mark.parametrize("name", ["RaisesBaseException", "Exits"])
+def test_a_base_exception_in_user_code_is_a_failure_not_a_crash(user_module, name):
+    report = check_checkpointer(getattr(user_module, name)(), max_examples=3, seed=0, shrink=False)
+    assert not report.ok and len(report.results) == 4
+    assert all(
+        "raised CheckpointException: collective failed" in f.message
+        or "save raised SystemExit: 3" in f.message
+        for f in report.failures
+    ), [f.message for f in report.failures]
+
+
+def test_a_hang_is_a_failure_and_the_run_goes_on(user_module):
+    report = check_checkpointer(
+        user_module.Hangs(), max_examples=3, seed=0, timeout=0.2, invariants=["state_restored"]
+    )
+    (failure,) = report.failures
+    assert "load did not return within 0.2 s" in failure.message
+    assert failure.minimal_example.startswith("TrainingCase(")
 
 
 def test_command_line_checks_a_file_outside_the_repository(tmp_path):

@@ -19,7 +19,7 @@ def run(check, example) -> list[str]:
     return list(check(example))
 
 
-@given(bundles(), save_options())
+@given(bundles(), save_options(include_unreadable=True))
 def test_bundle_round_trip(bundle, options):
     run(invariants.bundle_round_trip, (bundle, options))
 
@@ -29,7 +29,7 @@ def test_cuda_checkpoint_on_cpu(bundle):
     run(invariants.cuda_checkpoint_on_cpu, bundle)
 
 
-@given(bundles(), unsafe_contents(), save_options())
+@given(bundles(), unsafe_contents(), save_options(include_unreadable=True))
 def test_weights_only_refusal(bundle, unsafe, options):
     run(invariants.weights_only_refusal, (bundle, unsafe, options))
 
