@@ -1,26 +1,43 @@
 """Running invariants as Hypothesis properties and collecting a :class:`~harness.report.Report`.
 
 An :class:`Invariant` pairs a strategy with a check. :func:`run_invariant` runs the check on
-examples drawn under the active Hypothesis profile, counts them, keeps the shrunk failing
-example and the observations the check reports, and never lets one invariant's failure stop
-the others. The CLI, :func:`harness.check_checkpointer` and the tests all go through here.
+examples drawn under the active Hypothesis profile and returns what happened: how many
+examples were tried (and, apart, how many calls went into shrinking), every distinct failure
+with its own shrunk example, the observations and findings the check reported, and the
+warnings raised meanwhile (captured, not printed). Nothing a check raises stops the run: any
+exception, ``BaseException`` included, is a failure of that invariant, except
+``KeyboardInterrupt``, on which :func:`run_suite` stops and returns the partial report,
+marked interrupted. The CLI, :func:`harness.check_checkpointer` and the tests all go through
+here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
+import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import given, seed, settings
+from hypothesis.errors import Flaky
+from hypothesis.statistics import collector
 from hypothesis.strategies import SearchStrategy
 
 from harness.capabilities import torch_version
-from harness.report import InvariantResult, Report
+from harness.report import Failure, Finding, InvariantResult, Report, strip_ansi
 
-__all__ = ["Invariant", "run_invariant", "run_suite"]
+__all__ = ["PROGRESS_INTERVAL", "Invariant", "run_invariant", "run_suite"]
+
+#: Seconds between two "still running" progress lines while one invariant runs.
+PROGRESS_INTERVAL = 10.0
+
+# The phases of a Hypothesis run whose calls are shrinking a failure, not searching for one.
+_SHRINK_PHASES = ("shrink-phase", "explain-phase")
 
 
 @dataclass(frozen=True)
@@ -33,20 +50,73 @@ class Invariant:
         examples: a function returning the strategy of examples (called once per run, so
             that strategies are built after the capability probe).
         check: raises ``AssertionError`` when the promise is broken for an example; may
-            return observations to report (strings, e.g. "saving twice gives identical
-            bytes"), which are counted, not judged.
+            return (or yield) observations to report, which are counted, not judged:
+            strings (e.g. "saving twice gives identical bytes"; those starting with
+            ``"finding: "`` are findings) or :class:`~harness.report.Finding` objects.
     """
 
     name: str
     description: str
     examples: Callable[[], SearchStrategy]
-    check: Callable[[Any], Iterable[str] | None]
+    check: Callable[[Any], Iterable[str | Finding] | None]
+
+
+class EscapedBaseException(Exception):
+    """A ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``GeneratorExit``,
+    a class of one's own), raised by a check.
+
+    Hypothesis lets such exceptions end the whole run; carried in this wrapper they are a
+    failure of the invariant like any other, shrunk and reported.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
 
 
 def _first_lines(error: BaseException, limit: int = 20) -> str:
-    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, EscapedBaseException):
+        error = error.original
+    text = strip_ansi(f"{type(error).__name__}: {error}")
     lines = text.splitlines()
     return "\n".join(lines[:limit] + (["..."] if len(lines) > limit else []))
+
+
+def _warning_key(message: warnings.WarningMessage) -> str:
+    text = str(message.message).strip().splitlines()
+    return strip_ansi(f"{message.category.__name__}: {text[0] if text else ''}")
+
+
+def _searched(statistics: dict[str, Any]) -> int:
+    """Test cases the check ran on to the end or to a failure, outside shrinking."""
+    return sum(
+        1
+        for phase, stats in statistics.items()
+        if phase.endswith("-phase") and phase not in _SHRINK_PHASES
+        for case in stats.get("test-cases", ())
+        if case.get("status") in ("valid", "interesting")
+    )
+
+
+class _Heartbeat:
+    """Calls ``say`` every ``interval`` seconds, from a thread, until stopped."""
+
+    def __init__(self, interval: float, say: Callable[[float], None]) -> None:
+        self._stop = threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, args=(interval, say), daemon=True)
+
+    def _run(self, interval: float, say: Callable[[float], None]) -> None:
+        while not self._stop.wait(interval):
+            say(time.perf_counter() - self._started)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def run_invariant(
@@ -55,8 +125,17 @@ def run_invariant(
     settings_: settings | None = None,
     random_seed: int | None = None,
     reproduction: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    progress_interval: float = PROGRESS_INTERVAL,
 ) -> InvariantResult:
     """Check ``invariant`` on examples drawn under ``settings_`` (default: the active ones).
+
+    Every distinct failure Hypothesis finds is reported with its own message and minimal
+    example. ``examples`` in the result counts the examples tried while searching (at most
+    ``max_examples`` for a passing run), ``shrinking`` the further calls made to shrink and
+    replay failures; both come from Hypothesis's own per-phase statistics. Warnings raised
+    meanwhile are counted, not printed (filters that ignore a warning or turn it into an
+    error still apply).
 
     Args:
         invariant: what to check.
@@ -64,45 +143,115 @@ def run_invariant(
         random_seed: seed for a profile that is not derandomized, so that the run can be
             repeated exactly.
         reproduction: the command line reported for rerunning this check.
+        progress: called (from another thread) every ``progress_interval`` seconds with a
+            line saying how far the invariant got.
+        progress_interval: seconds between two progress lines.
+
+    Raises:
+        KeyboardInterrupt: the run was interrupted; nothing else escapes.
     """
-    examples = 0
+    calls = 0
+    failing_calls = 0
     observations: Counter[str] = Counter()
-    last_failure: list[str] = []
+    upstream: dict[str, str] = {}
+    # Each exception a check raised, with the example it raised on: Hypothesis replays every
+    # minimal failing example last, so the exceptions it reports are among these.
+    raised: dict[int, tuple[BaseException, str]] = {}
+    statistics: dict[str, Any] = {}
 
     def check(example):
-        nonlocal examples
-        examples += 1
+        nonlocal calls, failing_calls
+        calls += 1
         try:
             # list(): a check may be a generator that yields observations as it goes.
             seen = list(invariant.check(example) or ())
-        except BaseException:
-            last_failure[:] = [repr(example)]
+        except KeyboardInterrupt:
             raise
-        observations.update(set(seen))
+        except Exception as error:
+            failing_calls += 1
+            raised[id(error)] = (error, repr(example))
+            raise
+        except BaseException as error:
+            failing_calls += 1
+            wrapped = EscapedBaseException(error)
+            raised[id(wrapped)] = (wrapped, repr(example))
+            raise wrapped from error
+        texts = set()
+        for item in seen:
+            if isinstance(item, Finding):
+                text = strip_ansi(item.observation)
+                if item.upstream:
+                    upstream[text] = item.upstream
+            else:
+                text = strip_ansi(str(item))
+            texts.add(text)
+        observations.update(texts)
+
+    def say(elapsed: float) -> None:
+        state = ", a failure found and being shrunk" if failing_calls else ""
+        progress(
+            f"    {invariant.name}: still running, {calls} examples so far{state}, {elapsed:.0f}s"
+        )
 
     started = time.perf_counter()
-    failure: Exception | None = None
-    try:
-        # One failure, shrunk, per invariant: the report shows the first promise broken.
-        property_ = settings(settings_ or settings.default, report_multiple_bugs=False)(
-            given(invariant.examples())(check)
-        )
-        if random_seed is not None:
-            property_ = seed(random_seed)(property_)
-        property_()
-    except Exception as error:  # the invariant failed; report it and go on with the next
-        failure = error
+    failure: BaseException | None = None
+    with warnings.catch_warnings(record=True) as captured:
+        # Appended: whatever the filters do not ignore or turn into errors is counted each time.
+        warnings.filterwarnings("always", append=True)
+        with _Heartbeat(progress_interval, say) if progress else contextlib.nullcontext():
+            try:
+                property_ = settings(settings_ or settings.default, report_multiple_bugs=True)(
+                    given(invariant.examples())(check)
+                )
+                if random_seed is not None:
+                    property_ = seed(random_seed)(property_)
+                with collector.with_value(statistics.update):
+                    property_()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # the invariant failed; report it, go on with the next
+                failure = error
+    seconds = time.perf_counter() - started
+    examples = min(calls, _searched(statistics)) if statistics else calls
+    failures = _failures(failure, raised, reproduction) if failure is not None else []
     return InvariantResult(
         name=invariant.name,
         description=invariant.description,
         examples=examples,
         passed=failure is None,
-        seconds=time.perf_counter() - started,
-        message=_first_lines(failure) if failure else None,
-        minimal_example=last_failure[0] if failure and last_failure else None,
-        reproduction=reproduction if failure else None,
+        seconds=seconds,
+        failures=failures,
+        shrinking=calls - examples,
         observations=dict(observations),
+        upstream=upstream,
+        warnings=dict(Counter(_warning_key(message) for message in captured)),
     )
+
+
+def _failures(
+    error: BaseException,
+    raised: dict[int, tuple[BaseException, str]],
+    reproduction: str | None,
+) -> list[Failure]:
+    """One :class:`Failure` per distinct error Hypothesis reported in ``error``."""
+
+    def example_of(exception: BaseException) -> str | None:
+        found = raised.get(id(exception))
+        return found[1] if found and found[0] is exception else None
+
+    if isinstance(error, Flaky) and isinstance(error, BaseExceptionGroup):
+        # The failure did not happen again on replay: say so, and show what failed first.
+        inner = error.exceptions[0]
+        message = f"{_first_lines(error, limit=5)}\n{_first_lines(inner)}"
+        return [Failure(message, example_of(inner), reproduction)]
+    if isinstance(error, BaseExceptionGroup) and id(error) not in raised:
+        # Hypothesis's own group of several distinct failures (a group the check raised
+        # itself is one failure), each replayed on its minimal example.
+        return [
+            Failure(_first_lines(inner), example_of(inner), reproduction)
+            for inner in error.exceptions
+        ]
+    return [Failure(_first_lines(error), example_of(error), reproduction)]
 
 
 def run_suite(
@@ -112,30 +261,59 @@ def run_suite(
     settings_: settings | None = None,
     random_seed: int | None = None,
     reproduce: Callable[[Invariant], str] | None = None,
-    progress: Callable[[str], None] = lambda line: None,
+    progress: Callable[[str], None] | None = None,
+    excluded: Sequence[str] = (),
+    profile_reason: str | None = None,
+    progress_interval: float = PROGRESS_INTERVAL,
 ) -> Report:
     """Run each invariant under a Hypothesis profile and return the report.
 
     The examples are drawn under ``settings_``, or else the registered profile ``profile``;
     the global Hypothesis settings are left as they are. ``random_seed`` fixes the draws of
-    a randomized profile. ``progress`` is called with a line before and after each invariant.
+    a randomized profile; without one a seed is drawn, and either way it is recorded in
+    ``Report.seed`` (None for a derandomized profile). ``progress`` is called with a line
+    before and after each invariant, and every ``progress_interval`` seconds while one
+    runs (from another thread). ``excluded`` (what the caller left out) and
+    ``profile_reason`` (why this profile) are recorded in the report.
+
+    A ``KeyboardInterrupt`` stops the run: the report then holds the invariants that
+    finished, ``interrupted`` names the one that was running and ``not_run`` lists it and
+    the rest.
     """
     settings_ = settings_ or settings.get_profile(profile)
     if settings_.derandomize:
         random_seed = None
-    results = []
+    elif random_seed is None:
+        random_seed = random.SystemRandom().randrange(2**32)
+    report = Report(
+        torch_version=torch_version(),
+        profile=profile,
+        results=[],
+        profile_reason=profile_reason,
+        seed=random_seed,
+        excluded=list(excluded),
+    )
+    say = progress or (lambda line: None)
     for position, invariant in enumerate(invariants, start=1):
-        progress(f"[{position}/{len(invariants)}] {invariant.name} ...")
-        result = run_invariant(
-            invariant,
-            settings_=settings_,
-            random_seed=random_seed,
-            reproduction=reproduce(invariant) if reproduce else None,
+        prefix = f"[{position}/{len(invariants)}]"
+        say(f"{prefix} {invariant.name} ...")
+        try:
+            result = run_invariant(
+                invariant,
+                settings_=settings_,
+                random_seed=random_seed,
+                reproduction=reproduce(invariant) if reproduce else None,
+                progress=progress,
+                progress_interval=progress_interval,
+            )
+        except KeyboardInterrupt:
+            report.interrupted = invariant.name
+            report.not_run = [later.name for later in invariants[position - 1 :]]
+            say(f"{prefix} {invariant.name}: interrupted")
+            return report
+        say(
+            f"{prefix} {invariant.name}: {result.verdict}, {result.examples} examples, "
+            f"{result.seconds:.1f}s"
         )
-        verdict = "passed" if result.passed else "FAILED"
-        progress(
-            f"[{position}/{len(invariants)}] {invariant.name}: {verdict}, "
-            f"{result.examples} examples, {result.seconds:.1f}s"
-        )
-        results.append(result)
-    return Report(torch_version=torch_version(), profile=profile, results=results)
+        report.results.append(result)
+    return report
