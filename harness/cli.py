@@ -15,6 +15,7 @@ import inspect
 import random
 import shlex
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -225,8 +226,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OUTPUT_LOCK = threading.Lock()
+
+
 def _say(line: str) -> None:
-    print(line, flush=True)
+    """Print a progress line whole (they come from the runner's thread and its heartbeat)."""
+    with _OUTPUT_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _one_line(error: BaseException) -> str:
@@ -535,9 +542,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_checkpointer(args)
         return _list()
     except UsageError as error:
+        from harness.report import strip_ansi
+
         if args.traceback:
             traceback.print_exception(error.__cause__ or error)
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr, flush=True)
+        line = strip_ansi(" ".join(str(error).split()))
+        print(f"{PROG} {args.command}: error: {line}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         # Outside an invariant (importing, writing): nothing to report.

@@ -154,9 +154,6 @@ def run_invariant(
     failing_calls = 0
     observations: Counter[str] = Counter()
     upstream: dict[str, str] = {}
-    # Each exception a check raised, with the example it raised on: Hypothesis replays every
-    # minimal failing example last, so the exceptions it reports are among these.
-    raised: dict[int, tuple[BaseException, str]] = {}
     statistics: dict[str, Any] = {}
 
     def check(example):
@@ -169,12 +166,12 @@ def run_invariant(
             raise
         except Exception as error:
             failing_calls += 1
-            raised[id(error)] = (error, repr(example))
+            _remember_example(error, example)
             raise
         except BaseException as error:
             failing_calls += 1
             wrapped = EscapedBaseException(error)
-            raised[id(wrapped)] = (wrapped, repr(example))
+            _remember_example(wrapped, example)
             raise wrapped from error
         texts = set()
         for item in seen:
@@ -213,7 +210,7 @@ def run_invariant(
                 failure = error
     seconds = time.perf_counter() - started
     examples = min(calls, _searched(statistics)) if statistics else calls
-    failures = _failures(failure, raised, reproduction) if failure is not None else []
+    failures = _failures(failure, reproduction) if failure is not None else []
     return InvariantResult(
         name=invariant.name,
         description=invariant.description,
@@ -228,23 +225,32 @@ def run_invariant(
     )
 
 
-def _failures(
-    error: BaseException,
-    raised: dict[int, tuple[BaseException, str]],
-    reproduction: str | None,
-) -> list[Failure]:
+# The attribute of an exception raised by a check that holds the example it was raised on:
+# Hypothesis replays every minimal failing example last and reports what those raised.
+_EXAMPLE = "_harness_example"
+
+
+def _remember_example(error: BaseException, example: Any) -> None:
+    try:
+        text = repr(example)
+    except Exception as failure:  # a repr that fails must not hide the check's failure
+        text = f"<example whose repr raised {type(failure).__name__}>"
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(error, _EXAMPLE, text)
+
+
+def _failures(error: BaseException, reproduction: str | None) -> list[Failure]:
     """One :class:`Failure` per distinct error Hypothesis reported in ``error``."""
 
     def example_of(exception: BaseException) -> str | None:
-        found = raised.get(id(exception))
-        return found[1] if found and found[0] is exception else None
+        return getattr(exception, _EXAMPLE, None)
 
     if isinstance(error, Flaky) and isinstance(error, BaseExceptionGroup):
         # The failure did not happen again on replay: say so, and show what failed first.
         inner = error.exceptions[0]
         message = f"{_first_lines(error, limit=5)}\n{_first_lines(inner)}"
         return [Failure(message, example_of(inner), reproduction)]
-    if isinstance(error, BaseExceptionGroup) and id(error) not in raised:
+    if isinstance(error, BaseExceptionGroup) and example_of(error) is None:
         # Hypothesis's own group of several distinct failures (a group the check raised
         # itself is one failure), each replayed on its minimal example.
         return [
