@@ -45,7 +45,7 @@ from harness.compare import assert_identical
 from harness.devices import storages_tagged_as
 from harness.report import Report
 from harness.state import TrainingState
-from harness.suite import Invariant, run_suite
+from harness.suite import Invariant, Unshrinkable, run_suite
 
 __all__ = [
     "CAUSES",
@@ -100,12 +100,11 @@ class CheckpointerError(AssertionError):
         self.error = error
 
 
-class CheckpointerHung(BaseException):
+class CheckpointerHung(Unshrinkable):
     """The checkpointer's ``save`` or ``load`` did not return within the time limit.
 
-    A failure of the example it happened on. A ``BaseException``, so that it passes through
-    Hypothesis without shrinking: each smaller example tried would take the whole time
-    limit again. The runner reports it with the example that hung.
+    A failure of the example it happened on, reported unshrunk: each smaller example tried
+    would take the whole time limit again.
     """
 
 
@@ -846,12 +845,5 @@ def check_checkpointer(
         random_seed=seed,
         reproduce=lambda invariant: line,
         progress=progress,
-        **_run_suite_extras(excluded),
+        excluded=excluded,
     )
-
-
-def _run_suite_extras(excluded: list[str]) -> dict[str, Any]:
-    """``excluded=`` where the runner takes it."""
-    if "excluded" in inspect.signature(run_suite).parameters:
-        return {"excluded": excluded}
-    return {}

@@ -31,7 +31,7 @@ from hypothesis.strategies import SearchStrategy
 from harness.capabilities import torch_version
 from harness.report import Failure, Finding, InvariantResult, Report, strip_ansi
 
-__all__ = ["PROGRESS_INTERVAL", "Invariant", "run_invariant", "run_suite"]
+__all__ = ["PROGRESS_INTERVAL", "Invariant", "Unshrinkable", "run_invariant", "run_suite"]
 
 #: Seconds between two "still running" progress lines while one invariant runs.
 PROGRESS_INTERVAL = 10.0
@@ -59,6 +59,15 @@ class Invariant:
     description: str
     examples: Callable[[], SearchStrategy]
     check: Callable[[Any], Iterable[str | Finding] | None]
+
+
+class Unshrinkable(BaseException):
+    """A failure a check raises when every further try would cost too much (a call that ran
+    into its time limit): it ends the invariant's search at once, unshrunk, and is reported
+    with the example it was raised on; the run goes on with the next invariant.
+
+    A ``BaseException``, so that Hypothesis lets it through instead of shrinking it.
+    """
 
 
 class EscapedBaseException(Exception):
@@ -164,7 +173,7 @@ def run_invariant(
             seen = list(invariant.check(example) or ())
         except KeyboardInterrupt:
             raise
-        except Exception as error:
+        except (Exception, Unshrinkable) as error:
             failing_calls += 1
             _remember_example(error, example)
             raise

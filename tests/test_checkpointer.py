@@ -358,6 +358,8 @@ def test_a_hang_is_a_failure_and_the_run_goes_on(user_module):
     (failure,) = report.failures
     assert "load did not return within 0.2 s" in failure.message
     assert failure.minimal_example.startswith("TrainingCase(")
+    # reported on the first example that hung: each shrinking try would hang as long
+    assert report.results[0].examples == 1 and report.results[0].shrinking == 0
 
 
 def test_command_line_checks_a_file_outside_the_repository(tmp_path):
