@@ -19,7 +19,6 @@ import torch
 __all__ = [
     "DTYPE_NAMES",
     "Capabilities",
-    "cpu_grad_scaler",
     "cyclic_lr_cycles_betas",
     "optimizer_flags_that_run",
     "optimizer_param_names",
@@ -135,6 +134,8 @@ class Capabilities:
         add_safe_globals: ``torch.serialization.add_safe_globals`` exists.
         safe_globals_context: ``torch.serialization.safe_globals`` (a context manager) exists.
         get_unsafe_globals: ``torch.serialization.get_unsafe_globals_in_checkpoint`` exists.
+        chained_scheduler_optimizer: ``ChainedScheduler`` takes an ``optimizer`` argument
+            (it derives the optimizer from its schedulers where it does not).
         cuda_available: a CUDA device can be used.
     """
 
@@ -148,16 +149,8 @@ class Capabilities:
     add_safe_globals: bool
     safe_globals_context: bool
     get_unsafe_globals: bool
+    chained_scheduler_optimizer: bool
     cuda_available: bool
-
-    @property
-    def float8_dtypes(self) -> tuple[torch.dtype, ...]:
-        """The float8 dtypes among :attr:`dtypes`."""
-        return tuple(d for d in self.dtypes if str(d).startswith("torch.float8"))
-
-    def accepts(self, function, keyword: str) -> bool:
-        """Whether ``function`` (a callable or class) takes the keyword argument ``keyword``."""
-        return _accepts(function, keyword)
 
 
 def _weights_only_default() -> bool:
@@ -191,6 +184,9 @@ def probe() -> Capabilities:
         add_safe_globals=hasattr(serialization, "add_safe_globals"),
         safe_globals_context=hasattr(serialization, "safe_globals"),
         get_unsafe_globals=hasattr(serialization, "get_unsafe_globals_in_checkpoint"),
+        chained_scheduler_optimizer=_accepts(
+            torch.optim.lr_scheduler.ChainedScheduler, "optimizer"
+        ),
         cuda_available=torch.cuda.is_available(),
     )
 
@@ -311,27 +307,6 @@ def optimizer_param_names() -> bool:
         return False
     group = optimizer.state_dict()["param_groups"][0]
     return group.get("param_names") == ["w"] and optimizer.param_groups[0]["params"][0] is parameter
-
-
-@functools.cache
-def cpu_grad_scaler() -> bool:
-    """Whether ``torch.amp.GradScaler("cpu")`` exists and scales, unscales and steps on CPU."""
-    amp = getattr(torch, "amp", None)
-    scaler_class = getattr(amp, "GradScaler", None)
-    if scaler_class is None:
-        return False
-    parameter = torch.nn.Parameter(torch.ones(2))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scaler = scaler_class("cpu")
-            optimizer = torch.optim.SGD([parameter], lr=0.1)
-            scaler.scale(parameter.sum()).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            return scaler.is_enabled() and bool(torch.isfinite(parameter).all())
-    except Exception:  # no CPU support on this torch
-        return False
 
 
 @functools.cache

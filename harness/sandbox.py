@@ -30,7 +30,6 @@ from harness.persistence import explain_error
 __all__ = [
     "DEFAULT_MEMORY_BYTES",
     "DEFAULT_TIMEOUT_S",
-    "OUTCOME_KINDS",
     "LoadOutcome",
     "LoadRequest",
     "SandboxError",
@@ -38,8 +37,6 @@ __all__ = [
     "load_many_in_child",
     "load_requests_in_child",
 ]
-
-OUTCOME_KINDS = ("loaded", "refused", "crashed", "timeout", "out_of_memory")
 
 # Address space a load may use beyond what the child holds once torch is imported.
 DEFAULT_MEMORY_BYTES = 2 * 1024**3

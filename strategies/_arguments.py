@@ -6,7 +6,30 @@ from collections.abc import Collection, Iterable
 
 from hypothesis.errors import InvalidArgument
 
-__all__ = ["collection_argument", "check_names"]
+__all__ = ["check_bool", "check_choice", "check_names", "check_type", "collection_argument"]
+
+
+def check_type(
+    value: object, expected: type | tuple[type, ...], *, name: str, example: str
+) -> None:
+    """``value`` is an instance of ``expected``; else :class:`InvalidArgument` saying so,
+    with an example of what fits."""
+    if not isinstance(value, expected):
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        names = " or ".join(kind.__name__ for kind in kinds)
+        raise InvalidArgument(f"{name}={value!r} must be of type {names}, e.g. {name}={example}")
+
+
+def check_bool(value: object, *, name: str) -> None:
+    """``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{name}={value!r} must be True or False")
+
+
+def check_choice(value: object, choices: Collection[object], *, name: str) -> None:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise InvalidArgument(f"{name}={value!r} must be one of {list(choices)!r}")
 
 
 def collection_argument(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 
 from harness.capabilities import probe, weight_parametrizations
-from strategies._arguments import check_names, collection_argument
+from strategies._arguments import check_bool, check_names, collection_argument
 
 __all__ = [
     "FAMILIES",
@@ -188,11 +188,55 @@ class ModelSpec:
         )
 
     @property
+    def trainable_parameter_ranks(self) -> frozenset[int]:
+        """The numbers of dimensions of the trainable parameters of the built model (a lazy
+        module's as they are once it is initialized); empty when nothing is trainable."""
+        return frozenset(rank for layer in self.walk() for rank in _trainable_ranks(layer))
+
+    @property
     def dtypes(self) -> frozenset[torch.dtype]:
         """The floating-point dtypes of the parameters and buffers: float32, plus the dtype
         of every ``mixed_dtype`` block (which casts its input to it and its output back)."""
         mixed = (layer.option("dtype") for layer in self.walk() if layer.kind == "mixed_dtype")
         return frozenset({torch.float32, *(getattr(torch, name) for name in mixed)})
+
+
+def _trainable_ranks(layer: Layer) -> tuple[int, ...]:
+    """The numbers of dimensions of the trainable parameters ``layer`` itself holds (those
+    of its children not included), as :mod:`strategies.models` builds it."""
+    kind, options = layer.kind, dict(layer.options)
+    bias = (1,) if options.get("bias") else ()
+    if kind in ("linear", "parametrization", "mixed_dtype", "rnn", "gru", "lstm"):
+        return (2, *bias)
+    if kind in ("conv1d", "conv2d", "conv3d"):
+        return (int(kind[4]) + 2, *bias)
+    if kind == "conv_transpose":
+        return (options["dims"] + 2, *bias)
+    if kind == "bilinear":
+        return (3, *bias)
+    if kind in ("embedding", "embedding_bag"):
+        return (2,)
+    if kind == "tied":
+        return (2, 1) if options["head_bias"] else (2,)
+    if kind == "multihead_attention":
+        return (2, *bias, *((3,) if options["add_bias_kv"] else ()))
+    if kind == "transformer_encoder_layer":
+        return (2, 1)
+    if kind == "lazy":
+        # LazyLinear and LazyConv{1,2,3}d, each with a bias.
+        return (options["dims"] + 2 if options["dims"] else 2, 1)
+    if kind == "activation":
+        return (1,) if options["name"] == "prelu" else ()
+    if kind == "layer_norm":
+        return (1,) if options["elementwise_affine"] else ()
+    if kind in ("batch_norm", "group_norm", "instance_norm"):
+        return (1,) if options["affine"] else ()
+    if kind == "frozen":
+        return () if options["frozen"] == "all" else (1,)
+    if kind == "containers":
+        return (1,) if options["container"].startswith("parameter") else ()
+    # dropout, pooling, buffers, residual, nested, flatten: no parameter of their own.
+    return ()
 
 
 @dataclass(frozen=True)
@@ -236,41 +280,41 @@ def _values_per_channel(s: _Stream) -> int:
     return s.shape[0] * math.prod(s.spatial)
 
 
-# Whether a family accepts data ``s``; ``preserve`` asks for a layer that keeps the shape.
+# Whether a family accepts data ``s``.
 _APPLIES = {
-    "linear": lambda s, preserve: s.kind in ("vector", "sequence"),
-    "activation": lambda s, preserve: s.kind != "tokens",
-    "dropout": lambda s, preserve: s.kind != "tokens",
-    "layer_norm": lambda s, preserve: s.kind != "tokens",
-    "batch_norm": lambda s, preserve: (s.kind == "vector" or s.grid) and _values_per_channel(s) > 1,
-    "conv1d": lambda s, preserve: s.kind == "signal",
-    "conv2d": lambda s, preserve: s.kind == "image",
-    "conv3d": lambda s, preserve: s.kind == "volume",
-    "conv_transpose": lambda s, preserve: s.grid,
-    "pooling": lambda s, preserve: s.grid,
-    "group_norm": lambda s, preserve: (
+    "linear": lambda s: s.kind in ("vector", "sequence"),
+    "activation": lambda s: s.kind != "tokens",
+    "dropout": lambda s: s.kind != "tokens",
+    "layer_norm": lambda s: s.kind != "tokens",
+    "batch_norm": lambda s: (s.kind == "vector" or s.grid) and _values_per_channel(s) > 1,
+    "conv1d": lambda s: s.kind == "signal",
+    "conv2d": lambda s: s.kind == "image",
+    "conv3d": lambda s: s.kind == "volume",
+    "conv_transpose": lambda s: s.grid,
+    "pooling": lambda s: s.grid,
+    "group_norm": lambda s: (
         (s.kind == "vector" or s.grid) and s.shape[1] * math.prod(s.spatial) > 1
     ),
-    "instance_norm": lambda s, preserve: s.grid and math.prod(s.spatial) > 1,
-    "bilinear": lambda s, preserve: s.kind == "vector",
-    "embedding": lambda s, preserve: s.kind == "tokens",
-    "embedding_bag": lambda s, preserve: s.kind == "tokens",
-    "rnn": lambda s, preserve: s.kind == "sequence",
-    "gru": lambda s, preserve: s.kind == "sequence",
-    "lstm": lambda s, preserve: s.kind == "sequence",
-    "multihead_attention": lambda s, preserve: s.kind == "sequence",
-    "transformer_encoder_layer": lambda s, preserve: s.kind == "sequence",
-    "buffers": lambda s, preserve: s.kind != "tokens",
-    "frozen": lambda s, preserve: s.kind in ("vector", "sequence"),
-    "parametrization": lambda s, preserve: (
+    "instance_norm": lambda s: s.grid and math.prod(s.spatial) > 1,
+    "bilinear": lambda s: s.kind == "vector",
+    "embedding": lambda s: s.kind == "tokens",
+    "embedding_bag": lambda s: s.kind == "tokens",
+    "rnn": lambda s: s.kind == "sequence",
+    "gru": lambda s: s.kind == "sequence",
+    "lstm": lambda s: s.kind == "sequence",
+    "multihead_attention": lambda s: s.kind == "sequence",
+    "transformer_encoder_layer": lambda s: s.kind == "sequence",
+    "buffers": lambda s: s.kind != "tokens",
+    "frozen": lambda s: s.kind in ("vector", "sequence"),
+    "parametrization": lambda s: (
         s.kind in ("vector", "sequence") and bool(weight_parametrizations())
     ),
-    "lazy": lambda s, preserve: s.kind in ("vector", "sequence") or s.grid,
-    "mixed_dtype": lambda s, preserve: s.kind != "tokens" and bool(_mixed_dtypes()),
-    "containers": lambda s, preserve: s.kind != "tokens",
-    "residual": lambda s, preserve: s.kind != "tokens",
-    "nested": lambda s, preserve: s.kind != "tokens",
-    "tied": lambda s, preserve: s.kind == "tokens",
+    "lazy": lambda s: s.kind in ("vector", "sequence") or s.grid,
+    "mixed_dtype": lambda s: s.kind != "tokens" and bool(_mixed_dtypes()),
+    "containers": lambda s: s.kind != "tokens",
+    "residual": lambda s: s.kind != "tokens",
+    "nested": lambda s: s.kind != "tokens",
+    "tied": lambda s: s.kind == "tokens",
 }
 
 
@@ -279,7 +323,7 @@ def available_families() -> tuple[str, ...]:
     return tuple(
         name
         for name in FAMILIES
-        if any(_APPLIES[name](_largest_input(kind), False) for kind in _INPUT_KINDS)
+        if any(_APPLIES[name](_largest_input(kind)) for kind in _INPUT_KINDS)
     )
 
 
@@ -292,54 +336,65 @@ def _largest_input(kind: str) -> _Stream:
 
 @dataclass(frozen=True)
 class _Context:
-    """What every layer draw needs besides the data: allowed families and nesting depth."""
+    """What every layer draw needs besides the data.
+
+    Attributes:
+        families: the families allowed.
+        allow_uninitialized: whether a lazy module may be left uninitialized.
+        depth: how deeply the layer is nested in wrapping layers.
+        preserve: whether the layer must keep the shape of the data (in the body of a
+            residual block or a tied model).
+    """
 
     families: tuple[str, ...]
+    allow_uninitialized: bool = True
     depth: int = 0
+    preserve: bool = False
 
-    def deeper(self) -> _Context:
-        return _Context(self.families, self.depth + 1)
+    def deeper(self, *, preserve: bool) -> _Context:
+        """The context of the body of a wrapping layer."""
+        return replace(self, depth=self.depth + 1, preserve=preserve)
 
 
-def _candidates(s: _Stream, context: _Context, preserve: bool, first: bool) -> list[str]:
+def _candidates(s: _Stream, context: _Context, first: bool) -> list[str]:
     kinds = [
         name
         for name in context.families
-        if _APPLIES[name](s, preserve) and not (name in _WRAPPING and context.depth >= _MAX_DEPTH)
+        if _APPLIES[name](s) and not (name in _WRAPPING and context.depth >= _MAX_DEPTH)
     ]
     flattenable = (s.kind == "sequence" or s.grid) and math.prod(s.shape[1:]) <= _MAX_FLATTENED
     vector = _Stream("vector", (s.shape[0], math.prod(s.shape[1:])))
     if (
         not first
-        and not preserve
+        and not context.preserve
         and flattenable
-        and any(_APPLIES[name](vector, False) for name in context.families)
+        and any(_APPLIES[name](vector) for name in context.families)
     ):
         kinds.append("flatten")
     return kinds
 
 
 @st.composite
-def _linears(draw, s: _Stream, context: _Context, preserve: bool):
-    out = s.shape[-1] if preserve else draw(_sides())
+def _linears(draw, s: _Stream, context: _Context):
+    out = s.shape[-1] if context.preserve else draw(_sides())
     layer = _layer("linear", in_features=s.shape[-1], out_features=out, bias=draw(st.booleans()))
     return layer, s.with_last(out)
 
 
 @st.composite
-def _activations(draw, s: _Stream, context: _Context, preserve: bool):
+def _activations(draw, s: _Stream, context: _Context):
     name = draw(st.sampled_from(_ACTIVATIONS))
     parameters = draw(st.sampled_from((1, s.shape[1]))) if name == "prelu" else 0
     return _layer("activation", name=name, num_parameters=parameters), s
 
 
 @st.composite
-def _dropouts(draw, s: _Stream, context: _Context, preserve: bool):
+def _dropouts(draw, s: _Stream, context: _Context):
     return _layer("dropout", dropout=draw(st.sampled_from((0.0, 0.5)))), s
 
 
 @st.composite
-def _layer_norms(draw, s: _Stream, context: _Context, preserve: bool):
+def _layer_norms(draw, s: _Stream, context: _Context):
     layer = _layer(
         "layer_norm", normalized_shape=s.shape[-1], elementwise_affine=draw(st.booleans())
     )
@@ -347,7 +402,7 @@ def _layer_norms(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _batch_norms(draw, s: _Stream, context: _Context, preserve: bool):
+def _batch_norms(draw, s: _Stream, context: _Context):
     layer = _layer(
         "batch_norm",
         dims=max(1, len(s.spatial)),
@@ -360,9 +415,9 @@ def _batch_norms(draw, s: _Stream, context: _Context, preserve: bool):
 
 def _convolutions(family: str):
     @st.composite
-    def draw_convolution(draw, s: _Stream, context: _Context, preserve: bool):
+    def draw_convolution(draw, s: _Stream, context: _Context):
         channels = s.shape[1]
-        if preserve:
+        if context.preserve:
             out, kernel, stride = channels, draw(st.sampled_from((1, 3))), 1
             padding = kernel // 2
         else:
@@ -390,9 +445,9 @@ def _convolutions(family: str):
 
 
 @st.composite
-def _transposed_convolutions(draw, s: _Stream, context: _Context, preserve: bool):
+def _transposed_convolutions(draw, s: _Stream, context: _Context):
     largest = max(s.spatial)
-    if preserve:
+    if context.preserve:
         out, kernel, stride = s.shape[1], 1, 1
     else:
         out = draw(_sides())
@@ -414,9 +469,9 @@ def _transposed_convolutions(draw, s: _Stream, context: _Context, preserve: bool
 
 
 @st.composite
-def _poolings(draw, s: _Stream, context: _Context, preserve: bool):
+def _poolings(draw, s: _Stream, context: _Context):
     smallest = min(s.spatial)
-    if preserve:
+    if context.preserve:
         operation, size = draw(st.sampled_from(("max", "avg"))), 1
     else:
         operation = draw(st.sampled_from(("max", "avg", "adaptive_avg", "adaptive_max")))
@@ -431,7 +486,7 @@ def _poolings(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _group_norms(draw, s: _Stream, context: _Context, preserve: bool):
+def _group_norms(draw, s: _Stream, context: _Context):
     channels = s.shape[1]
     layer = _layer(
         "group_norm",
@@ -448,7 +503,7 @@ def _group_norms(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _instance_norms(draw, s: _Stream, context: _Context, preserve: bool):
+def _instance_norms(draw, s: _Stream, context: _Context):
     layer = _layer(
         "instance_norm",
         dims=len(s.spatial),
@@ -459,14 +514,14 @@ def _instance_norms(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _bilinears(draw, s: _Stream, context: _Context, preserve: bool):
-    out = s.shape[-1] if preserve else draw(_sides())
+def _bilinears(draw, s: _Stream, context: _Context):
+    out = s.shape[-1] if context.preserve else draw(_sides())
     layer = _layer("bilinear", in_features=s.shape[-1], out_features=out, bias=draw(st.booleans()))
     return layer, s.with_last(out)
 
 
 @st.composite
-def _embeddings(draw, s: _Stream, context: _Context, preserve: bool):
+def _embeddings(draw, s: _Stream, context: _Context):
     dim = draw(_sides())
     layer = _layer(
         "embedding",
@@ -480,7 +535,7 @@ def _embeddings(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _embedding_bags(draw, s: _Stream, context: _Context, preserve: bool):
+def _embedding_bags(draw, s: _Stream, context: _Context):
     dim = draw(_sides())
     mode = draw(st.sampled_from(("mean", "sum", "max")))
     layer = _layer(
@@ -496,9 +551,9 @@ def _embedding_bags(draw, s: _Stream, context: _Context, preserve: bool):
 
 def _recurrents(family: str):
     @st.composite
-    def draw_recurrent(draw, s: _Stream, context: _Context, preserve: bool):
+    def draw_recurrent(draw, s: _Stream, context: _Context):
         features = s.shape[-1]
-        if preserve:
+        if context.preserve:
             hidden, layers, bidirectional, projection = features, 1, False, 0
         else:
             hidden = draw(_sides())
@@ -524,7 +579,7 @@ def _recurrents(family: str):
 
 
 @st.composite
-def _attentions(draw, s: _Stream, context: _Context, preserve: bool):
+def _attentions(draw, s: _Stream, context: _Context):
     dim = s.shape[-1]
     layer = _layer(
         "multihead_attention",
@@ -539,7 +594,7 @@ def _attentions(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _encoder_layers(draw, s: _Stream, context: _Context, preserve: bool):
+def _encoder_layers(draw, s: _Stream, context: _Context):
     dim = s.shape[-1]
     layer = _layer(
         "transformer_encoder_layer",
@@ -554,14 +609,14 @@ def _encoder_layers(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _buffer_holders(draw, s: _Stream, context: _Context, preserve: bool):
+def _buffer_holders(draw, s: _Stream, context: _Context):
     layer = _layer("buffers", features=s.shape[-1], persistent_scale=draw(st.booleans()))
     return layer, s
 
 
 @st.composite
-def _frozen_linears(draw, s: _Stream, context: _Context, preserve: bool):
-    out = s.shape[-1] if preserve else draw(_sides())
+def _frozen_linears(draw, s: _Stream, context: _Context):
+    out = s.shape[-1] if context.preserve else draw(_sides())
     bias = draw(st.booleans())
     layer = _layer(
         "frozen",
@@ -574,8 +629,8 @@ def _frozen_linears(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _parametrized_linears(draw, s: _Stream, context: _Context, preserve: bool):
-    out = s.shape[-1] if preserve else draw(_sides())
+def _parametrized_linears(draw, s: _Stream, context: _Context):
+    out = s.shape[-1] if context.preserve else draw(_sides())
     layer = _layer(
         "parametrization",
         in_features=s.shape[-1],
@@ -587,12 +642,13 @@ def _parametrized_linears(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _lazies(draw, s: _Stream, context: _Context, preserve: bool):
+def _lazies(draw, s: _Stream, context: _Context):
     dims = len(s.spatial)
     incoming = s.shape[1] if s.grid else s.shape[-1]
-    out = incoming if preserve else draw(_sides())
+    out = incoming if context.preserve else draw(_sides())
+    initialized = draw(st.booleans()) if context.allow_uninitialized else True
     layer = _layer(
-        "lazy", dims=dims, in_features=incoming, out_features=out, initialized=draw(st.booleans())
+        "lazy", dims=dims, in_features=incoming, out_features=out, initialized=initialized
     )
     if s.grid:
         return layer, _Stream(s.kind, (s.shape[0], out, *s.spatial))
@@ -600,8 +656,8 @@ def _lazies(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _mixed_dtype_blocks(draw, s: _Stream, context: _Context, preserve: bool):
-    out = s.shape[-1] if preserve else draw(_sides())
+def _mixed_dtype_blocks(draw, s: _Stream, context: _Context):
+    out = s.shape[-1] if context.preserve else draw(_sides())
     layer = _layer(
         "mixed_dtype",
         dtype=draw(st.sampled_from(_mixed_dtypes())),
@@ -613,33 +669,33 @@ def _mixed_dtype_blocks(draw, s: _Stream, context: _Context, preserve: bool):
 
 
 @st.composite
-def _container_blocks(draw, s: _Stream, context: _Context, preserve: bool):
+def _container_blocks(draw, s: _Stream, context: _Context):
     container = draw(
         st.sampled_from(("parameter_list", "parameter_dict", "module_list", "module_dict"))
     )
     if container.startswith("parameter"):
         return _layer("containers", container=container, features=s.shape[-1]), s
-    children, out = _bodies(draw, s, context.deeper(), preserve)
+    children, out = _bodies(draw, s, context.deeper(preserve=context.preserve))
     return _layer("containers", children, container=container, features=0), out
 
 
 @st.composite
-def _residual_blocks(draw, s: _Stream, context: _Context, preserve: bool):
-    children, _ = _bodies(draw, s, context.deeper(), preserve=True)
+def _residual_blocks(draw, s: _Stream, context: _Context):
+    children, _ = _bodies(draw, s, context.deeper(preserve=True))
     return _layer("residual", children), s
 
 
 @st.composite
-def _nested_blocks(draw, s: _Stream, context: _Context, preserve: bool):
-    children, out = _bodies(draw, s, context.deeper(), preserve)
+def _nested_blocks(draw, s: _Stream, context: _Context):
+    children, out = _bodies(draw, s, context.deeper(preserve=context.preserve))
     return _layer("nested", children), out
 
 
 @st.composite
-def _tied_models(draw, s: _Stream, context: _Context, preserve: bool):
+def _tied_models(draw, s: _Stream, context: _Context):
     dim = draw(_sides())
     embedded = _Stream("sequence", (*s.shape, dim))
-    children, _ = _bodies(draw, embedded, context.deeper(), preserve=True)
+    children, _ = _bodies(draw, embedded, context.deeper(preserve=True))
     layer = _layer(
         "tied",
         children,
@@ -650,7 +706,7 @@ def _tied_models(draw, s: _Stream, context: _Context, preserve: bool):
     return layer, _Stream("sequence", (*s.shape, s.vocabulary))
 
 
-def _flattens(s: _Stream, context: _Context, preserve: bool):
+def _flattens(s: _Stream, context: _Context):
     return st.just((_layer("flatten"), _Stream("vector", (s.shape[0], math.prod(s.shape[1:])))))
 
 
@@ -689,7 +745,7 @@ _DRAWS = {
 
 
 def _bodies(
-    draw, s: _Stream, context: _Context, preserve: bool, started: bool = False
+    draw, s: _Stream, context: _Context, started: bool = False
 ) -> tuple[tuple[Layer, ...], _Stream]:
     """Draw up to ``_MAX_LAYERS`` layers, threading the data ``s`` through them.
 
@@ -699,10 +755,10 @@ def _bodies(
     while len(layers) < _MAX_LAYERS:
         if not draw(st.booleans()):
             break
-        kinds = _candidates(s, context, preserve, first=not (layers or started))
+        kinds = _candidates(s, context, first=not (layers or started))
         if not kinds:
             break
-        layer, s = draw(_DRAWS[draw(st.sampled_from(kinds))](s, context, preserve))
+        layer, s = draw(_DRAWS[draw(st.sampled_from(kinds))](s, context))
         layers.append(layer)
     return tuple(layers), s
 
@@ -739,29 +795,35 @@ def _check_families(families: Iterable[str] | None) -> tuple[str, ...]:
 
 
 @st.composite
-def _model_specs(draw, families: tuple[str, ...]) -> ModelSpec:
-    context = _Context(families)
+def _model_specs(draw, families: tuple[str, ...], allow_uninitialized: bool) -> ModelSpec:
+    context = _Context(families, allow_uninitialized)
     first = draw(st.sampled_from(families))
-    kind = draw(
-        st.sampled_from([k for k in _INPUT_KINDS if _APPLIES[first](_largest_input(k), False)])
-    )
+    kind = draw(st.sampled_from([k for k in _INPUT_KINDS if _APPLIES[first](_largest_input(k))]))
     source = draw(_inputs(kind, first))
-    layer, s = draw(_DRAWS[first](source, context, False))
-    rest, _ = _bodies(draw, s, context, preserve=False, started=True)
+    layer, s = draw(_DRAWS[first](source, context))
+    rest, _ = _bodies(draw, s, context, started=True)
     spec = ModelSpec(InputSpec(kind, source.shape, source.vocabulary), (layer, *rest))
     for name in sorted(spec.families):
         event(f"family: {name}")
     return spec
 
 
-def model_specs(families: Iterable[str] | None = None) -> st.SearchStrategy[ModelSpec]:
+def model_specs(
+    families: Iterable[str] | None = None, *, allow_uninitialized: bool = True
+) -> st.SearchStrategy[ModelSpec]:
     """Specs of small models built only from the given families (every available one if None).
 
     Each spec holds at least one layer, and every layer belongs to one of ``families``
     (``"flatten"`` may join them to reach a family that takes vectors). The input kind and
     the first family are drawn first, then the shape, then each further layer among those
-    that accept the current shape. Shrinks toward a single layer of the simplest family
-    (in the order of :data:`FAMILIES`), a vector input, batch size 1, sides of 1, default
-    options, and no nesting.
+    that accept the current shape. A ``lazy`` layer is drawn initialized or not; with
+    ``allow_uninitialized=False`` it is always initialized, so that every parameter of the
+    built model has its shape before the first forward (what an optimizer or a
+    ``load_state_dict`` into a fresh model needs).
+
+    Shrinks toward a single layer of the simplest family (in the order of
+    :data:`FAMILIES`), a vector input, batch size 1, sides of 1, default options, and no
+    nesting.
     """
-    return _model_specs(_check_families(families))
+    check_bool(allow_uninitialized, name="allow_uninitialized")
+    return _model_specs(_check_families(families), allow_uninitialized)

@@ -495,11 +495,14 @@ def build_model(spec: ModelSpec, init_seed: int = 0) -> ModelCase:
     return ModelCase(spec, module, _example_input(spec.input), init_seed)
 
 
-def models(families: Iterable[str] | None = None) -> st.SearchStrategy[ModelCase]:
-    """Built models (:class:`ModelCase`) from :func:`model_specs` ``(families)``.
+def models(
+    families: Iterable[str] | None = None, *, allow_uninitialized: bool = True
+) -> st.SearchStrategy[ModelCase]:
+    """Built models (:class:`ModelCase`) from
+    :func:`model_specs` ``(families, allow_uninitialized=allow_uninitialized)``.
 
     Each is built with ``init_seed=0``; use :meth:`ModelCase.rebuild` for another
     initialization. Shrinks as the spec does: toward one layer of the simplest family,
     with the smallest sizes.
     """
-    return model_specs(families).map(build_model)
+    return model_specs(families, allow_uninitialized=allow_uninitialized).map(build_model)

@@ -1,12 +1,11 @@
-"""Strategies for optimizers, learning-rate schedulers and gradient scalers.
+"""Strategies for optimizers and learning-rate schedulers.
 
 Each object is built from a drawn plain-data spec: :class:`OptimizerSpec` names an optimizer
 class of the installed torch, the hyperparameters of each parameter group and the
 implementation flags (foreach, fused, maximize, ...); :class:`SchedulerSpec` names a
 scheduler class and its arguments, with child specs for ``SequentialLR`` and
-``ChainedScheduler``; :class:`GradScalerSpec` holds the arguments of a CPU
-``torch.amp.GradScaler``. Which classes and flags exist, and which flags run on CPU, comes
-from :mod:`harness.capabilities`, so the same strategies run on every torch from 1.13.1 on.
+``ChainedScheduler``. Which classes and flags exist, and which flags run on CPU, comes from
+:mod:`harness.capabilities`, so the same strategies run on every torch from 1.13.1 on.
 
 Every choice is ordered simplest first, so a failure shrinks toward ``SGD`` with one
 parameter group and no flags, and toward ``StepLR``.
@@ -26,25 +25,21 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from harness.capabilities import (
-    cpu_grad_scaler,
     cyclic_lr_cycles_betas,
     optimizer_flags_that_run,
     optimizer_param_names,
     probe,
 )
-from strategies._arguments import check_names, collection_argument
+from strategies._arguments import check_names, check_type, collection_argument
 
 __all__ = [
     "ConstantFactor",
     "ExponentialFactor",
-    "GradScalerSpec",
     "OptimizerSpec",
     "SchedulerSpec",
     "WarmupFactor",
-    "build_grad_scaler",
     "build_optimizer",
     "build_scheduler",
-    "grad_scaler_specs",
     "optimizer_specs",
     "optimizer_step",
     "scheduler_specs",
@@ -333,19 +328,22 @@ def _trainable_parameters(spec: OptimizerSpec, module: torch.nn.Module):
         }
         named = [(name, p) for name, p in named if id(p) in sparse]
         if not named:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{spec.name} trains only parameters with sparse gradients, and the module "
                 f"has no trainable nn.Embedding(sparse=True) or nn.EmbeddingBag(sparse=True)"
             )
     if spec.needs_matrix_params:
         named = [(name, p) for name, p in named if p.dim() == 2]
         if not named:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{spec.name} trains only 2-d parameters, and the module has no trainable "
                 f"2-d parameter (give it e.g. an nn.Linear)"
             )
     if not named:
-        raise ValueError(f"the module has no trainable parameter for {spec.name} to optimize")
+        raise InvalidArgument(
+            f"the module has no trainable parameter for {spec.name} to optimize; give it one "
+            f"with requires_grad=True"
+        )
     return named
 
 
@@ -357,19 +355,21 @@ def build_optimizer(spec: OptimizerSpec, module: torch.nn.Module) -> torch.optim
     non-empty runs, one per group of ``spec``. When the module has fewer parameters than
     ``spec`` has groups, only the first groups are used, one parameter each.
 
-    Raises ``ValueError`` when the installed torch lacks the class or ``param_names``, or
-    when the module has no parameter the optimizer can train.
+    Raises :class:`~hypothesis.errors.InvalidArgument` when ``spec`` is not an
+    :class:`OptimizerSpec` or ``module`` not an ``nn.Module``, when the installed torch lacks
+    the class or ``param_names``, and when the module has no parameter the optimizer can
+    train.
     """
-    if not isinstance(spec, OptimizerSpec):
-        raise TypeError(f"spec={spec!r} must be an OptimizerSpec")
+    check_type(spec, OptimizerSpec, name="spec", example="OptimizerSpec('SGD')")
+    check_type(module, torch.nn.Module, name="module", example="torch.nn.Linear(2, 2)")
     optimizer_class = probe().optimizers.get(spec.name)
     if optimizer_class is None:
-        raise ValueError(
+        raise InvalidArgument(
             f"the installed torch has no optimizer {spec.name!r}; it has "
             f"{sorted(probe().optimizers)!r}"
         )
     if spec.param_names and not optimizer_param_names():
-        raise ValueError(
+        raise InvalidArgument(
             "the installed torch does not keep param_names in optimizer param groups; "
             "use a spec with param_names=False"
         )
@@ -644,21 +644,28 @@ def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> An
 
     Children of ``SequentialLR`` and ``ChainedScheduler`` are built first, in order, on the
     same optimizer. ``cycle_momentum`` is turned off where some param group of
-    ``optimizer`` has neither ``betas`` nor a non-zero ``momentum``. Raises ``ValueError``
-    when the installed torch lacks the class.
+    ``optimizer`` has neither ``betas`` nor a non-zero ``momentum``. Raises
+    :class:`~hypothesis.errors.InvalidArgument` when ``spec`` is not a :class:`SchedulerSpec`
+    or ``optimizer`` not a ``torch.optim.Optimizer``, and when the installed torch lacks the
+    class.
     """
-    if not isinstance(spec, SchedulerSpec):
-        raise TypeError(f"spec={spec!r} must be a SchedulerSpec")
+    check_type(spec, SchedulerSpec, name="spec", example="SchedulerSpec('StepLR')")
+    check_type(
+        optimizer,
+        torch.optim.Optimizer,
+        name="optimizer",
+        example="build_optimizer(OptimizerSpec('SGD'), module)",
+    )
     scheduler_class = probe().schedulers.get(spec.name)
     if scheduler_class is None:
-        raise ValueError(
+        raise InvalidArgument(
             f"the installed torch has no scheduler {spec.name!r}; it has "
             f"{sorted(probe().schedulers)!r}"
         )
     arguments = _arguments(spec, optimizer)
     if spec.name == "ChainedScheduler":
         children = [build_scheduler(child, optimizer) for child in spec.children]
-        if probe().accepts(scheduler_class, "optimizer"):
+        if probe().chained_scheduler_optimizer:
             return scheduler_class(children, optimizer=optimizer, **arguments)
         return scheduler_class(children, **arguments)
     if spec.name == "SequentialLR":
@@ -673,53 +680,3 @@ def step_scheduler(scheduler: Any, metric: float) -> None:
         scheduler.step(metric)
     else:
         scheduler.step()
-
-
-# ----------------------------------------------------------------------------------------
-# Gradient scalers
-
-
-@dataclass(frozen=True)
-class GradScalerSpec:
-    """The arguments of a CPU ``torch.amp.GradScaler``, for :func:`build_grad_scaler`."""
-
-    init_scale: float = 65536.0
-    growth_factor: float = 2.0
-    backoff_factor: float = 0.5
-    growth_interval: int = 2000
-    enabled: bool = True
-
-
-def grad_scaler_specs() -> st.SearchStrategy[GradScalerSpec]:
-    """Specs of CPU gradient scalers: scale, growth and backoff factors, growth interval.
-
-    Raises ``InvalidArgument`` where ``torch.amp.GradScaler("cpu")`` does not work on the
-    installed torch; ask ``harness.capabilities.cpu_grad_scaler()`` first. Shrinks toward
-    the defaults of ``GradScaler``.
-    """
-    if not cpu_grad_scaler():
-        raise InvalidArgument(
-            'torch.amp.GradScaler("cpu") does not work on the installed torch; check '
-            "harness.capabilities.cpu_grad_scaler() before drawing grad scaler specs"
-        )
-    return st.builds(
-        GradScalerSpec,
-        init_scale=st.sampled_from((65536.0, 256.0, 1.0)),
-        growth_factor=st.sampled_from((2.0, 1.5)),
-        backoff_factor=st.sampled_from((0.5, 0.25)),
-        growth_interval=st.sampled_from((2000, 1, 3)),
-        enabled=st.sampled_from((True, False)),
-    )
-
-
-def build_grad_scaler(spec: GradScalerSpec) -> Any:
-    """Build the CPU ``torch.amp.GradScaler`` that ``spec`` describes.
-
-    Raises ``ValueError`` where the installed torch has no working CPU grad scaler.
-    """
-    if not cpu_grad_scaler():
-        raise ValueError(
-            'torch.amp.GradScaler("cpu") does not work on the installed torch; check '
-            "harness.capabilities.cpu_grad_scaler() first"
-        )
-    return torch.amp.GradScaler("cpu", **dataclasses.asdict(spec))

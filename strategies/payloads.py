@@ -72,6 +72,9 @@ from typing import Any
 import torch
 from hypothesis import event
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from strategies._arguments import check_choice, check_type
 
 __all__ = [
     "PickledCall",
@@ -323,7 +326,8 @@ def _torchscript_archive(sentinel: str) -> bytes:
 
 def _data_pkl(data: bytes) -> zipfile.ZipInfo:
     return next(
-        info for info in zipfile.ZipFile(io.BytesIO(data)).infolist()
+        info
+        for info in zipfile.ZipFile(io.BytesIO(data)).infolist()
         if info.filename.endswith("/data.pkl")
     )
 
@@ -410,9 +414,7 @@ CARRIERS = ("zip", "legacy")
 # Each entry builds the bytes of a checkpoint whose loading creates the sentinel when its
 # code runs: the pickle-level attacks in a zip checkpoint, then the archive-level ones.
 _ATTACKS = {
-    **{
-        name: functools.partial(_zip_carried, build) for name, build in _PICKLED.items()
-    },
+    **{name: functools.partial(_zip_carried, build) for name, build in _PICKLED.items()},
     "torchscript_archive": _torchscript_archive,
     "zip_duplicate_member": _zip_duplicate_member,
     "zip_header_mismatch": _zip_header_mismatch,
@@ -517,17 +519,21 @@ class HostilePayload:
         carrier: ``"zip"`` (the format torch writes by default; an archive-level class is its
             own carrier) or ``"legacy"`` (the non-zip format of
             ``_use_new_zipfile_serialization=False``, for :data:`LEGACY_CARRIED_CLASSES`).
+
+    An unknown attack class or carrier, or a legacy carrier for a class that has none, raises
+    :class:`~hypothesis.errors.InvalidArgument` when the payload is made.
     """
 
     attack: str
     carrier: str = "zip"
 
-    def __post_init__(self):
-        if self.carrier not in CARRIERS:
-            raise ValueError(f"carrier {self.carrier!r} is not one of {CARRIERS}")
+    def __post_init__(self) -> None:
+        check_choice(self.attack, HOSTILE_CLASSES, name="attack")
+        check_choice(self.carrier, CARRIERS, name="carrier")
         if self.carrier == "legacy" and self.attack not in LEGACY_CARRIED_CLASSES:
-            raise ValueError(
-                f"{self.attack!r} has no legacy carrier; those that do: {LEGACY_CARRIED_CLASSES}"
+            raise InvalidArgument(
+                f"{self.attack!r} has no legacy carrier; those that do: "
+                f"{list(LEGACY_CARRIED_CLASSES)!r}"
             )
 
     @property
@@ -562,13 +568,10 @@ class HostilePayload:
         if self.attack == "reduce_runpy_run_path":
             with open(_runpy_script(sentinel), "w") as script:
                 script.write(_creates(sentinel) + "\n")
-        build = {**_ATTACKS, **_MEMORY_ATTACKS, **_BOMBS}.get(self.attack)
-        if build is None:
-            raise ValueError(f"unknown attack class {self.attack!r}; use one of {HOSTILE_CLASSES}")
         if self.carrier == "legacy":
             data = _carried(_PICKLED[self.attack](sentinel), legacy=True)
         else:
-            data = build(sentinel)
+            data = {**_ATTACKS, **_MEMORY_ATTACKS, **_BOMBS}[self.attack](sentinel)
         with open(path, "wb") as file:
             file.write(data)
 
@@ -665,12 +668,24 @@ class Corruption:
         kind: one of :data:`CORRUPTION_KINDS`.
         index: which record, byte or offset, taken modulo the number there are.
         mask: the bits flipped (``flip_*``), or the bytes added or removed (``resize_storage``,
-            removing when odd).
+            removing when odd); 0 to 255.
+
+    An unknown kind, or an index or mask out of range, raises
+    :class:`~hypothesis.errors.InvalidArgument` when the corruption is made.
     """
 
     kind: str
     index: int = 0
     mask: int = 1
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, CORRUPTION_KINDS, name="kind")
+        for name, high in (("index", None), ("mask", 0xFF)):
+            value = getattr(self, name)
+            check_type(value, int, name=name, example="1")
+            if isinstance(value, bool) or value < 0 or (high is not None and value > high):
+                bound = f"from 0 to {high}" if high is not None else "of 0 or more"
+                raise InvalidArgument(f"{name}={value!r} must be an int {bound}")
 
     def apply(self, data: bytes) -> bytes:
         """The bytes of ``data`` (a torch zip checkpoint) damaged as this corruption says."""
@@ -693,14 +708,13 @@ class Corruption:
             name, _, content = names[self.index % len(names)]
             size = zipfile.ZipFile(io.BytesIO(data)).getinfo(name).file_size
             return _flip(data, content + (self.index // len(names)) % size, self.mask)
-        if self.kind == "resize_storage":
-            names = [r[0] for r in records if self._targets(r[0])]
-            name = names[self.index % len(names)]
-            content = zipfile.ZipFile(io.BytesIO(data)).read(name)
-            change = (self.mask % 8) + 1
-            resized = content[:-change] if self.mask % 2 else content + bytes(change)
-            return _rewrite_zip(data, {name.split("/", 1)[1]: resized})
-        raise ValueError(f"unknown corruption kind {self.kind!r}; use one of {CORRUPTION_KINDS}")
+        # resize_storage
+        names = [r[0] for r in records if self._targets(r[0])]
+        name = names[self.index % len(names)]
+        content = zipfile.ZipFile(io.BytesIO(data)).read(name)
+        change = (self.mask % 8) + 1
+        resized = content[:-change] if self.mask % 2 else content + bytes(change)
+        return _rewrite_zip(data, {name.split("/", 1)[1]: resized})
 
     @property
     def shortens_record(self) -> bool:

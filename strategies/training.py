@@ -1,10 +1,12 @@
 """Strategies for training states: a model, its optimizer and scheduler, trained a few steps.
 
 :func:`training_cases` draws a :class:`TrainingSpec` (model spec, optimizer spec, scheduler
-spec or None, number of steps) whose parts fit together by construction: a model with sparse
-gradients gets an optimizer that accepts them, Muon only a model with matrix parameters.
-A :class:`TrainingCase` builds a fresh :class:`harness.TrainingState` from its spec with any
-init seed and trains it one deterministic step at a time.
+spec or None, number of steps) whose parts fit together by construction: the model has no
+uninitialized lazy module, a model with sparse gradients gets an optimizer that accepts
+them, Muon only a model with matrix parameters, and a model with nothing to train a
+learnable output scale. All of that is read from the model spec; nothing is built while
+drawing. A :class:`TrainingCase` builds a fresh :class:`harness.TrainingState` from its spec
+with any init seed and trains it one deterministic step at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from hypothesis import assume, event
 from hypothesis import strategies as st
 
+from harness.capabilities import probe
 from harness.state import TrainingState
 from strategies._arguments import check_names, collection_argument
 from strategies.model_specs import ModelSpec, model_specs
@@ -48,14 +51,22 @@ _SPARSE_OPTIMIZERS = ("SparseAdam",)
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """Plain data from which a training state is built and trained."""
+    """Plain data from which a training state is built and trained.
+
+    Attributes:
+        model: the model.
+        optimizer: the optimizer, over the model's trainable parameters.
+        scheduler: the learning-rate scheduler driving the optimizer, or None.
+        steps: how many steps a state is trained before it is checkpointed.
+        scaled_output: whether the model is wrapped in :class:`ScaledOutput`. A model with
+            nothing to train (pooling, frozen layers, norms without affine) gets a learnable
+            output scale, so that every drawn model can be a training case.
+    """
 
     model: ModelSpec
     optimizer: OptimizerSpec
     scheduler: SchedulerSpec | None
     steps: int
-    # A model with nothing to train (pooling, frozen layers, norms without affine) gets a
-    # learnable output scale, so that every drawn model can be a training case.
     scaled_output: bool = False
 
 
@@ -87,6 +98,7 @@ class TrainingCase:
 
     @property
     def has_dropout(self) -> bool:
+        """Whether a training step draws random numbers (see :attr:`ModelSpec.has_dropout`)."""
         return self.spec.model.has_dropout
 
     @functools.cached_property
@@ -122,17 +134,22 @@ class TrainingCase:
         return losses[0]
 
 
-def optimizer_fits(optimizer: str, model: torch.nn.Module, spec: ModelSpec) -> bool:
-    """Whether the optimizer class named ``optimizer`` can train ``model`` (built from
-    ``spec``): sparse gradients only by SparseAdam, SparseAdam nothing else, Muon only a
-    model with a trainable 2-d parameter."""
+def _fits(optimizer: str, spec: ModelSpec, trains_matrix: bool) -> bool:
     if spec.has_sparse_gradients:
         return optimizer in _SPARSE_OPTIMIZERS
     if optimizer == "SparseAdam":
         return False
     if optimizer == "Muon":
-        return any(p.dim() == 2 for p in model.parameters() if p.requires_grad)
+        return trains_matrix
     return True
+
+
+def optimizer_fits(optimizer: str, model: torch.nn.Module, spec: ModelSpec) -> bool:
+    """Whether the optimizer class named ``optimizer`` can train ``model`` (built from
+    ``spec``): sparse gradients only by SparseAdam, SparseAdam nothing else, Muon only a
+    model with a trainable 2-d parameter."""
+    trains_matrix = any(p.dim() == 2 for p in model.parameters() if p.requires_grad)
+    return _fits(optimizer, spec, trains_matrix)
 
 
 @st.composite
@@ -142,20 +159,13 @@ def _training_specs(
     optimizers: tuple[str, ...] | None,
     schedulers: tuple[str, ...] | None,
 ) -> TrainingSpec:
-    from harness.capabilities import probe
-
     model_spec = draw(specs)
-    assume(not model_spec.has_uninitialized_parameters)
-    model = build_model(model_spec, 0).module
-    scaled_output = not any(p.requires_grad for p in model.parameters())
-    if scaled_output:
-        model = ScaledOutput(model)
+    ranks = model_spec.trainable_parameter_ranks
     names = [
-        name
-        for name in (optimizers or probe().optimizers)
-        if optimizer_fits(name, model, model_spec)
+        name for name in (optimizers or probe().optimizers) if _fits(name, model_spec, 2 in ranks)
     ]
-    # Every model fits some optimizer of the installed torch, but maybe none of those chosen.
+    # Every model fits some optimizer of the installed torch, but maybe none of those chosen
+    # (optimizers=["SparseAdam"] fits only sparse embeddings).
     assume(names)
     optimizer = draw(optimizer_specs(names=names))
     # LBFGS steps many times per step(); a scheduler on top adds nothing to check.
@@ -164,7 +174,7 @@ def _training_specs(
         scheduler = draw(st.none() | scheduler_specs(schedulers))
     steps = draw(st.integers(1, 3))
     event(f"training: {optimizer.name} + {scheduler.name if scheduler else 'no scheduler'}")
-    return TrainingSpec(model_spec, optimizer, scheduler, steps, scaled_output)
+    return TrainingSpec(model_spec, optimizer, scheduler, steps, scaled_output=not ranks)
 
 
 def training_cases(
@@ -176,10 +186,10 @@ def training_cases(
 
     ``families``, ``optimizers`` and ``schedulers`` narrow the model families and the
     optimizer and scheduler classes drawn from (None: every one the installed torch has; an
-    empty ``schedulers`` means no scheduler). Shrinks toward the smallest model, SGD with
-    one group, no scheduler and one step.
+    empty ``schedulers`` means no scheduler). Models come from
+    :func:`~strategies.model_specs.model_specs` ``(families, allow_uninitialized=False)``.
+    Shrinks toward the smallest model, SGD with one group, no scheduler and one step.
     """
-    from harness.capabilities import probe
 
     def names(value: Iterable[str] | None, name: str, available) -> tuple[str, ...] | None:
         chosen = collection_argument(value, name=name, item_type=str, example="['Adam']")
@@ -188,15 +198,16 @@ def training_cases(
         return chosen
 
     return _training_specs(
-        model_specs(families),
+        model_specs(families, allow_uninitialized=False),
         names(optimizers, "optimizers", probe().optimizers),
         names(schedulers, "schedulers", probe().schedulers),
     ).map(TrainingCase)
 
 
 def training_states() -> st.SearchStrategy[TrainingState]:
-    """States trained for their case's number of steps, so optimizer and scheduler state is
-    not trivial."""
+    """States of :func:`training_cases`, built with ``init_seed=0`` and trained for their
+    case's number of steps, so optimizer and scheduler state is not trivial. Shrinks as the
+    cases do."""
     return training_cases().map(_trained)
 
 

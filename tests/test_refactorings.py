@@ -1,10 +1,12 @@
-"""Whole-model pickles after refactorings, and the state_dict route beside them."""
+"""Whole-model pickles after refactorings, and the state_dict route beside them; bad
+refactoring arguments are refused with a sentence naming what is expected."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 from harness import invariants
 from strategies.refactorings import (
@@ -12,6 +14,7 @@ from strategies.refactorings import (
     ModelSource,
     RefactoringCase,
     refactoring_cases,
+    render_source,
 )
 
 # What loading the whole-model pickle does after each refactoring, derived from how pickle
@@ -47,3 +50,37 @@ def test_catches_a_loader_that_accepts_whole_model_pickles(monkeypatch):
     case = RefactoringCase(ModelSource((2, 2), "relu"), "none")
     with pytest.raises(AssertionError, match="weights_only=True loaded a whole-model pickle"):
         list(invariants.whole_model_refactoring(case))
+
+
+def test_refactorings_must_be_a_strategy():
+    with pytest.raises(InvalidArgument, match="refactorings='rename_class' must be of type Sear"):
+        refactoring_cases("rename_class")
+
+
+def test_a_drawn_refactoring_that_is_no_kind_is_refused_with_the_kinds():
+    @settings(max_examples=1, database=None)
+    @given(refactoring_cases(st.just("rename_module")))
+    def draw(case):
+        raise AssertionError(f"drew {case!r}")
+
+    with pytest.raises(
+        InvalidArgument, match="refactoring='rename_module' must be one of .*'none'"
+    ):
+        draw()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ModelSource((2,), "relu"), "two or more positive ints"),
+        (lambda: ModelSource((2, 0), "relu"), "two or more positive ints"),
+        (lambda: ModelSource([2, 2], "relu"), "sizes=\\[2, 2\\] must be of type tuple"),
+        (lambda: ModelSource((2, 2), "gelu"), "activation='gelu' must be one of"),
+        (lambda: RefactoringCase((2, 2), "none"), "model=\\(2, 2\\) must be of type ModelSource"),
+        (lambda: RefactoringCase(ModelSource((2, 2), "relu"), "rename"), "refactoring='rename'"),
+        (lambda: render_source(ModelSource((2, 2), "relu"), "rename"), "refactoring='rename'"),
+    ],
+)
+def test_model_sources_and_cases_refuse_what_cannot_be_rendered(make, message):
+    with pytest.raises(InvalidArgument, match=message):
+        make()

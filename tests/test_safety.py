@@ -14,6 +14,7 @@ import zipfile
 import pytest
 import torch
 from hypothesis import settings
+from hypothesis.errors import InvalidArgument
 
 from harness import safety
 from harness.capabilities import probe
@@ -139,7 +140,7 @@ def test_every_pickle_level_attack_is_live_and_blocked_in_the_legacy_format_too(
     payloads[0].write(tmp_path / "legacy.pt", tmp_path / "ran")
     assert not zipfile.is_zipfile(tmp_path / "legacy.pt")
     assert (tmp_path / "legacy.pt").read_bytes()[:2] == b"\x80\x02"  # the magic number pickle
-    with pytest.raises(ValueError, match="has no legacy carrier"):
+    with pytest.raises(InvalidArgument, match="has no legacy carrier"):
         HostilePayload("torchscript_archive", "legacy")
 
 

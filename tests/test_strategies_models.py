@@ -14,6 +14,7 @@ from hypothesis.errors import InvalidArgument
 from torch import nn
 
 from harness import assert_identical, probe
+from harness.capabilities import weight_parametrizations
 from strategies.models import (
     FAMILIES,
     ModelCase,
@@ -287,6 +288,50 @@ def test_bad_families_are_refused(families, message: str) -> None:
         model_specs(families=families)
 
 
-def test_families_lists_every_available_family() -> None:
-    assert set(available_families()) <= set(FAMILIES)
-    assert len(set(FAMILIES)) == len(FAMILIES)
+def test_available_families_are_every_family_the_installed_torch_can_build() -> None:
+    # Two families need something of torch: a weight parametrization, a second float dtype.
+    needs = {
+        "parametrization": bool(weight_parametrizations()),
+        "mixed_dtype": bool({torch.float64, torch.bfloat16} & set(probe().dtypes)),
+    }
+    assert available_families() == tuple(family for family in FAMILIES if needs.get(family, True))
+
+
+@RUNS
+@given(models(families=["lazy", "linear", "residual", "nested"], allow_uninitialized=False))
+def test_allow_uninitialized_false_draws_only_initialized_lazy_modules(case: ModelCase) -> None:
+    assert not case.spec.has_uninitialized_parameters
+    assert uninitialized(case.module) == []
+
+
+def test_lazy_modules_are_drawn_under_allow_uninitialized_false() -> None:
+    spec = find(model_specs(["lazy"], allow_uninitialized=False), lambda s: True, settings=FIND)
+    assert "lazy" in spec.families and not spec.has_uninitialized_parameters
+
+
+@pytest.mark.parametrize("strategy", [model_specs, models])
+@pytest.mark.parametrize("value", [0, "no", None])
+def test_a_non_bool_allow_uninitialized_is_refused(strategy, value) -> None:
+    with pytest.raises(InvalidArgument, match="allow_uninitialized=.* must be True or False"):
+        strategy(allow_uninitialized=value)
+
+
+def trainable_ranks(case: ModelCase) -> frozenset[int]:
+    materialized(case)
+    return frozenset(p.dim() for p in case.module.parameters() if p.requires_grad)
+
+
+@RUNS
+@given(models())
+def test_trainable_parameter_ranks_are_those_of_the_built_model(case: ModelCase) -> None:
+    assert case.spec.trainable_parameter_ranks == trainable_ranks(case)
+
+
+@pytest.mark.parametrize("family", available_families())
+def test_trainable_parameter_ranks_hold_for_each_family(family: str) -> None:
+    @FEW
+    @given(models(families=[family]))
+    def check(case: ModelCase) -> None:
+        assert case.spec.trainable_parameter_ranks == trainable_ranks(case)
+
+    check()

@@ -1,12 +1,16 @@
-"""Training cases: every drawn case builds, trains, and is reproducible from its spec."""
+"""Training cases: every drawn case builds, trains, and is reproducible from its spec; the
+facts read from the spec while drawing hold for the built model; bad arguments are refused."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
+from hypothesis.errors import InvalidArgument
 
 from harness import TrainingState, assert_identical
-from strategies.training import training_cases, training_states
+from strategies.models import build_model
+from strategies.training import ScaledOutput, optimizer_fits, training_cases, training_states
 
 
 @given(training_cases())
@@ -24,6 +28,17 @@ def test_every_case_builds_and_trains(case):
 
 
 @given(training_cases())
+def test_what_the_draw_reads_from_the_spec_holds_for_the_built_model(case):
+    spec = case.spec
+    assert not spec.model.has_uninitialized_parameters
+    model = build_model(spec.model, 0).module
+    assert spec.scaled_output == (not any(p.requires_grad for p in model.parameters()))
+    if spec.scaled_output:
+        model = ScaledOutput(model)
+    assert optimizer_fits(spec.optimizer.name, model, spec.model)
+
+
+@given(training_cases())
 def test_building_and_training_are_reproducible(case):
     first, second = case.build(0), case.build(0)
     assert_identical(first.model.state_dict(), second.model.state_dict())
@@ -37,5 +52,27 @@ def test_building_and_training_are_reproducible(case):
 
 @given(training_states())
 def test_trained_states_have_optimizer_state(state):
-    if type(state.optimizer).__name__ != "SGD":
-        assert state.optimizer.state_dict()["state"], "optimizer state is empty after training"
+    optimizer = state.optimizer
+    # SGD without momentum is the one optimizer whose steps leave no per-parameter state.
+    stateless = isinstance(optimizer, torch.optim.SGD) and all(
+        group["momentum"] == 0 for group in optimizer.param_groups
+    )
+    kept = optimizer.state_dict()["state"]
+    assert bool(kept) != stateless, f"{type(optimizer).__name__} kept {kept!r} after training"
+    assert all(kept.values()), "a parameter's state is empty"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"families": "linear"}, "collection"),
+        ({"families": ["convolution"]}, "known names"),
+        ({"optimizers": "Adam"}, "collection"),
+        ({"optimizers": []}, "nothing to draw"),
+        ({"optimizers": ["NoSuchOptimizer"]}, "known names"),
+        ({"schedulers": ["NoSuchScheduler"]}, "known names"),
+    ],
+)
+def test_bad_arguments_are_refused(arguments, message):
+    with pytest.raises(InvalidArgument, match=message):
+        training_cases(**arguments)
