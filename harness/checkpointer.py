@@ -618,13 +618,11 @@ class _Draws:
 
     def cases(self) -> st.SearchStrategy:
         if self.purpose == "inference":
-            from strategies.model_specs import model_specs
-            from strategies.models import build_model
+            from strategies.models import models
 
             # An uninitialized lazy module holds UninitializedParameters, which no
             # weights_only=True loader can read and no trained model has.
-            specs = model_specs(self.families)
-            return specs.filter(lambda spec: not spec.has_uninitialized_parameters).map(build_model)
+            return models(self.families, allow_uninitialized=False)
         from strategies.training import training_cases
 
         return training_cases(self.families, self.optimizers, self.schedulers)
