@@ -19,7 +19,7 @@ import torch
 from hypothesis import strategies as st
 
 from harness.capabilities import probe
-from harness.compare import assert_identical
+from harness.compare import find_difference
 from harness.sandbox import LoadOutcome, LoadRequest, load_requests_in_child
 from harness.suite import Invariant
 
@@ -224,11 +224,9 @@ def load_malformed(corruptions: Sequence) -> list[MalformedLoad]:
                 difference = "a storage record is shorter than its declared size"
             elif outcome.kind == "loaded":
                 original = _original() if original is None else original
-                try:
-                    loaded = torch.load(request.save_to, weights_only=True)
-                    assert_identical(original, loaded, name="checkpoint")
-                except AssertionError as error:
-                    difference = ":".join(str(error).split(":", 2)[:2])
+                loaded = torch.load(request.save_to, weights_only=True)
+                found = find_difference(original, loaded, name="checkpoint")
+                difference = None if found is None else found.headline
             reproduction = None
             if outcome.kind in LOAD_FAILURES:
                 reproduction = keep_failing_file(request.path, mmap=mmap)

@@ -1,7 +1,8 @@
 """Self-tests of the identity comparator, harness.assert_identical.
 
 Two tables: pairs that differ in exactly one aspect (each must be caught, with a message
-naming that aspect and the path of the difference), and pairs that must compare identical.
+naming that aspect and the path of the difference), and pairs that must compare identical;
+then the difference as data (harness.compare.Difference).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 import collections
 import pathlib
+import pickle
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ import torch
 
 from harness import assert_identical
 from harness.capabilities import probe
+from harness.compare import Difference, NotIdentical, find_difference
 
 Point = collections.namedtuple("Point", "x y")
 OtherPoint = collections.namedtuple("OtherPoint", "x y")
@@ -61,6 +65,39 @@ def sparse(values):
 
 def quantized(scale):
     return torch.quantize_per_tensor(torch.tensor([0.5, 1.0]), scale, 0, torch.quint8)
+
+
+def dense():
+    return torch.tensor([[0.0, 1.5, 0.0], [2.0, 0.0, 0.0]])
+
+
+def compressed(layout: str, values=None):
+    """``dense()`` (or ``values``) in a compressed sparse layout, without beta warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensor = dense() if values is None else torch.tensor(values)
+        if layout in ("bsr", "bsc"):
+            return getattr(tensor, f"to_sparse_{layout}")((1, 1))
+        return getattr(tensor, f"to_sparse_{layout}")()
+
+
+def per_channel(zero_points, dtype=torch.qint8):
+    """A per-channel quantized tensor: per_channel_affine_float_qparams for float zero points."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scales = torch.tensor([0.1, 0.2], dtype=torch.float64)
+        if zero_points.is_floating_point():
+            scales = scales.float()
+        return torch.quantize_per_channel(dense(), scales, zero_points, 0, dtype)
+
+
+def outside_the_view(tail: float):
+    """A view of the first three elements of a storage whose last two are ``tail``."""
+    return torch.cat([torch.zeros(3), torch.full((2,), tail)])[:3]
+
+
+def complex_pair():
+    return torch.tensor([1 + 2j, 3 - 4j])
 
 
 def strided_view():
@@ -136,6 +173,13 @@ DIFFERENT = [
         "obj",
     ),
     (
+        "bool byte other than 0 or 1",
+        lambda: torch.tensor([True]),
+        lambda: torch.tensor([3], dtype=torch.uint8).view(torch.bool),
+        "contents",
+        "obj",
+    ),
+    (
         "complex",
         lambda: torch.tensor([1 + 2j]),
         lambda: torch.tensor([1 + 3j]),
@@ -157,6 +201,69 @@ DIFFERENT = [
         "obj._values()",
     ),
     ("quantized scale", lambda: quantized(0.1), lambda: quantized(0.2), "value", "obj.q_scale()"),
+    (
+        "sparse csc values",
+        lambda: compressed("csc"),
+        lambda: compressed("csc", [[0.0, 1.5, 0.0], [2.5, 0.0, 0.0]]),
+        "contents",
+        "obj.values()",
+    ),
+    (
+        "sparse bsr columns",
+        lambda: compressed("bsr"),
+        lambda: compressed("bsr", [[0.0, 0.0, 1.5], [2.0, 0.0, 0.0]]),
+        "contents",
+        "obj.col_indices()",
+    ),
+    (
+        "sparse bsc layout",
+        lambda: compressed("bsc"),
+        lambda: compressed("bsr"),
+        "layout",
+        "obj",
+    ),
+    (
+        "per-channel zero points",
+        lambda: per_channel(torch.tensor([0, 1])),
+        lambda: per_channel(torch.tensor([0, 2])),
+        "contents",
+        "obj.q_per_channel_zero_points()",
+    ),
+    (
+        "float qparams zero points",
+        lambda: per_channel(torch.tensor([0.0, 1.0]), torch.quint8),
+        lambda: per_channel(torch.tensor([0.0, 1.25]), torch.quint8),  # same int_repr()
+        "contents",
+        "obj.q_per_channel_zero_points()",
+    ),
+    (
+        "qscheme",
+        lambda: per_channel(torch.tensor([0, 1]), torch.quint8),
+        lambda: per_channel(torch.tensor([0.0, 1.0]), torch.quint8),
+        "qscheme",
+        "obj",
+    ),
+    (
+        "conjugate bit",
+        lambda: complex_pair().conj(),
+        lambda: complex_pair().conj().resolve_conj(),
+        "is_conj",
+        "obj",
+    ),
+    (
+        "negative bit",
+        lambda: complex_pair().conj().imag,
+        lambda: complex_pair().conj().imag.resolve_neg(),
+        "is_neg",
+        "obj",
+    ),
+    (
+        "storage bytes no element reaches",
+        lambda: outside_the_view(0.0),
+        lambda: outside_the_view(1.0),
+        "storage contents",
+        "obj",
+    ),
     ("zero-size shape", lambda: torch.zeros(0, 2), lambda: torch.zeros(2, 0), "shape", "obj"),
     ("0-d vs 1-d", lambda: torch.tensor(1.0), lambda: torch.tensor([1.0]), "shape", "obj"),
     (
@@ -254,6 +361,14 @@ IDENTICAL = [
     ("sparse", lambda: sparse([1.0, 2.0])),
     ("quantized", lambda: quantized(0.1)),
     ("conjugate view", lambda: torch.tensor([1 + 2j]).conj()),
+    ("negative view", lambda: complex_pair().conj().imag),
+    ("sparse csr", lambda: compressed("csr")),
+    ("sparse csc", lambda: compressed("csc")),
+    ("sparse bsr", lambda: compressed("bsr")),
+    ("sparse bsc", lambda: compressed("bsc")),
+    ("per-channel quantized", lambda: per_channel(torch.tensor([0, 1]))),
+    ("float qparams", lambda: per_channel(torch.tensor([0.0, 1.0]), torch.quint8)),
+    ("bytes outside a view", lambda: outside_the_view(2.0)),
     ("nested containers", lambda: {"a": [1, (2.5, "x")], "b": collections.OrderedDict(c=None)}),
     ("namedtuple", lambda: Point(torch.ones(1), 2)),
     ("float NaN", lambda: float("nan")),
@@ -329,3 +444,57 @@ def test_unknown_layout_is_a_clear_error():
     nested = torch.nested.nested_tensor([torch.zeros(1), torch.zeros(2)])
     with pytest.raises(TypeError, match="nested tensors"):
         assert_identical(nested, nested)
+
+
+def test_the_difference_is_data():
+    with pytest.raises(NotIdentical) as caught:
+        assert_identical({"w": torch.zeros(2)}, {"w": torch.zeros(2, dtype=torch.float64)})
+    difference = caught.value.difference
+    assert isinstance(caught.value, AssertionError)
+    assert difference == Difference("obj['w']", "dtype", torch.float32, torch.float64)
+    assert str(caught.value) == difference.message()
+    assert difference.message() == (
+        "obj['w']: dtype differs: expected torch.float32, actual torch.float64"
+    )
+    assert difference.headline == "obj['w']: dtype differs"
+
+
+def test_find_difference_returns_the_difference_without_raising():
+    assert find_difference([1, 2], [1, 2]) is None
+    found = find_difference({"a:b": 1.0}, {"a:b": -1.0}, name="checkpoint")
+    assert (found.path, found.aspect, found.expected, found.actual) == (
+        "checkpoint['a:b']",
+        "value",
+        1.0,
+        -1.0,
+    )
+    assert found.headline == "checkpoint['a:b']: value differs"
+
+
+def test_contents_and_sharing_differences_carry_their_evidence():
+    contents = find_difference(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 3.0]))
+    assert (contents.expected, contents.actual) == ("0x40000000 (2.0)", "0x40400000 (3.0)")
+    sharing = find_difference(shared_pair(), separate_pair())
+    assert (sharing.path, sharing.expected, sharing.actual) == ("obj['b']", "obj['a']", None)
+    outside = find_difference(outside_the_view(0.0), outside_the_view(1.0))
+    assert outside.message() == (
+        "obj: storage contents differs: 4 / 20 bytes of the storage differ where no element "
+        "of the tensor lies; the first at byte 14: expected 0x00, actual 0x80"
+    )
+
+
+def test_storage_bytes_are_compared_after_everything_else():
+    """A difference found before is reported as before: bytes that no element of the first
+    view reaches are the second tensor's elements."""
+    base = torch.zeros(4)
+    changed = base.clone()
+    changed[3] = 1.0
+    found = find_difference({"head": base[:2], "all": base}, {"head": changed[:2], "all": changed})
+    assert (found.path, found.aspect) == ("obj['all']", "contents")
+
+
+def test_not_identical_survives_pickling():
+    with pytest.raises(NotIdentical) as caught:
+        assert_identical([1], [2])
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert again.difference == caught.value.difference and str(again) == str(caught.value)
