@@ -1,9 +1,11 @@
 """Tests of strategies.models and strategies.model_specs: every drawn model runs forward and
 backward, eval mode is deterministic, building is reproducible and seed-dependent, every
-family is drawable on its own, and failures shrink to a one-layer model."""
+family is drawable on its own, failures shrink to a one-layer model, and what each family's
+record says holds for the layers it draws and builds."""
 
 from __future__ import annotations
 
+import copy
 import io
 import pickle
 
@@ -15,6 +17,9 @@ from torch import nn
 
 from harness import assert_identical, probe
 from harness.capabilities import weight_parametrizations
+from harness.pickle_scan import referenced_globals
+from strategies import _modules
+from strategies.model_specs import FAMILY_REGISTRY, family, layer_kind
 from strategies.models import (
     FAMILIES,
     ModelCase,
@@ -335,3 +340,55 @@ def test_trainable_parameter_ranks_hold_for_each_family(family: str) -> None:
         assert case.spec.trainable_parameter_ranks == trainable_ranks(case)
 
     check()
+
+
+def test_each_family_is_registered_once_under_its_name() -> None:
+    names = [record.name for record in FAMILY_REGISTRY]
+    assert len(set(names)) == len(names) and tuple(names) == FAMILIES
+    assert all(family(name).name == name for name in names)
+    with pytest.raises(InvalidArgument, match="'flatten' is no family"):
+        family("flatten")
+    with pytest.raises(InvalidArgument, match="kind 'convolution' has no family"):
+        layer_kind("convolution")
+
+
+@pytest.mark.parametrize("name", available_families())
+def test_what_a_family_record_says_holds_for_its_layers(name: str) -> None:
+    record = family(name)
+
+    @FEW
+    @given(models(families=[name]))
+    def check(case: ModelCase) -> None:
+        spec = case.spec
+        assert spec.input.kind in record.input_kinds()
+        assert spec.input.shape[0] >= record.min_batch
+        layers = [layer for layer in spec.walk() if layer.kind == name]
+        assert record.wraps or not any(layer.children for layer in layers)
+        if not spec.has_dropout:
+            # Nothing random in train mode: copies run from other RNG states agree (copies,
+            # since a train-mode forward may change the state: running statistics, ...).
+            materialized(case)
+            outputs = []
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                for seed in (1, 2):
+                    torch.manual_seed(seed)
+                    outputs.append(copy.deepcopy(case.module)(*case.example_input))
+            assert_identical(outputs[0], outputs[1], name="train-mode output")
+
+    check()
+
+
+def test_whole_model_pickles_name_the_module_classes_as_strategies_models() -> None:
+    # The matrix's committed corpora hold pickles that name strategies.models.<class>.
+    spec = find(
+        model_specs(["residual", "buffers"]), lambda s: s.families == {"residual", "buffers"}
+    )
+    buffer = io.BytesIO()
+    torch.save(build_model(spec).module, buffer)
+    named = {name for name in referenced_globals(buffer.getvalue()) if "strategies" in name}
+    assert {"strategies.models.SequentialBody", "strategies.models.Residual"} <= named
+    assert {"strategies.models.BufferHolder"} <= named
+    assert all(name.startswith("strategies.models.") for name in named), named
+    assert all(
+        getattr(_modules, name).__module__ == "strategies.models" for name in _modules.__all__
+    )

@@ -48,15 +48,32 @@ def is_spec_type(value: object) -> bool:
     )
 
 
+def record_types(module) -> set[type]:
+    """The record types of the module's registries (an exported tuple of records, such as
+    ``FAMILY_REGISTRY``): frozen dataclasses too, but what the project knows, not what a
+    strategy draws."""
+    registries = [getattr(module, name) for name in module.__all__]
+    return {
+        type(registry[0])
+        for registry in registries
+        if isinstance(registry, tuple)
+        and registry
+        and is_spec_type(type(registry[0]))
+        and all(type(record) is type(registry[0]) for record in registry)
+    }
+
+
 def public_names() -> dict[str, str]:
     """The strategies and spec types each module exports and defines, with the module."""
     found = {}
     for name in MODULES:
         module = importlib.import_module(f"strategies.{name}")
+        records = record_types(module)
         for exported in module.__all__:
             value = getattr(module, exported)
             defined_here = getattr(value, "__module__", None) == module.__name__
-            if defined_here and (is_strategy(value) or is_spec_type(value)):
+            spec_type = is_spec_type(value) and value not in records
+            if defined_here and (is_strategy(value) or spec_type):
                 found[exported] = module.__name__
     return found
 
