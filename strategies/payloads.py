@@ -4,54 +4,17 @@ Every payload's only effect, should a loader run it, is to create a sentinel fil
 the caller chooses; nothing is destructive and nothing touches the network. A payload is
 plain data (:class:`HostilePayload`, an attack class name and a carrier) and writes a real
 torch checkpoint (a zip archive, except ``legacy_tar`` and the legacy carrier) that
-otherwise looks like a training checkpoint. Memory attacks (:data:`MEMORY_ATTACK_CLASSES`)
-and allocation bombs (:data:`BOMB_CLASSES`) create no sentinel: loading them at all is what
-goes wrong. A :class:`Corruption` names one way of damaging a valid checkpoint
-(truncating it, flipping a byte, resizing a storage record) and applies it to the bytes
-torch wrote.
+otherwise looks like a training checkpoint. A :class:`Corruption` names one way of damaging
+a valid checkpoint (truncating it, flipping a byte, resizing a storage record) and applies it
+to the bytes torch wrote.
 
-Attack classes, simplest first:
-
-- ``reduce_*``: an object whose ``__reduce__`` calls ``open``, ``eval``, ``exec``,
-  ``os.system``, ``subprocess.call``, ``runpy.run_path`` or ``importlib.import_module``.
-- ``getattr_chain``: ``getattr(operator.getitem(sys.modules, "builtins"), "exec")``, so that
-  no dangerous name appears as a global.
-- ``stack_global``: ``builtins.exec`` looked up with the protocol-4 ``STACK_GLOBAL`` opcode
-  inside a protocol-2 stream.
-- ``inst_os_system``, ``obj_exec``, ``newobj_build_setstate``: the ``INST``, ``OBJ`` and
-  ``NEWOBJ`` + ``BUILD`` opcodes (the last with a class whose ``__setstate__`` acts).
-- ``persistent_id``: a persistent id that is not a storage and carries a payload.
-- ``nested_torch_load``: a call of ``torch.load(weights_only=False)`` on a second, embedded
-  hostile checkpoint.
-- ``numpy_object_array``: a numpy array of dtype object holding a payload.
-- ``torchscript_archive``: a ``torch.jit.save`` archive whose ``__setstate__`` (TorchScript)
-  creates the sentinel with ``torch.from_file(..., shared=True)``.
-- ``zip_duplicate_member``: two records named ``data.pkl``, a benign one first and the
-  ``reduce_os_system`` payload last; torch, like Python's ``zipfile``, reads the last, while a tool
-  that reads the archive front to back meets the benign one first.
-- ``zip_header_mismatch``: the ``reduce_os_system`` payload in a ``data.pkl`` record whose
-  local header names another file than the central directory does; torch reads the record,
-  Python's ``zipfile`` (and so a scanner built on it) refuses the archive as damaged.
-- ``zip_encrypted_flag``: the ``reduce_os_system`` payload in a ``data.pkl`` record whose
-  local header says it is encrypted (it is not, and the central directory does not say so).
-- ``legacy_tar``: the ``reduce_os_system`` payload as the ``pickle`` member of the tar archive
-  torch wrote before 0.4 (``sys_info``, ``storages``, ``tensors``, ``pickle``); torch 2.6
-  refuses the format under ``weights_only`` (the tar path closed after CVE-2025-32434).
-
-Every pickle-level class (``reduce_*`` to ``numpy_object_array``,
-:data:`LEGACY_CARRIED_CLASSES`) also comes in the legacy non-zip format that
-``_use_new_zipfile_serialization=False`` writes: ``HostilePayload(attack, carrier="legacy")``.
-
-Memory attacks (:data:`MEMORY_ATTACK_CLASSES`, the two halves of CVE-2026-24747 and their
-combination) create no sentinel; loading them at all is the failure:
-
-- ``setitem_on_tensor``: ``SETITEM`` applied to a loaded tensor instead of a dict, so the
-  file's pickle program writes into the weights after they are read.
-- ``storage_record_short``: a storage record of 4 bytes whose pickle declares 256; the tensor
-  built on it covers 252 bytes of memory that the file never held.
-- ``setitem_out_of_bounds``: both: a 4-byte record declared as 2**44 elements, and
-  ``SETITEM`` writes the last one, 64 TiB past the record, at an address no process has: a
-  loader that accepts it dies then and there (:attr:`HostilePayload.corrupts_memory`).
+Each attack class is one :class:`Attack` record in :data:`ATTACK_REGISTRY`: its group (code
+payloads, memory attacks, allocation bombs), what the file holds, how it is written and in
+which carriers (every pickle-level class also in the legacy non-zip format that
+``_use_new_zipfile_serialization=False`` writes), what a loader that accepts it has let
+happen, and the advisory it stands for. The table of attack classes in ``docs/catalog.md``
+is generated from the registry (``python -m strategies.catalog``); memory attacks and
+allocation bombs create no sentinel: loading them at all is what goes wrong.
 """
 
 from __future__ import annotations
@@ -66,6 +29,7 @@ import subprocess
 import tarfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +41,10 @@ from hypothesis.errors import InvalidArgument
 from strategies._arguments import check_choice, check_type
 
 __all__ = [
-    "PickledCall",
     "ATTACK_CLASSES",
+    "ATTACK_GROUPS",
+    "ATTACK_REGISTRY",
+    "Attack",
     "BOMB_CLASSES",
     "CARRIERS",
     "HOSTILE_CLASSES",
@@ -87,7 +53,9 @@ __all__ = [
     "CORRUPTION_KINDS",
     "Corruption",
     "HostilePayload",
+    "PickledCall",
     "allocation_bombs",
+    "attack",
     "corruptions",
     "hostile_files",
     "hostile_payloads",
@@ -385,43 +353,10 @@ def _legacy_tar(sentinel: str) -> bytes:
     return out.getvalue()
 
 
-def _zip_carried(build, sentinel: str) -> bytes:
-    return _carried(build(sentinel), legacy=False)
+def _write_runpy_script(sentinel: str) -> None:
+    with open(_runpy_script(sentinel), "w") as script:
+        script.write(_creates(sentinel) + "\n")
 
-
-# Simplest first. Each builds the model_config entry whose unpickling creates the sentinel.
-_PICKLED = {
-    "reduce_open": lambda sentinel: PickledCall(builtins.open, sentinel, "w"),
-    "reduce_eval": lambda sentinel: PickledCall(builtins.eval, _creates(sentinel)),
-    "reduce_exec": lambda sentinel: PickledCall(builtins.exec, _creates(sentinel)),
-    "reduce_os_system": lambda sentinel: PickledCall(os.system, f"touch '{sentinel}'"),
-    "reduce_subprocess": lambda sentinel: PickledCall(subprocess.call, ["touch", sentinel]),
-    "reduce_runpy_run_path": _reduce_run_path,
-    "reduce_import_module": _reduce_import_module,
-    "getattr_chain": _getattr_chain,
-    "stack_global": _stack_global,
-    "inst_os_system": _inst_os_system,
-    "obj_exec": _obj_exec,
-    "newobj_build_setstate": _newobj_build_setstate,
-    "persistent_id": _persistent_id,
-    "nested_torch_load": _nested_torch_load,
-    "numpy_object_array": _numpy_object_array,
-}
-# The pickle-level attacks that also come in the legacy (non-zip) format.
-LEGACY_CARRIED_CLASSES = tuple(_PICKLED)
-CARRIERS = ("zip", "legacy")
-
-# Each entry builds the bytes of a checkpoint whose loading creates the sentinel when its
-# code runs: the pickle-level attacks in a zip checkpoint, then the archive-level ones.
-_ATTACKS = {
-    **{name: functools.partial(_zip_carried, build) for name, build in _PICKLED.items()},
-    "torchscript_archive": _torchscript_archive,
-    "zip_duplicate_member": _zip_duplicate_member,
-    "zip_header_mismatch": _zip_header_mismatch,
-    "zip_encrypted_flag": _zip_encrypted_flag,
-    "legacy_tar": _legacy_tar,
-}
-ATTACK_CLASSES = tuple(_ATTACKS)
 
 # 2**38 float32 elements: a terabyte declared by a file of a few hundred bytes.
 _BOMB_ELEMENTS = 2**38
@@ -447,13 +382,6 @@ def _tensor_shape_bomb(sentinel: str) -> bytes:
     arguments = (storage, 0, shape, (2**40, 2**20, 1), False, ordered)
     return _spliced(_Apply(_Global("torch._utils", "_rebuild_tensor_v2"), arguments))
 
-
-_BOMBS = {
-    "zeros_bomb": _zeros_bomb,
-    "storage_size_bomb": _storage_size_bomb,
-    "tensor_shape_bomb": _tensor_shape_bomb,
-}
-BOMB_CLASSES = tuple(_BOMBS)
 
 # CVE-2026-24747. storage_record_short: a record of 4 bytes declared as 64 float32 elements
 # (256 bytes). setitem_out_of_bounds: declared as 2**44 elements; SETITEM sets the last one,
@@ -487,26 +415,289 @@ def _memory_attack(declared: int, record_elements: int, set_element: int | None)
     return _rewrite_zip(data, {"data.pkl": pickled.replace(_unicode(_MARKER), _emit(node), 1)})
 
 
-_MEMORY_ATTACKS = {
-    "setitem_on_tensor": lambda sentinel: _memory_attack(4, 4, 0),
-    "storage_record_short": lambda sentinel: _memory_attack(_SHORT_DECLARED_ELEMENTS, 1, None),
-    "setitem_out_of_bounds": lambda sentinel: _memory_attack(
-        _FAR_DECLARED_ELEMENTS, 1, _FAR_DECLARED_ELEMENTS - 1
+# --- the registry ---------------------------------------------------------------------------
+
+#: What an attack class is: ``"code"`` (the file runs code, whose only effect is to create the
+#: sentinel), ``"memory"`` (loading the file writes into tensors or reads past their storage
+#: records) or ``"bomb"`` (the file declares a huge allocation). Memory attacks and bombs
+#: create no sentinel: loading them at all is what goes wrong.
+ATTACK_GROUPS = ("code", "memory", "bomb")
+CARRIERS = ("zip", "legacy")
+_CODE_HARM = "ran the payload's code"
+_BOMB_HARM = "allocated what the file declares"
+
+
+@dataclass(frozen=True)
+class Attack:
+    """Everything known about one attack class, registered once in :data:`ATTACK_REGISTRY`.
+
+    Exactly one of ``entry`` and ``archive`` writes the file.
+
+    Attributes:
+        name: the attack class, as :class:`HostilePayload` names it.
+        group: one of :data:`ATTACK_GROUPS`.
+        description: what the file holds and how it attacks the loader (for the catalog).
+        harm: what a loader that accepts the file has let happen, in a few words (for a code
+            payload: what happened if its sentinel appeared).
+        entry: for a pickle-level class, the checkpoint's ``model_config`` entry given the
+            sentinel path: an object ``torch.save`` pickles, or a hand-written pickle node
+            spliced in. It is carried in a zip checkpoint and in the legacy format.
+        archive: for any other class, the bytes of the whole file given the sentinel path (a
+            zip checkpoint, or the class's own archive).
+        prepare: what the payload needs beside the file, written next to the sentinel
+            before the file (``reduce_runpy_run_path``'s script); None when nothing.
+        corrupts_memory: whether a loader that accepts the file writes outside the memory it
+            allocated: such a load may crash only later, so it belongs in a process of its own.
+        advisory: the advisory, CVE or scanner bypass report the class stands for; empty
+            where it stands for none.
+    """
+
+    name: str
+    group: str
+    description: str
+    harm: str
+    entry: Callable[[str], Any] | None = None
+    archive: Callable[[str], bytes] | None = None
+    prepare: Callable[[str], None] | None = None
+    corrupts_memory: bool = False
+    advisory: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice(self.group, ATTACK_GROUPS, name="group")
+        if (self.entry is None) == (self.archive is None):
+            raise InvalidArgument(f"attack {self.name!r} needs exactly one of entry and archive")
+
+    @property
+    def carriers(self) -> tuple[str, ...]:
+        """The formats the class comes in: a pickle-level class in both of :data:`CARRIERS`,
+        any other in its own file only (``"zip"``)."""
+        return CARRIERS if self.entry is not None else CARRIERS[:1]
+
+    @property
+    def creates_sentinel(self) -> bool:
+        """Whether running the payload creates the sentinel (the code group)."""
+        return self.group == "code"
+
+    def checkpoint(self, sentinel: str, carrier: str = "zip") -> bytes:
+        """The bytes of the hostile file, in ``carrier`` (one of :attr:`carriers`)."""
+        if self.entry is not None:
+            return _carried(self.entry(sentinel), legacy=carrier == "legacy")
+        return self.archive(sentinel)
+
+
+def _code(name: str, description: str, **fields: Any) -> Attack:
+    return Attack(name, "code", description, _CODE_HARM, **fields)
+
+
+#: Every attack class, simplest first within each group (code, memory, bomb): the order in
+#: which the strategies draw them and the matrix lists them.
+ATTACK_REGISTRY: tuple[Attack, ...] = (
+    _code(
+        "reduce_open",
+        "`__reduce__` to `open` on the sentinel",
+        entry=lambda sentinel: PickledCall(builtins.open, sentinel, "w"),
     ),
-}
-MEMORY_ATTACK_CLASSES = tuple(_MEMORY_ATTACKS)
+    _code(
+        "reduce_eval",
+        "`__reduce__` to `eval` of code that creates the sentinel",
+        entry=lambda sentinel: PickledCall(builtins.eval, _creates(sentinel)),
+    ),
+    _code(
+        "reduce_exec",
+        "`__reduce__` to `exec` of code that creates the sentinel",
+        entry=lambda sentinel: PickledCall(builtins.exec, _creates(sentinel)),
+    ),
+    _code(
+        "reduce_os_system",
+        "`__reduce__` to `os.system` running `touch`",
+        entry=lambda sentinel: PickledCall(os.system, f"touch '{sentinel}'"),
+    ),
+    _code(
+        "reduce_subprocess",
+        "`__reduce__` to `subprocess.call` running `touch`",
+        entry=lambda sentinel: PickledCall(subprocess.call, ["touch", sentinel]),
+    ),
+    _code(
+        "reduce_runpy_run_path",
+        "`__reduce__` to `runpy.run_path` on a script written next to the sentinel",
+        entry=_reduce_run_path,
+        prepare=_write_runpy_script,
+    ),
+    _code(
+        "reduce_import_module",
+        'hand-written `getattr(importlib.import_module("os"), "system")(...)`',
+        entry=_reduce_import_module,
+        advisory="deny-list gaps: a callable reached without naming it",
+    ),
+    _code(
+        "getattr_chain",
+        '`getattr(operator.getitem(sys.modules, "builtins"), "exec")(...)`: no dangerous '
+        "name appears as a global",
+        entry=_getattr_chain,
+        advisory="deny-list gaps: a callable reached without naming it",
+    ),
+    _code(
+        "stack_global",
+        "`builtins.exec` looked up with the protocol-4 `STACK_GLOBAL` opcode inside a "
+        "protocol-2 stream",
+        entry=_stack_global,
+        advisory="picklescan: `STACK_GLOBAL` with a memo the scanner does not follow "
+        "(mmaitre314/picklescan#22; the opcode, not the memo trick)",
+    ),
+    _code(
+        "inst_os_system",
+        "the `INST` opcode on `os.system`",
+        entry=_inst_os_system,
+    ),
+    _code(
+        "obj_exec",
+        "the `OBJ` opcode on `builtins.exec`",
+        entry=_obj_exec,
+    ),
+    _code(
+        "newobj_build_setstate",
+        "`NEWOBJ` + `BUILD` on a class whose `__setstate__` creates a file",
+        entry=_newobj_build_setstate,
+    ),
+    _code(
+        "persistent_id",
+        "a persistent id that is not a storage, carrying an `exec` call",
+        entry=_persistent_id,
+    ),
+    _code(
+        "nested_torch_load",
+        "`torch.load(weights_only=False)` (a `functools.partial`) called on a second, "
+        "embedded hostile checkpoint",
+        entry=_nested_torch_load,
+    ),
+    _code(
+        "numpy_object_array",
+        "a numpy array of `dtype=object` holding a `__reduce__` payload",
+        entry=_numpy_object_array,
+    ),
+    _code(
+        "torchscript_archive",
+        "a `torch.jit.save` archive whose TorchScript `__setstate__` creates the sentinel "
+        "with `torch.from_file(..., shared=True)`",
+        archive=_torchscript_archive,
+        advisory="CVE-2025-32434: `torch.load(weights_only=True)` ran a TorchScript archive "
+        "through `torch.jit.load` (torch <= 2.5.1)",
+    ),
+    _code(
+        "zip_duplicate_member",
+        "two `data.pkl` records, a benign one first and the `reduce_os_system` payload last: "
+        "torch, like Python's `zipfile`, reads the last; a tool reading the archive front to "
+        "back meets the benign one first",
+        archive=_zip_duplicate_member,
+        advisory="picklescan: a zip archive torch reads and the scanner cannot "
+        "(GHSA-7q5r-7gvp-wc82)",
+    ),
+    _code(
+        "zip_header_mismatch",
+        "the `reduce_os_system` payload in a `data.pkl` record whose local header names "
+        "`data.pkX`: torch reads the record, Python's `zipfile` (and a scanner built on it) "
+        "refuses the archive as damaged",
+        archive=_zip_header_mismatch,
+        advisory="picklescan: a zip archive torch reads and the scanner cannot "
+        "(GHSA-7q5r-7gvp-wc82)",
+    ),
+    _code(
+        "zip_encrypted_flag",
+        "the `reduce_os_system` payload in a `data.pkl` record whose local header sets the "
+        '"encrypted" flag (it is not encrypted; the central directory does not say so)',
+        archive=_zip_encrypted_flag,
+        advisory="picklescan: a zip flag bit crashes the scanner but not torch "
+        "(GHSA-w8jq-xcqf-f792)",
+    ),
+    _code(
+        "legacy_tar",
+        "the `reduce_os_system` payload as the `pickle` member of the tar archive torch "
+        "wrote before 0.4 (`sys_info`, `storages`, `tensors`, `pickle`), written by hand",
+        archive=_legacy_tar,
+        advisory="the legacy tar path, closed under `weights_only` in 2.6.0 together with "
+        "CVE-2025-32434 (pytorch/pytorch#145020)",
+    ),
+    Attack(
+        "setitem_on_tensor",
+        "memory",
+        "the weight tensor built by hand and `SETITEM` applied to it: the file's pickle "
+        "writes 7 into the weights after they are read",
+        harm="the file's pickle wrote into a loaded tensor (SETITEM on a non-dict)",
+        archive=lambda sentinel: _memory_attack(4, 4, 0),
+        advisory="CVE-2026-24747 / GHSA-63cw-57p8-fm3p, first half: `SETITEM`/`SETITEMS` on "
+        "non-dicts in the weights_only unpickler (torch < 2.10.0)",
+    ),
+    Attack(
+        "storage_record_short",
+        "memory",
+        "a weight declared as 64 float32 elements (256 bytes) over a storage record of 4 "
+        "bytes: the tensor covers 252 bytes the file never held",
+        harm="a tensor covers 252 bytes beyond its 4-byte storage record",
+        archive=lambda sentinel: _memory_attack(_SHORT_DECLARED_ELEMENTS, 1, None),
+        advisory="CVE-2026-24747 / GHSA-63cw-57p8-fm3p, second half: storage records of the "
+        "wrong size (torch < 2.10.0)",
+    ),
+    Attack(
+        "setitem_out_of_bounds",
+        "memory",
+        "both halves: a 4-byte record declared as 2**44 elements, and `SETITEM` sets the last "
+        "one, 64 TiB past the record, at an address no process has, so an accepting loader "
+        "dies then and there instead of corrupting its heap silently",
+        harm="the file's pickle wrote 64 TiB past its 4-byte storage record",
+        archive=lambda sentinel: _memory_attack(
+            _FAR_DECLARED_ELEMENTS, 1, _FAR_DECLARED_ELEMENTS - 1
+        ),
+        corrupts_memory=True,
+        advisory="CVE-2026-24747 / GHSA-63cw-57p8-fm3p, both halves",
+    ),
+    Attack(
+        "zeros_bomb",
+        "bomb",
+        "`__reduce__` to `torch.zeros(2**38)`",
+        harm=_BOMB_HARM,
+        archive=_zeros_bomb,
+    ),
+    Attack(
+        "storage_size_bomb",
+        "bomb",
+        "a storage persistent id declaring 2**38 elements over a 16-byte record",
+        harm=_BOMB_HARM,
+        archive=_storage_size_bomb,
+    ),
+    Attack(
+        "tensor_shape_bomb",
+        "bomb",
+        "`_rebuild_tensor_v2` with shape `(2**20,) * 3` over a 4-element storage",
+        harm=_BOMB_HARM,
+        archive=_tensor_shape_bomb,
+    ),
+)
 
-# What a loader that accepts the file has let happen, by attack class (for a code payload,
-# only if its sentinel appeared: one can also load without running, as a benign record).
-_HARM = {
-    **{attack: "ran the payload's code" for attack in _ATTACKS},
-    **{attack: "allocated what the file declares" for attack in _BOMBS},
-    "setitem_on_tensor": "the file's pickle wrote into a loaded tensor (SETITEM on a non-dict)",
-    "storage_record_short": "a tensor covers 252 bytes beyond its 4-byte storage record",
-    "setitem_out_of_bounds": "the file's pickle wrote 64 TiB past its 4-byte storage record",
-}
+_ATTACK = {record.name: record for record in ATTACK_REGISTRY}
 
+
+def _names(group: str) -> tuple[str, ...]:
+    return tuple(record.name for record in ATTACK_REGISTRY if record.group == group)
+
+
+#: The code-running classes (group ``"code"``).
+ATTACK_CLASSES = _names("code")
+#: The memory attacks (group ``"memory"``): the two halves of CVE-2026-24747 and both.
+MEMORY_ATTACK_CLASSES = _names("memory")
+#: The allocation bombs (group ``"bomb"``).
+BOMB_CLASSES = _names("bomb")
+#: Every attack class, code, memory and bombs.
 HOSTILE_CLASSES = ATTACK_CLASSES + MEMORY_ATTACK_CLASSES + BOMB_CLASSES
+#: The pickle-level classes, which also come in the legacy (non-zip) format.
+LEGACY_CARRIED_CLASSES = tuple(
+    record.name for record in ATTACK_REGISTRY if "legacy" in record.carriers
+)
+
+
+def attack(name: str) -> Attack:
+    """The record of the attack class ``name`` (one of :data:`HOSTILE_CLASSES`)."""
+    check_choice(name, HOSTILE_CLASSES, name="attack")
+    return _ATTACK[name]
 
 
 @dataclass(frozen=True)
@@ -530,11 +721,16 @@ class HostilePayload:
     def __post_init__(self) -> None:
         check_choice(self.attack, HOSTILE_CLASSES, name="attack")
         check_choice(self.carrier, CARRIERS, name="carrier")
-        if self.carrier == "legacy" and self.attack not in LEGACY_CARRIED_CLASSES:
+        if self.carrier not in self.record.carriers:
             raise InvalidArgument(
-                f"{self.attack!r} has no legacy carrier; those that do: "
+                f"{self.attack!r} has no {self.carrier} carrier; those that do: "
                 f"{list(LEGACY_CARRIED_CLASSES)!r}"
             )
+
+    @property
+    def record(self) -> Attack:
+        """The attack class's record."""
+        return _ATTACK[self.attack]
 
     @property
     def name(self) -> str:
@@ -545,33 +741,30 @@ class HostilePayload:
     def creates_sentinel(self) -> bool:
         """Whether running the payload creates the sentinel (false for memory attacks and
         allocation bombs)."""
-        return self.attack in _ATTACKS
+        return self.record.creates_sentinel
 
     @property
     def corrupts_memory(self) -> bool:
         """Whether a loader that accepts the file writes outside the memory it allocated: such
         a load may crash only later, so it belongs in a process of its own."""
-        return self.attack == "setitem_out_of_bounds"
+        return self.record.corrupts_memory
 
     @property
     def harm(self) -> str:
         """What a loader that accepts the file has let happen, in a few words (for a code
         payload: what happened if its sentinel appeared)."""
-        return _HARM[self.attack]
+        return self.record.harm
 
     def write(self, path: str | os.PathLike, sentinel: str | os.PathLike) -> None:
         """Write a torch checkpoint at ``path`` whose unpickling creates ``sentinel``.
 
-        ``reduce_runpy_run_path`` also writes the script it runs, next to ``sentinel``.
+        A class that needs more than the file (``reduce_runpy_run_path``: the script it runs)
+        writes it next to ``sentinel`` (:attr:`Attack.prepare`).
         """
         sentinel = os.fspath(sentinel)
-        if self.attack == "reduce_runpy_run_path":
-            with open(_runpy_script(sentinel), "w") as script:
-                script.write(_creates(sentinel) + "\n")
-        if self.carrier == "legacy":
-            data = _carried(_PICKLED[self.attack](sentinel), legacy=True)
-        else:
-            data = {**_ATTACKS, **_MEMORY_ATTACKS, **_BOMBS}[self.attack](sentinel)
+        if self.record.prepare is not None:
+            self.record.prepare(sentinel)
+        data = self.record.checkpoint(sentinel, self.carrier)
         with open(path, "wb") as file:
             file.write(data)
 
