@@ -4,6 +4,10 @@ Every module that depends on the torch version asks :func:`probe` instead of com
 version strings. Each answer is found by looking for the thing itself (a dtype, a class,
 a keyword argument) or by trying it once on a tiny input, so the same code runs on every
 torch from 1.13.1 on.
+
+What does not depend on the version is recorded here too, once: what each optimizer class
+requires of its parameters and of ``step`` (:data:`OPTIMIZER_REGISTRY`), read by the
+strategies, by the probe of optimizer flags and by the matrix's corpus.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import torch
 
 __all__ = [
     "DTYPE_NAMES",
+    "OPTIMIZER_REGISTRY",
     "Capabilities",
+    "OptimizerConstraints",
     "cyclic_lr_cycles_betas",
+    "optimizer_constraints",
     "optimizer_flags_that_run",
     "optimizer_param_names",
     "probe",
@@ -246,6 +253,73 @@ def weights_only_loadable_types() -> frozenset[type]:
     )
 
 
+@dataclass(frozen=True)
+class OptimizerConstraints:
+    """What one optimizer class of ``torch.optim`` requires, and keeps, whatever the torch
+    version; one record per class in :data:`OPTIMIZER_REGISTRY`.
+
+    Attributes:
+        name: the class's name in ``torch.optim``.
+        sparse_gradients_only: it trains only parameters with sparse gradients
+            (``nn.Embedding(sparse=True)``), and it is the only kind of optimizer the
+            strategies give a model that has them (SGD and Adagrad accept sparse gradients
+            too, but not with weight decay and other options the strategies draw).
+        matrix_parameters_only: it trains only 2-d parameters.
+        needs_closure: ``step`` must be given a closure that re-evaluates the loss.
+        single_group: it takes one parameter group only.
+        stateless_without: the hyperparameter without which (at 0) a step leaves no
+            per-parameter state; empty where every step leaves some.
+        own_dtype_state: the entries of its per-parameter state whose dtype can differ
+            from their parameter's (kept in float32, or in the dtype of all the group's
+            gradients concatenated), which ``Optimizer.load_state_dict`` casts to the
+            parameter's dtype all the same (pytorch/pytorch#43706).
+    """
+
+    name: str
+    sparse_gradients_only: bool = False
+    matrix_parameters_only: bool = False
+    needs_closure: bool = False
+    single_group: bool = False
+    stateless_without: str = ""
+    own_dtype_state: tuple[str, ...] = ()
+
+
+#: Every optimizer class the project knows, in the order the strategies prefer them,
+#: simplest first, so a failure shrinks toward SGD. Classes a torch version lacks are
+#: skipped; classes of a newer torch that are not here follow by name, unconstrained.
+OPTIMIZER_REGISTRY: tuple[OptimizerConstraints, ...] = (
+    OptimizerConstraints("SGD", stateless_without="momentum"),
+    OptimizerConstraints("Adam"),
+    OptimizerConstraints("AdamW"),
+    OptimizerConstraints("Adagrad"),
+    OptimizerConstraints("RMSprop"),
+    OptimizerConstraints("Adadelta"),
+    OptimizerConstraints("Adamax"),
+    OptimizerConstraints("NAdam", own_dtype_state=("mu_product",)),
+    OptimizerConstraints("RAdam"),
+    OptimizerConstraints("ASGD", own_dtype_state=("eta", "mu")),
+    OptimizerConstraints("Rprop"),
+    OptimizerConstraints("Adafactor"),
+    OptimizerConstraints("Muon", matrix_parameters_only=True),
+    OptimizerConstraints(
+        "LBFGS",
+        needs_closure=True,
+        single_group=True,
+        # Kept on the group's first parameter, over all the group's parameters.
+        own_dtype_state=("H_diag", "al", "d", "old_dirs", "old_stps", "prev_flat_grad", "ro"),
+    ),
+    OptimizerConstraints("SparseAdam", sparse_gradients_only=True),
+)
+
+_OPTIMIZER = {record.name: record for record in OPTIMIZER_REGISTRY}
+
+
+def optimizer_constraints(name: str) -> OptimizerConstraints:
+    """The record of the optimizer class ``name``; for a class :data:`OPTIMIZER_REGISTRY`
+    does not know (a newer torch's), a record without constraints."""
+    return _OPTIMIZER.get(name) or OptimizerConstraints(name)
+
+
 # Boolean constructor keywords of optimizers that select an implementation or a behaviour;
 # some exist on a torch version but refuse CPU tensors (capturable, fused) or leaf
 # parameters (differentiable), so each is tried once.
@@ -259,9 +333,9 @@ _OPTIMIZER_FLAGS = (
 )
 
 
-def _steps_with_flag(optimizer_class: type, flag: str) -> bool:
-    """Whether ``optimizer_class(..., flag=True)`` takes two steps on a tiny CPU parameter."""
-    sparse = optimizer_class.__name__ == "SparseAdam"
+def _steps_with_flag(optimizer_class: type, flag: str, sparse: bool) -> bool:
+    """Whether ``optimizer_class(..., flag=True)`` takes two steps on a tiny CPU parameter
+    (with a sparse gradient where ``sparse``)."""
     parameter = torch.nn.Parameter(torch.ones(2, 2))
 
     def closure() -> torch.Tensor:
@@ -290,10 +364,11 @@ def optimizer_flags_that_run(name: str) -> frozenset[str]:
     fused, capturable, differentiable, decoupled_weight_decay.
     """
     optimizer_class = probe().optimizers[name]
+    sparse = optimizer_constraints(name).sparse_gradients_only
     return frozenset(
         flag
         for flag in _OPTIMIZER_FLAGS
-        if _accepts(optimizer_class, flag) and _steps_with_flag(optimizer_class, flag)
+        if _accepts(optimizer_class, flag) and _steps_with_flag(optimizer_class, flag, sparse)
     )
 
 

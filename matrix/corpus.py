@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from hypothesis import HealthCheck, Phase, find, settings
 
-from harness.capabilities import DTYPE_NAMES, probe, torch_version
+from harness.capabilities import DTYPE_NAMES, optimizer_constraints, probe, torch_version
 from harness.devices import storages_tagged_as
 from harness.persistence import explain_error
 from matrix.describe import describe
@@ -146,7 +146,7 @@ def _trained(spec: TrainingSpec) -> dict[str, Any]:
 
 
 def _training_spec(optimizer_name: str, scheduler_spec=None) -> TrainingSpec:
-    if optimizer_name == "SparseAdam":
+    if optimizer_constraints(optimizer_name).sparse_gradients_only:
         model = _simplest(model_specs(["embedding"]), lambda spec: spec.has_sparse_gradients)
     else:
         model = _model_spec("linear")

@@ -5,7 +5,11 @@ class of the installed torch, the hyperparameters of each parameter group and th
 implementation flags (foreach, fused, maximize, ...); :class:`SchedulerSpec` names a
 scheduler class and its arguments, with child specs for ``SequentialLR`` and
 ``ChainedScheduler``. Which classes and flags exist, and which flags run on CPU, comes from
-:mod:`harness.capabilities`, so the same strategies run on every torch from 1.13.1 on.
+:mod:`harness.capabilities`, so the same strategies run on every torch from 1.13.1 on; so does
+what each optimizer class requires (sparse gradients, a closure, 2-d parameters, one group:
+:data:`harness.capabilities.OPTIMIZER_REGISTRY`, whose order is the order drawn). What is
+drawn for each optimizer, its learning rates and hyperparameters, is one entry of
+``_CHOICES`` here.
 
 Every choice is ordered simplest first, so a failure shrinks toward ``SGD`` with one
 parameter group and no flags, and toward ``StepLR``.
@@ -25,7 +29,10 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from harness.capabilities import (
+    OPTIMIZER_REGISTRY,
+    OptimizerConstraints,
     cyclic_lr_cycles_betas,
+    optimizer_constraints,
     optimizer_flags_that_run,
     optimizer_param_names,
     probe,
@@ -74,25 +81,32 @@ class OptimizerSpec:
     param_names: bool = False
 
     @property
+    def constraints(self) -> OptimizerConstraints:
+        """What the optimizer class requires, from
+        :func:`harness.capabilities.optimizer_constraints`."""
+        return optimizer_constraints(self.name)
+
+    @property
     def needs_sparse_gradients(self) -> bool:
         """Only parameters with sparse gradients (``nn.Embedding(sparse=True)``) can be trained."""
-        return self.name == "SparseAdam"
+        return self.constraints.sparse_gradients_only
 
     @property
     def needs_closure(self) -> bool:
         """``step`` must be given a closure that re-evaluates the loss."""
-        return self.name == "LBFGS"
+        return self.constraints.needs_closure
 
     @property
     def needs_matrix_params(self) -> bool:
         """Only 2-d parameters can be trained."""
-        return self.name == "Muon"
+        return self.constraints.matrix_parameters_only
 
     @property
     def keeps_state(self) -> bool:
         """Whether a step leaves per-parameter state (SGD without momentum keeps none)."""
-        if self.name == "SGD":
-            return any(dict(group).get("momentum", 0) != 0 for group in self.groups)
+        needed = self.constraints.stateless_without
+        if needed:
+            return any(dict(group).get(needed, 0) != 0 for group in self.groups)
         return True
 
 
@@ -109,93 +123,106 @@ _BETAS = _always("betas", (0.9, 0.999), (0.8, 0.99))
 _EPS = _always("eps", 1e-8, 1e-6)
 _WEIGHT_DECAY = _always("weight_decay", 0.0, 0.01)
 
-#: Learning rates each group draws from, per optimizer; groups never share one.
-_LEARNING_RATES = {
-    "LBFGS": (1.0, 0.5),
-    "Adadelta": (1.0, 0.5, 0.1),
-    "Muon": (0.001, 0.01, 0.02),
-}
 _DEFAULT_LEARNING_RATES = (0.01, 0.1, 0.001)
 
-#: Per-group hyperparameters besides the learning rate, per optimizer.
-_HYPERPARAMETERS: dict[str, tuple[_Option, ...]] = {
-    "SGD": (
-        _always("momentum", 0.0, 0.9),
-        ("nesterov", (False, True), lambda g: g["momentum"] > 0),
-        ("dampening", (0.0, 0.1), lambda g: g["momentum"] > 0 and not g["nesterov"]),
-        _WEIGHT_DECAY,
+
+@dataclass(frozen=True)
+class _Choices:
+    """What the strategies draw for one optimizer class.
+
+    Attributes:
+        hyperparameters: the per-group hyperparameters besides the learning rate.
+        learning_rates: the learning rates each group draws from; groups never share one.
+    """
+
+    hyperparameters: tuple[_Option, ...]
+    learning_rates: tuple[float, ...] = _DEFAULT_LEARNING_RATES
+
+
+# A class without an entry is drawn with fractions of its default learning rate and no
+# other hyperparameter.
+_CHOICES: dict[str, _Choices] = {
+    "SGD": _Choices(
+        (
+            _always("momentum", 0.0, 0.9),
+            ("nesterov", (False, True), lambda g: g["momentum"] > 0),
+            ("dampening", (0.0, 0.1), lambda g: g["momentum"] > 0 and not g["nesterov"]),
+            _WEIGHT_DECAY,
+        )
     ),
-    "Adam": (_BETAS, _EPS, _WEIGHT_DECAY, _always("amsgrad", False, True)),
-    "AdamW": (_BETAS, _EPS, _always("weight_decay", 0.01, 0.0), _always("amsgrad", False, True)),
-    "Adagrad": (
-        _always("lr_decay", 0.0, 0.01),
-        _WEIGHT_DECAY,
-        _always("initial_accumulator_value", 0.0, 0.1),
-        _always("eps", 1e-10, 1e-6),
+    "Adam": _Choices((_BETAS, _EPS, _WEIGHT_DECAY, _always("amsgrad", False, True))),
+    "AdamW": _Choices(
+        (_BETAS, _EPS, _always("weight_decay", 0.01, 0.0), _always("amsgrad", False, True))
     ),
-    "RMSprop": (
-        _always("alpha", 0.99, 0.9),
-        _EPS,
-        _WEIGHT_DECAY,
-        _always("momentum", 0.0, 0.9),
-        _always("centered", False, True),
+    "Adagrad": _Choices(
+        (
+            _always("lr_decay", 0.0, 0.01),
+            _WEIGHT_DECAY,
+            _always("initial_accumulator_value", 0.0, 0.1),
+            _always("eps", 1e-10, 1e-6),
+        )
     ),
-    "Adadelta": (_always("rho", 0.9, 0.95), _always("eps", 1e-6, 1e-4), _WEIGHT_DECAY),
-    "Adamax": (_BETAS, _EPS, _WEIGHT_DECAY),
-    "NAdam": (_BETAS, _EPS, _WEIGHT_DECAY, _always("momentum_decay", 0.004, 0.01)),
-    "RAdam": (_BETAS, _EPS, _WEIGHT_DECAY),
-    "ASGD": (
-        _always("lambd", 1e-4, 1e-3),
-        _always("alpha", 0.75, 0.5),
-        _always("t0", 1e6, 1.0),
-        _WEIGHT_DECAY,
+    "RMSprop": _Choices(
+        (
+            _always("alpha", 0.99, 0.9),
+            _EPS,
+            _WEIGHT_DECAY,
+            _always("momentum", 0.0, 0.9),
+            _always("centered", False, True),
+        )
     ),
-    "Rprop": (
-        _always("etas", (0.5, 1.2), (0.4, 1.3)),
-        _always("step_sizes", (1e-6, 50.0), (1e-5, 10.0)),
+    "Adadelta": _Choices(
+        (_always("rho", 0.9, 0.95), _always("eps", 1e-6, 1e-4), _WEIGHT_DECAY),
+        learning_rates=(1.0, 0.5, 0.1),
     ),
-    "Adafactor": (
-        _always("beta2_decay", -0.8, -0.5),
-        _always("eps", (None, 1e-3), (1e-30, 1e-3)),
-        _always("d", 1.0, 2.0),
-        _WEIGHT_DECAY,
+    "Adamax": _Choices((_BETAS, _EPS, _WEIGHT_DECAY)),
+    "NAdam": _Choices((_BETAS, _EPS, _WEIGHT_DECAY, _always("momentum_decay", 0.004, 0.01))),
+    "RAdam": _Choices((_BETAS, _EPS, _WEIGHT_DECAY)),
+    "ASGD": _Choices(
+        (
+            _always("lambd", 1e-4, 1e-3),
+            _always("alpha", 0.75, 0.5),
+            _always("t0", 1e6, 1.0),
+            _WEIGHT_DECAY,
+        )
     ),
-    "Muon": (
-        _always("weight_decay", 0.1, 0.0),
-        _always("momentum", 0.95, 0.9),
-        _always("nesterov", True, False),
-        _always("ns_steps", 5, 3),
-        _always("adjust_lr_fn", None, "original", "match_rms_adamw"),
+    "Rprop": _Choices(
+        (
+            _always("etas", (0.5, 1.2), (0.4, 1.3)),
+            _always("step_sizes", (1e-6, 50.0), (1e-5, 10.0)),
+        )
     ),
-    "LBFGS": (
-        _always("max_iter", 20, 5),
-        _always("history_size", 100, 5),
-        _always("line_search_fn", None, "strong_wolfe"),
+    "Adafactor": _Choices(
+        (
+            _always("beta2_decay", -0.8, -0.5),
+            _always("eps", (None, 1e-3), (1e-30, 1e-3)),
+            _always("d", 1.0, 2.0),
+            _WEIGHT_DECAY,
+        )
     ),
-    "SparseAdam": (_BETAS, _EPS),
+    "Muon": _Choices(
+        (
+            _always("weight_decay", 0.1, 0.0),
+            _always("momentum", 0.95, 0.9),
+            _always("nesterov", True, False),
+            _always("ns_steps", 5, 3),
+            _always("adjust_lr_fn", None, "original", "match_rms_adamw"),
+        ),
+        learning_rates=(0.001, 0.01, 0.02),
+    ),
+    "LBFGS": _Choices(
+        (
+            _always("max_iter", 20, 5),
+            _always("history_size", 100, 5),
+            _always("line_search_fn", None, "strong_wolfe"),
+        ),
+        learning_rates=(1.0, 0.5),
+    ),
+    "SparseAdam": _Choices((_BETAS, _EPS)),
 }
 
 #: Optimizers in the order :func:`optimizer_specs` prefers them; others follow by name.
-_OPTIMIZER_ORDER = (
-    "SGD",
-    "Adam",
-    "AdamW",
-    "Adagrad",
-    "RMSprop",
-    "Adadelta",
-    "Adamax",
-    "NAdam",
-    "RAdam",
-    "ASGD",
-    "Rprop",
-    "Adafactor",
-    "Muon",
-    "LBFGS",
-    "SparseAdam",
-)
-
-#: Optimizers that take a single parameter group only.
-_SINGLE_GROUP = frozenset({"LBFGS"})
+_OPTIMIZER_ORDER = tuple(record.name for record in OPTIMIZER_REGISTRY)
 
 _MAX_GROUPS = 3
 
@@ -245,16 +272,16 @@ def _group_options(
 @st.composite
 def _groups(draw: st.DrawFn, name: str) -> tuple[Options, ...]:
     optimizer_class = probe().optimizers[name]
-    learning_rates = _LEARNING_RATES.get(name)
-    if learning_rates is None:
-        if name in _HYPERPARAMETERS:
-            learning_rates = _DEFAULT_LEARNING_RATES
-        else:
-            learning_rates = _default_learning_rates(optimizer_class)
+    choices = _CHOICES.get(name)
+    if choices is None:
+        learning_rates, options = _default_learning_rates(optimizer_class), ()
+    else:
+        learning_rates, options = choices.learning_rates, choices.hyperparameters
     if not learning_rates:
         return ((),)
-    group = _group_options(learning_rates, _HYPERPARAMETERS.get(name, ()))
-    max_groups = 1 if name in _SINGLE_GROUP else min(_MAX_GROUPS, len(learning_rates))
+    group = _group_options(learning_rates, options)
+    single = optimizer_constraints(name).single_group
+    max_groups = 1 if single else min(_MAX_GROUPS, len(learning_rates))
     return tuple(draw(st.lists(group, min_size=1, max_size=max_groups, unique_by=lambda g: g[0])))
 
 

@@ -19,7 +19,7 @@ import torch
 from hypothesis import assume, event
 from hypothesis import strategies as st
 
-from harness.capabilities import probe
+from harness.capabilities import optimizer_constraints, probe
 from harness.state import TrainingState
 from strategies._arguments import check_names, collection_argument
 from strategies.model_specs import ModelSpec, model_specs
@@ -43,10 +43,6 @@ __all__ = [
     "training_cases",
     "training_states",
 ]
-
-# The optimizer made for sparse gradients (it trains only the sparse parameters). SGD and
-# Adagrad accept sparse gradients too, but not with weight decay and other options.
-_SPARSE_OPTIMIZERS = ("SparseAdam",)
 
 
 @dataclass(frozen=True)
@@ -135,19 +131,20 @@ class TrainingCase:
 
 
 def _fits(optimizer: str, spec: ModelSpec, trains_matrix: bool) -> bool:
-    if spec.has_sparse_gradients:
-        return optimizer in _SPARSE_OPTIMIZERS
-    if optimizer == "SparseAdam":
-        return False
-    if optimizer == "Muon":
+    constraints = optimizer_constraints(optimizer)
+    if spec.has_sparse_gradients or constraints.sparse_gradients_only:
+        return spec.has_sparse_gradients and constraints.sparse_gradients_only
+    if constraints.matrix_parameters_only:
         return trains_matrix
     return True
 
 
 def optimizer_fits(optimizer: str, model: torch.nn.Module, spec: ModelSpec) -> bool:
     """Whether the optimizer class named ``optimizer`` can train ``model`` (built from
-    ``spec``): sparse gradients only by SparseAdam, SparseAdam nothing else, Muon only a
-    model with a trainable 2-d parameter."""
+    ``spec``), as its :class:`~harness.capabilities.OptimizerConstraints` say: a model with
+    sparse gradients only by an optimizer for sparse gradients (SparseAdam), which trains
+    nothing else; one that trains only 2-d parameters (Muon) only a model with a trainable
+    2-d parameter."""
     trains_matrix = any(p.dim() == 2 for p in model.parameters() if p.requires_grad)
     return _fits(optimizer, spec, trains_matrix)
 

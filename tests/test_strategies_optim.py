@@ -1,6 +1,7 @@
 """Tests of strategies.optim: every drawn optimizer and scheduler builds, steps and keeps a
 state_dict that survives saving, every class of the installed torch is drawable, bad
-arguments are refused, and failures shrink to SGD with default flags."""
+arguments are refused, failures shrink to SGD with default flags, and what
+harness.capabilities records of each optimizer class is what torch does."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from hypothesis.errors import InvalidArgument, NoSuchExample
 
 from harness import assert_identical
 from harness.capabilities import (
+    OPTIMIZER_REGISTRY,
+    OptimizerConstraints,
     cyclic_lr_cycles_betas,
+    optimizer_constraints,
     optimizer_flags_that_run,
     optimizer_param_names,
     probe,
@@ -250,17 +254,109 @@ def test_groups_split_parameters_in_order():
 
 
 @pytest.mark.parametrize(
-    ("name", "module", "message"),
+    ("constraint", "module", "message"),
     [
-        ("SparseAdam", torch.nn.Linear(2, 2), "sparse"),
-        ("Muon", torch.nn.LayerNorm(3), "2-d"),
+        ("sparse_gradients_only", torch.nn.Linear(2, 2), "sparse"),
+        ("matrix_parameters_only", torch.nn.LayerNorm(3), "2-d"),
     ],
 )
-def test_modules_that_cannot_serve_a_spec_are_refused(name, module, message):
-    if name not in probe().optimizers:
-        pytest.skip(f"the installed torch has no {name}")
-    with pytest.raises(InvalidArgument, match=message):
-        build_optimizer(OptimizerSpec(name), module)
+def test_modules_that_cannot_serve_a_spec_are_refused(constraint, module, message):
+    names = [r.name for r in OPTIMIZER_REGISTRY if getattr(r, constraint)]
+    names = [name for name in names if name in probe().optimizers]
+    if not names:
+        pytest.skip(f"the installed torch has no optimizer with {constraint}")
+    for name in names:
+        with pytest.raises(InvalidArgument, match=message):
+            build_optimizer(OptimizerSpec(name), module)
+
+
+def test_each_optimizer_class_is_registered_once():
+    names = [record.name for record in OPTIMIZER_REGISTRY]
+    assert len(set(names)) == len(names)
+    assert all(optimizer_constraints(r.name) is r for r in OPTIMIZER_REGISTRY)
+    # A class of a newer torch that is not recorded yet: drawn, without constraints.
+    assert optimizer_constraints("NoSuchOptimizer") == OptimizerConstraints("NoSuchOptimizer")
+    assert set(probe().optimizers) <= set(names), "record the constraints of the new classes"
+
+
+def _refused(action) -> bool:
+    try:
+        action()
+    except Exception:  # torch refuses with TypeError, ValueError or RuntimeError
+        return True
+    return False
+
+
+def _stepped(name, params, *, sparse, closure=True, groups=1, **options):
+    """``name`` built over ``params`` (in ``groups`` groups) and stepped twice on a quadratic
+    loss, with sparse gradients where ``sparse``."""
+    param_groups = [{"params": params[i::groups]} for i in range(groups)]
+    optimizer = probe().optimizers[name](param_groups, lr=0.01, **options)
+
+    def compute_loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = sum(((p.double() - 0.5) ** 2).sum() for p in params)
+        loss.backward()
+        if sparse:
+            for p in params:
+                p.grad = p.grad.to_sparse()
+        return loss
+
+    for _ in range(2):
+        if closure:
+            optimizer.step(compute_loss)
+        else:
+            compute_loss()
+            optimizer.step()
+    return optimizer
+
+
+def _matrices(*dtypes):
+    return [torch.nn.Parameter(torch.ones(2, 2, dtype=dtype)) for dtype in dtypes]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [record for record in OPTIMIZER_REGISTRY if record.name in probe().optimizers],
+    ids=lambda record: record.name,
+)
+def test_the_recorded_constraints_are_what_torch_does(record):
+    name, sparse = record.name, record.sparse_gradients_only
+    assert _refused(lambda: _stepped(name, _matrices(torch.float32), sparse=False)) == sparse
+    vector = [torch.nn.Parameter(torch.ones(3))]
+    assert _refused(lambda: _stepped(name, vector, sparse=sparse)) == record.matrix_parameters_only
+    two = _matrices(torch.float32, torch.float32)
+    assert _refused(lambda: _stepped(name, two, sparse=sparse, closure=False)) == (
+        record.needs_closure
+    )
+    assert _refused(lambda: _stepped(name, two, sparse=sparse, groups=2)) == record.single_group
+
+    def keeps_tensors(optimizer) -> bool:
+        return any(
+            isinstance(v, torch.Tensor) for s in optimizer.state.values() for v in s.values()
+        )
+
+    assert keeps_tensors(_stepped(name, _matrices(torch.float32), sparse=sparse)) != bool(
+        record.stateless_without
+    )
+    if record.stateless_without:
+        options = {record.stateless_without: 0.9}
+        assert keeps_tensors(_stepped(name, _matrices(torch.float32), sparse=sparse, **options))
+
+    params = _matrices(torch.float32, torch.float64)
+    optimizer = _stepped(name, params, sparse=sparse)
+
+    def dtypes(value) -> set[torch.dtype]:
+        values = value if isinstance(value, list) else [value]
+        return {v.dtype for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+    own = {
+        key
+        for p in params
+        for key, value in optimizer.state[p].items()
+        if key != "step" and dtypes(value) - {p.dtype}
+    }
+    assert own == set(record.own_dtype_state)
 
 
 def test_unknown_optimizer_is_refused():
