@@ -353,30 +353,20 @@ def whole_model_refactoring(case: Any) -> Iterator[str]:
             extra = f" and {', '.join(also_wanted)}" if also_wanted else ""
             yield f"whole-model pickle loads with weights_only=True once allowlisted{extra}"
 
-        if case.refactoring in (
-            "rename_class",
-            "change_forward",
-            "change_init_signature",
-            "add_attribute",
-            "rename_attribute",
-        ):
-            module.rewrite(render_source(case.model, case.refactoring))
-        elif case.refactoring == "move_module":
-            module.rename(f"{module.name}_moved")
-        elif case.refactoring == "delete_module":
-            module.delete()
+        refactoring = case.record
+        refactoring.apply(module, case.model)
         outcome = _whole_model_outcome(whole_path, example_input, expected)
-        yield f"whole-model pickle after {case.refactoring}: {outcome}"
-        if case.refactoring == "none":
-            assert outcome == "loads and behaves the same", outcome
-        if case.refactoring == "delete_module":
+        yield f"whole-model pickle after {refactoring.name}: {outcome}"
+        if not refactoring.changes_code:
+            assert outcome == refactoring.pickle_outcome, outcome
+        if not refactoring.keeps_class:
             return  # the class is gone: there is nothing to load a state_dict into
 
-        fresh = _built_with_seed(getattr(module.load(), case.class_name_after), init_seed=1)
+        fresh = _built_with_seed(getattr(module.load(), refactoring.class_name), init_seed=1)
         state = load(state_path)
-        if case.keeps_parameter_names:
+        if refactoring.keeps_parameter_names:
             fresh.load_state_dict(state, strict=True)
-            if case.keeps_forward:
+            if refactoring.keeps_forward:
                 actual = _eval_output(fresh, (example_input,))
                 assert_identical(expected, actual, name="output after load_state_dict")
             return
@@ -389,7 +379,7 @@ def whole_model_refactoring(case: Any) -> Iterator[str]:
             unnamed = sorted(key for key in missing | unexpected if f'"{key}"' not in message)
             assert not unnamed, f"load_state_dict's error does not name {unnamed}: {message}"
             assert "Missing key(s)" in message and "Unexpected key(s)" in message, message
-            yield f"state_dict after {case.refactoring}: strict load names missing/unexpected keys"
+            yield f"state_dict after {refactoring.name}: strict load names missing/unexpected keys"
         else:
             raise AssertionError(f"strict load_state_dict accepted renamed keys {sorted(missing)}")
 
