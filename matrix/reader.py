@@ -33,7 +33,7 @@ from harness.safety import (
 from harness.sandbox import LoadOutcome, load_requests_in_child
 from matrix.corpus import MANIFEST, from_plain
 from matrix.describe import describe, first_difference
-from matrix.results import CORPUS_LOAD_MODES, Record
+from matrix.results import CORPUS_LOAD_MODES, Record, error_type_named_in
 from strategies.models import build_model
 from strategies.payloads import (
     CORRUPTION_KINDS,
@@ -127,25 +127,26 @@ _FURTHER_CHECKS: dict[str, Callable[[dict, Any], str | None]] = {
 }
 
 
-def _read(entry: dict, path: str, load_mode: str) -> tuple[str, str]:
-    """``(outcome, message)`` of loading one artifact."""
+def _read(entry: dict, path: str, load_mode: str) -> tuple[str, str, str]:
+    """``(outcome, message, error_type)`` of loading one artifact."""
     map_location = "cpu" if "tagged_as" in entry else None
     try:
         loaded = load_artifact(path, load_mode, map_location)
     except Exception as error:  # noqa: BLE001 - how the load failed is the result
-        return ("refused" if _is_refusal(error) else "error"), explain_error(error)
+        outcome = "refused" if _is_refusal(error) else "error"
+        return outcome, explain_error(error), type(error).__name__
     difference = first_difference(entry["expected"], describe(loaded))
     if difference:
-        return "differs", difference
+        return "differs", difference, ""
     for key, check in _FURTHER_CHECKS.items():
         if key in entry:
             try:
                 difference = check(entry, loaded)
             except Exception as error:  # noqa: BLE001
-                return "error", f"{key}: {explain_error(error)}"
+                return "error", f"{key}: {explain_error(error)}", type(error).__name__
             if difference:
-                return "differs", difference
-    return "identical", ""
+                return "differs", difference, ""
+    return "identical", "", ""
 
 
 def _summary(records: list[Record]) -> str:
@@ -165,30 +166,35 @@ def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list
         for entry in manifest["artifacts"]:
             for load_mode in CORPUS_LOAD_MODES:
                 if "unwritable" in entry:
-                    outcome, message = "unwritable", entry["unwritable"]
+                    # the manifest keeps only the writer's message, which names the class
+                    message = entry["unwritable"]
+                    outcome, error_type = "unwritable", error_type_named_in("unwritable", message)
                 else:
-                    outcome, message = _read(
-                        entry, os.path.join(directory, entry["file"]), load_mode
-                    )
-                records.append(
-                    Record(
-                        writer, reader, entry["name"], entry["kind"], load_mode, outcome, message
-                    )
-                )
+                    path = os.path.join(directory, entry["file"])
+                    outcome, message, error_type = _read(entry, path, load_mode)
+                names = (writer, reader, entry["name"], entry["kind"], load_mode)
+                records.append(Record(*names, outcome, message, error_type))
     progress(f"  read {writer}'s corpus: {_summary(records)}")
     return records
 
 
-def _payload_outcome(file: WrittenPayload, outcome: LoadOutcome) -> tuple[str, str]:
+# The kinds of LoadOutcome whose error_type names a Python exception (the others name a
+# signal or nothing).
+_RAISED_KINDS = ("refused", "out_of_memory")
+
+
+def _payload_outcome(file: WrittenPayload, outcome: LoadOutcome) -> tuple[str, str, str]:
+    """``(outcome, message, error_type)`` of loading one hostile file."""
     if file.ran:
-        return "executed", f"the payload ran ({outcome.kind}): {outcome.detail}"[:300]
+        raised = outcome.error_type if outcome.kind in _RAISED_KINDS else ""
+        return "executed", f"the payload ran ({outcome.kind}): {outcome.detail}"[:300], raised
     if outcome.kind in ("crashed", "timeout"):
-        return "crashed", f"{outcome.kind} ({outcome.error_type}): {outcome.detail}"[:300]
+        return "crashed", f"{outcome.kind} ({outcome.error_type}): {outcome.detail}"[:300], ""
     if outcome.kind == "loaded" and file.payload.creates_sentinel:
-        return "differs", "loaded without running the payload"
+        return "differs", "loaded without running the payload", ""
     if outcome.kind == "loaded":
-        return "differs", f"loaded: {file.payload.harm}"
-    return "refused", outcome.detail[:300]
+        return "differs", f"loaded: {file.payload.harm}", ""
+    return "refused", outcome.detail[:300], outcome.error_type or ""
 
 
 # Every hostile class in a zip checkpoint, then every pickle-level one in the legacy format;
@@ -214,13 +220,9 @@ def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
                 try:
                     files += write_payloads([payload], directory)
                 except Exception as error:  # noqa: BLE001
-                    message = explain_error(error)
-                    kind = f"payload:{payload.attack}"
-                    records.append(
-                        Record(
-                            version, version, payload.name, kind, load_mode, "unwritable", message
-                        )
-                    )
+                    names = (version, version, payload.name, f"payload:{payload.attack}")
+                    message, error_type = explain_error(error), type(error).__name__
+                    records.append(Record(*names, load_mode, "unwritable", message, error_type))
             requests = [
                 file.request(
                     weights_only=load_mode != "unsafe", mmap=load_mode == "weights_only_mmap"
@@ -228,11 +230,8 @@ def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
                 for file in files
             ]
             for file, outcome in zip(files, load_requests_in_child(requests), strict=True):
-                result, message = _payload_outcome(file, outcome)
-                kind = f"payload:{file.payload.attack}"
-                records.append(
-                    Record(version, version, file.payload.name, kind, load_mode, result, message)
-                )
+                names = (version, version, file.payload.name, f"payload:{file.payload.attack}")
+                records.append(Record(*names, load_mode, *_payload_outcome(file, outcome)))
     broken = sorted(
         {
             r.artifact
@@ -259,16 +258,17 @@ MALFORMED = tuple(
 )
 
 
-def _malformed_outcome(load: MalformedLoad) -> tuple[str, str]:
+def _malformed_outcome(load: MalformedLoad) -> tuple[str, str, str]:
+    """``(outcome, message, error_type)`` of loading one damaged file."""
     outcome = load.outcome
     if outcome.kind in LOAD_FAILURES:
-        return "crashed", f"{outcome}: {outcome.detail}"[:300]
+        return "crashed", f"{outcome}: {outcome.detail}"[:300], ""
     if outcome.kind == "refused":
         clean = outcome.error_type in CLEAN_REFUSALS
-        return ("refused" if clean else "error"), outcome.detail[:300]
+        return ("refused" if clean else "error"), outcome.detail[:300], outcome.error_type or ""
     if load.difference is not None:
-        return "differs", f"loaded with other content: {load.difference}"[:300]
-    return "identical", ""
+        return "differs", f"loaded with other content: {load.difference}"[:300], ""
+    return "identical", "", ""
 
 
 def malformed_records(progress: Callable[[str], None] = print) -> list[Record]:
@@ -283,8 +283,7 @@ def malformed_records(progress: Callable[[str], None] = print) -> list[Record]:
         corruption = load.corruption
         artifact = f"malformed/{corruption.kind}/{corruption.index}/{corruption.mask:#x}"
         load_mode = "weights_only_mmap" if load.mmap else "weights_only"
-        outcome, message = _malformed_outcome(load)
-        kind = f"malformed:{corruption.kind}"
-        records.append(Record(version, version, artifact, kind, load_mode, outcome, message))
+        names = (version, version, artifact, f"malformed:{corruption.kind}", load_mode)
+        records.append(Record(*names, *_malformed_outcome(load)))
     progress(f"  damaged files: {len(records)} loads: {_summary(records)}")
     return records

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import configparser
+import functools
 import glob
 import json
 import os
@@ -21,7 +22,15 @@ from matrix.corpus import MANIFEST, from_plain, to_plain, write_corpus
 from matrix.describe import describe, first_difference
 from matrix.reader import MALFORMED, PAYLOADS, malformed_records, payload_records, read_corpus
 from matrix.render import PANELS, READER_PANELS, panel_of, render, shown_outcome
-from matrix.results import BUILT_BY_READER, Record, merge, read_records, write_records
+from matrix.results import (
+    BUILT_BY_READER,
+    RAISING_OUTCOMES,
+    Record,
+    error_type_named_in,
+    merge,
+    read_records,
+    write_records,
+)
 from matrix.versions import VERSIONS, check_versions, needs_numpy_1, tox_env, version_key
 from strategies.model_specs import model_specs
 from strategies.optim import optimizer_specs, scheduler_specs
@@ -150,6 +159,83 @@ def test_records_round_trip_sorted_and_conflicts_are_refused(tmp_path):
         merge([[a], [Record("2.10.0", "2.9.1", "views", "views", "weights_only", "differs")]])
 
 
+def test_records_without_error_type_read_and_write_back_unchanged(tmp_path):
+    old = tmp_path / "old.json"
+    fields = '"writer": "2.6.0", "reader": "2.6.0", "artifact": "views", "kind": "views"'
+    old.write_text(
+        f'[\n  {{{fields}, "load_mode": "weights_only", "outcome": "refused", '
+        '"message": "UnpicklingError: WeightsUnpickler error: x"}\n]\n'
+    )
+    (record,) = read_records(str(old))
+    assert record.error_type is None and record.error_class == "UnpicklingError"
+    write_records([record], str(tmp_path / "again.json"))
+    assert (tmp_path / "again.json").read_text() == old.read_text()
+    new = Record(
+        "2.6.0", "2.6.0", "views", "views", "default", "error", "KeyError: 'x'", "KeyError"
+    )
+    write_records([record, new], str(tmp_path / "both.json"))
+    assert read_records(str(tmp_path / "both.json")) == [new, record]  # default sorts first
+    with pytest.raises(ValueError, match="error_type"):
+        Record("2.6.0", "2.6.0", "views", "views", "default", "error", "x", "not a class")
+
+
+@pytest.mark.parametrize(
+    "outcome, message, named",
+    [
+        (
+            "refused",
+            "UnpicklingError: WeightsUnpickler error: Unsupported operand 71",
+            "UnpicklingError",
+        ),
+        ("error", "EOFError: ", "EOFError"),
+        ("error", "outputs: TypeError: argument 'qkv_bias' must be Tensor", "TypeError"),
+        ("error", "restored: ValueError: no optimizer 'Adafactor'", "ValueError"),
+        ("error", "error: unpack requires a buffer of 4 bytes", "error"),
+        ("unwritable", "KeyError: 'dtype torch.complex32 is not recognized'", "KeyError"),
+        (
+            "executed",
+            "the payload ran (refused): AssertionError: Unknown typename",
+            "AssertionError",
+        ),
+        ("executed", "the payload ran (loaded): ", ""),
+        ("executed", "the payload ran (crashed): killed by SIGSEGV; stderr: ", ""),
+        ("crashed", "crashed (SIGSEGV): killed by SIGSEGV; stderr: ", ""),
+        ("crashed", "out_of_memory (MemoryError): MemoryError: ", ""),
+        ("differs", "restored optimizer differs: ['state'][0]['step']: expected a int", ""),
+        ("identical", "", ""),
+    ],
+)
+def test_the_exception_class_is_read_from_each_form_of_message(outcome, message, named):
+    assert error_type_named_in(outcome, message) == named
+    assert (
+        Record("2.6.0", "2.6.0", "views", "views", "default", outcome, message).error_class == named
+    )
+
+
+def test_verdicts_compare_outcomes_and_exception_classes_not_messages():
+    def load(outcome, message="", error_type=None, artifact="views"):
+        return Record("2.6.0", "2.13.0", artifact, "views", "default", outcome, message, error_type)
+
+    recorded = [
+        load("refused", "UnpicklingError: Unsupported operand 71"),
+        load("identical", artifact="a"),
+    ]
+    reworded = [
+        load("refused", "UnpicklingError: unsupported opcode BINFLOAT", "UnpicklingError"),
+        load("identical", artifact="a"),
+    ]
+    assert_same_verdicts(reworded, recorded)
+    for changed in (
+        [load("error", "RuntimeError: Unsupported operand 71", "RuntimeError"), recorded[1]],
+        [load("refused", "RuntimeError: Unsupported operand 71", "RuntimeError"), recorded[1]],
+        [recorded[0], load("differs", "['x']: missing", "", artifact="a")],
+        [recorded[0]],
+        [*recorded, load("identical", artifact="b")],
+    ):
+        with pytest.raises(AssertionError, match="1 of 2 loads end otherwise"):
+            assert_same_verdicts(changed, recorded)
+
+
 def test_record_messages_name_no_machine_folder():
     folder = "/home/a/.tox/e/lib/python3.11/site-packages"
     message = f"Can't get attribute 'x' on <module 'torch._utils' from '{folder}/torch/_utils.py'>"
@@ -219,57 +305,121 @@ def test_writing_the_corpus_twice_gives_the_same_manifest(tmp_path):
 def test_every_torch_version_has_a_committed_corpus_and_results():
     committed = [os.path.basename(os.path.dirname(path)) for path in CORPORA]
     assert committed == list(VERSIONS)
-    records = read_records(RESULTS)
+    records = _committed_records()
     assert {r.writer for r in records} == set(VERSIONS)
     assert {r.reader for r in records} == set(VERSIONS)
 
 
-def _committed_outcomes(writer: str, built_by_reader: bool = False) -> dict[tuple, tuple]:
-    """The committed outcomes of the corpus of ``writer`` read by the installed torch, or
+@functools.cache
+def _committed_records() -> tuple[Record, ...]:
+    return tuple(read_records(RESULTS))
+
+
+def _committed_loads(writer: str, built_by_reader: bool = False) -> list[Record]:
+    """The committed records of the corpus of ``writer`` read by the installed torch, or
     (``built_by_reader``) of the payloads and damaged files it built."""
-    return {
-        (r.artifact, r.load_mode): (r.outcome, r.message)
-        for r in read_records(RESULTS)
+    return [
+        r
+        for r in _committed_records()
         if r.writer == writer
         and r.reader == torch_version()
         and r.kind.startswith(BUILT_BY_READER) == built_by_reader
-    }
+    ]
+
+
+def _verdict(record: Record) -> tuple[str, str]:
+    """What a test compares: the outcome, and the exception class where one was raised."""
+    return record.outcome, record.error_class
+
+
+def _shown(record: Record | None) -> str:
+    if record is None:
+        return "no record"
+    raised = f" ({record.error_class})" if record.error_class else ""
+    return f"{record.outcome}{raised}: {record.message!r}"
+
+
+def assert_same_verdicts(actual: list[Record], expected: list[Record]) -> None:
+    """Every load of ``expected`` is in ``actual`` with the same outcome and, where it
+    raised, the same exception class, and ``actual`` has no other load. Messages are for
+    people: torch rewords its errors between releases, and so may the reader; each
+    difference is shown with both messages."""
+    recorded = {(r.artifact, r.load_mode): r for r in expected}
+    now = {(r.artifact, r.load_mode): r for r in actual}
+    changed = []
+    for key in sorted(recorded.keys() | now.keys()):
+        before, after = recorded.get(key), now.get(key)
+        if before is None or after is None or _verdict(before) != _verdict(after):
+            changed.append(f"{key[0]} [{key[1]}]: recorded {_shown(before)}, now {_shown(after)}")
+    assert not changed, f"{len(changed)} of {len(recorded)} loads end otherwise:\n" + "\n".join(
+        changed
+    )
+
+
+def assert_error_types_recorded(records: list[Record]) -> None:
+    """The reader records every exception class as data, and it is the one its message
+    names: what is derived from the messages of older records is what it records now."""
+    wrong = [
+        f"{r.artifact} [{r.load_mode}]: error_type {r.error_type!r}, message {r.message!r}"
+        for r in records
+        if r.error_type is None or r.error_type != error_type_named_in(r.outcome, r.message)
+    ]
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.parametrize(
     "manifest", CORPORA, ids=lambda path: os.path.basename(os.path.dirname(path))
 )
 def test_committed_corpus_reads_as_the_matrix_recorded(manifest):
-    """Every committed corpus, read by the installed torch, gives the outcomes the matrix
-    committed for this torch version as reader."""
+    """Every committed corpus, read by the installed torch, gives the outcomes (and the
+    exception classes) the matrix committed for this torch version as reader."""
     writer = os.path.basename(os.path.dirname(manifest))
-    expected = _committed_outcomes(writer)
+    expected = _committed_loads(writer)
     if not expected:
         pytest.skip(f"the committed results have no reader {torch_version()}")
     records = read_corpus(os.path.dirname(manifest), progress=lambda line: None)
-    actual = {(r.artifact, r.load_mode): (r.outcome, r.message) for r in records}
-    assert actual == expected
+    assert_error_types_recorded(records)
+    assert_same_verdicts(records, expected)
 
 
 def test_payloads_and_damaged_files_end_as_the_matrix_recorded():
-    """The hostile and damaged files the installed torch builds and loads end exactly as the
-    matrix committed for this torch version."""
-    expected = _committed_outcomes(torch_version(), built_by_reader=True)
+    """The hostile and damaged files the installed torch builds and loads end as the matrix
+    committed for this torch version: the same outcomes and exception classes."""
+    expected = _committed_loads(torch_version(), built_by_reader=True)
     if not expected:
         pytest.skip(f"the committed results have no reader {torch_version()}")
     records = payload_records(progress=lambda line: None)
     records += malformed_records(progress=lambda line: None)
-    actual = {(r.artifact, r.load_mode): (r.outcome, r.message) for r in records}
-    assert actual == expected
+    assert_error_types_recorded(records)
+    assert_same_verdicts(records, expected)
     assert {r.kind for r in records if r.kind.startswith("malformed:")} == {
         f"malformed:{corruption.kind}" for corruption in MALFORMED
     }
 
 
+def test_every_committed_record_names_its_exception_class_exactly_when_one_was_raised():
+    """Records written before ``error_type`` existed name the class in their message: it is
+    found for every outcome that raised and for no outcome that cannot have; records that
+    hold it as data agree with their message."""
+    records = _committed_records()
+    named = {(r.outcome, bool(r.error_class)) for r in records}
+    assert {(outcome, True) for outcome in RAISING_OUTCOMES} <= named
+    assert not {(outcome, False) for outcome in RAISING_OUTCOMES} & named
+    assert {outcome for outcome, found in named if found} <= {*RAISING_OUTCOMES, "executed"}
+    disagreeing = [
+        r
+        for r in records
+        if r.error_type is not None and r.error_type != error_type_named_in(r.outcome, r.message)
+    ]
+    assert not disagreeing
+    classes = {r.error_class for r in records}
+    assert {"UnpicklingError", "RuntimeError", "EOFError", "TypeError", "ValueError"} <= classes
+
+
 def test_reader_built_artifacts_are_named_apart_from_corpus_artifacts():
     """A payload's or damaged file's artifact name never equals a corpus artifact's: records
     are keyed by (writer, reader, artifact, load mode), and a reader is the writer of both."""
-    corpus = {r.artifact for r in read_records(RESULTS) if not r.kind.startswith(BUILT_BY_READER)}
+    corpus = {r.artifact for r in _committed_records() if not r.kind.startswith(BUILT_BY_READER)}
     built = {payload.name for payload in PAYLOADS}
     built |= {f"malformed/{c.kind}/{c.index}/{c.mask:#x}" for c in MALFORMED}
     assert corpus and not corpus & built
