@@ -36,6 +36,14 @@ BREAKS = Invariant("breaks", "all integers are small", lambda: st.integers(0, 10
 BREAKS_TWICE = Invariant(
     "breaks_twice", "integers are moderate", lambda: st.integers(-100, 100), two_ways
 )
+
+
+def observes_value(value: int):
+    yield str(value)
+
+
+# Passes on any integer and observes each one it is checked on: which values were drawn.
+DRAWS = Invariant("draws", "any integer", lambda: st.integers(), observes_value)
 FEW = settings(max_examples=20, database=None, deadline=None, derandomize=True)
 
 
@@ -158,12 +166,20 @@ def test_progress_lines_come_while_a_long_invariant_runs():
     )
 
 
+def drawn(report) -> dict[str, int]:
+    """The values the first invariant of ``report`` was checked on (DRAWS observes them)."""
+    return report.results[0].observations
+
+
 def test_seed_is_drawn_recorded_and_reused():
-    randomized = run_suite([BREAKS], profile="dev")
+    randomized = run_suite([DRAWS], profile="dev")
     assert isinstance(randomized.seed, int)
-    again = run_suite([BREAKS], profile="dev", random_seed=randomized.seed)
+    again = run_suite([DRAWS], profile="dev", random_seed=randomized.seed)
+    other = run_suite([DRAWS], profile="dev", random_seed=randomized.seed + 1)
     assert again.seed == randomized.seed
-    assert again.results[0].minimal_example == randomized.results[0].minimal_example
+    # the recorded seed is the one the run drew with: reused, it draws the same values
+    assert drawn(again) == drawn(randomized)
+    assert drawn(other) != drawn(randomized)
     assert run_suite([BREAKS], profile="ci", random_seed=3).seed is None  # derandomized
 
 
@@ -232,8 +248,9 @@ def test_report_renders_table_json_and_markdown(tmp_path):
 
 
 def test_ci_profile_runs_are_repeatable():
-    first = run_suite([BREAKS, HOLDS], profile="ci")
-    second = run_suite([BREAKS, HOLDS], profile="ci")
+    first = run_suite([DRAWS, BREAKS, HOLDS], profile="ci")
+    second = run_suite([DRAWS, BREAKS, HOLDS], profile="ci")
+    assert len(drawn(first)) > 1  # wide draws: two runs agree only if they draw alike
     assert [(r.examples, r.minimal_example, r.observations) for r in first.results] == [
         (r.examples, r.minimal_example, r.observations) for r in second.results
     ]
