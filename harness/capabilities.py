@@ -22,6 +22,7 @@ import torch
 
 __all__ = [
     "DTYPE_NAMES",
+    "OPTIMIZER_FLAGS",
     "OPTIMIZER_REGISTRY",
     "Capabilities",
     "OptimizerConstraints",
@@ -320,10 +321,10 @@ def optimizer_constraints(name: str) -> OptimizerConstraints:
     return _OPTIMIZER.get(name) or OptimizerConstraints(name)
 
 
-# Boolean constructor keywords of optimizers that select an implementation or a behaviour;
-# some exist on a torch version but refuse CPU tensors (capturable, fused) or leaf
-# parameters (differentiable), so each is tried once.
-_OPTIMIZER_FLAGS = (
+#: Boolean constructor keywords of optimizers that select an implementation or a behaviour;
+#: some exist on a torch version but refuse CPU tensors (capturable, fused) or leaf
+#: parameters (differentiable), so each is tried once (:func:`optimizer_flags_that_run`).
+OPTIMIZER_FLAGS = (
     "maximize",
     "foreach",
     "fused",
@@ -367,7 +368,7 @@ def optimizer_flags_that_run(name: str) -> frozenset[str]:
     sparse = optimizer_constraints(name).sparse_gradients_only
     return frozenset(
         flag
-        for flag in _OPTIMIZER_FLAGS
+        for flag in OPTIMIZER_FLAGS
         if _accepts(optimizer_class, flag) and _steps_with_flag(optimizer_class, flag, sparse)
     )
 

@@ -47,6 +47,7 @@ __all__ = [
     "WarmupFactor",
     "build_optimizer",
     "build_scheduler",
+    "drawn_hyperparameters",
     "optimizer_specs",
     "optimizer_step",
     "scheduler_specs",
@@ -220,6 +221,21 @@ _CHOICES: dict[str, _Choices] = {
     ),
     "SparseAdam": _Choices((_BETAS, _EPS)),
 }
+
+
+def drawn_hyperparameters(name: str) -> tuple[tuple[str, tuple[Any, ...], bool], ...] | None:
+    """What :func:`optimizer_specs` draws for each parameter group of the optimizer class
+    ``name``: ``(hyperparameter, choices simplest first, whether it is drawn only where the
+    values drawn before it allow)``, the learning rate first; None for a class drawn with
+    fractions of its default learning rate only."""
+    choices = _CHOICES.get(name)
+    if choices is None:
+        return None
+    return (
+        ("lr", choices.learning_rates, False),
+        *((option, values, when is not None) for option, values, when in choices.hyperparameters),
+    )
+
 
 #: Optimizers in the order :func:`optimizer_specs` prefers them; others follow by name.
 _OPTIMIZER_ORDER = tuple(record.name for record in OPTIMIZER_REGISTRY)

@@ -20,6 +20,7 @@ import strategies
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = (
     "bundles",
+    "catalog",
     "model_specs",
     "models",
     "optim",
