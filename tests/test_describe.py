@@ -172,11 +172,19 @@ def _has_bytes(item: Any) -> bool:
     return isinstance(item, torch.Tensor) and tensor_storage(_storage_target(item)).nbytes() > 0
 
 
+def _storage_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A uint8 tensor over every byte of the storage that holds ``tensor``'s values."""
+    storage = tensor_storage(_storage_target(tensor))
+    if isinstance(storage, torch.storage.TypedStorage):
+        # torch 1.13 has no untyped_storage(); a uint8 tensor is set only to untyped bytes
+        storage = storage.untyped()
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+
 def _flip_storage_bit(draw: st.DrawFn, root: Any, path: tuple, tensor: torch.Tensor) -> Any:
     """Flip one bit of the storage in place: every view of it in ``b`` sees the change."""
-    storage = tensor_storage(_storage_target(tensor))
-    raw = torch.empty(0, dtype=torch.uint8).set_(storage)
-    raw[draw(st.integers(0, storage.nbytes() - 1))] ^= 1 << draw(st.integers(0, 7))
+    raw = _storage_bytes(tensor)
+    raw[draw(st.integers(0, raw.numel() - 1))] ^= 1 << draw(st.integers(0, 7))
     return root
 
 
