@@ -46,6 +46,10 @@ from harness.devices import storages_tagged_as
 from harness.report import Report
 from harness.state import TrainingState
 from harness.suite import Invariant, Unshrinkable, run_suite
+from strategies.model_specs import available_families
+from strategies.models import models
+from strategies.payloads import hostile_payloads
+from strategies.training import training_cases
 
 __all__ = [
     "CAUSES",
@@ -525,11 +529,26 @@ def state_restored(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
             )
             assert not training, f"loaded for inference but in training mode: {training}"
             original.model.eval()
+            _match_requires_grad(original.model, fresh.model)
             with torch.no_grad():
                 expected = original.model(*case.example_input)
                 actual = fresh.model(*case.example_input)
             assert_identical(expected, actual, name="output")
     yield from ()
+
+
+def _match_requires_grad(original: torch.nn.Module, restored: torch.nn.Module) -> None:
+    """Give the original's parameters the ``requires_grad`` of the restored ones.
+
+    A loader may freeze the model for inference (``requires_grad_(False)``), and torch's
+    matmul takes another path for a non-contiguous batched input when an operand requires
+    grad, even under ``no_grad`` (docs/findings.md, finding 23): the outputs would then
+    differ in the last bits though every parameter is restored exactly.
+    """
+    flags = {name: p.requires_grad for name, p in restored.named_parameters()}
+    for name, parameter in original.named_parameters():
+        if name in flags:
+            parameter.requires_grad_(flags[name])
 
 
 def _assert_restored(original: TrainingState, restored: TrainingState) -> None:
@@ -618,18 +637,12 @@ class _Draws:
 
     def cases(self) -> st.SearchStrategy:
         if self.purpose == "inference":
-            from strategies.models import models
-
             # An uninitialized lazy module holds UninitializedParameters, which no
             # weights_only=True loader can read and no trained model has.
             return models(self.families, allow_uninitialized=False)
-        from strategies.training import training_cases
-
         return training_cases(self.families, self.optimizers, self.schedulers)
 
     def hostile(self) -> st.SearchStrategy:
-        from strategies.payloads import hostile_payloads
-
         return st.tuples(self.cases(), hostile_payloads())
 
 
@@ -693,8 +706,6 @@ CHECKPOINTER_INVARIANTS: tuple[CheckpointerInvariant, ...] = (
 
 def _exclusions(exclude: Iterable[str], purpose: str) -> tuple[set[str], _Draws]:
     """The invariants left out and what the examples are drawn from, from ``exclude``."""
-    from strategies.model_specs import available_families
-
     if isinstance(exclude, str) or not isinstance(exclude, Iterable):
         raise InvalidArgument(
             f"exclude={exclude!r} must be a collection of names, e.g. exclude=['dropout', 'LBFGS']"
