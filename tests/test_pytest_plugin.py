@@ -60,8 +60,10 @@ HARNESS = "torch-persistence-harness"
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     """The user's project starts with no harness variable (tests/conftest.py sets one for
-    this project's own run) and outside CI."""
+    this project's own run) and outside CI (tox passes $CI on also as the variable below,
+    which Hypothesis reads too: tox-dev/tox#3442)."""
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("__TOX_ENVIRONMENT_VARIABLE_ORIGINAL_CI", raising=False)
     monkeypatch.delenv("HARNESS_PROFILE", raising=False)
 
 
