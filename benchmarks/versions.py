@@ -1,8 +1,9 @@
 """The benchmarks across torch versions: one table and one picture from the runs that the
 matrix's environments stored as ``matrix/bench/<version>.json``.
 
-Each environment of the matrix runs :data:`SELECTION` of the benchmarks (``python -m matrix
-bench``, or ``python -m matrix run --bench``): ``torch.save``/``torch.load`` to and from memory
+Each environment of the matrix runs the selection of the benchmarks named by
+``matrix.versions.BENCHMARK_SELECTION`` (``python -m matrix bench``, or ``python -m matrix run
+--bench``): ``torch.save``/``torch.load`` to and from memory
 at every size, and many small tensors against one, with a memory copy of the same bytes
 measured in the same run. Versions are compared by the fraction of that copy's speed each
 operation reaches, which cancels most of the machine's drift between runs; MiB/s are shown
@@ -19,12 +20,10 @@ from pathlib import Path
 
 from benchmarks.payloads import SIZES
 from benchmarks.report import MIB, load_benchmarks, rows
-from matrix.versions import version_key
+from harness.releases import version_key
 
-__all__ = ["SELECTION", "fractions_by_version", "markdown_table", "plot"]
+__all__ = ["fractions_by_version", "markdown_table", "plot"]
 
-#: pytest ``-k`` expression: what every torch version of the matrix runs.
-SELECTION = "limit_memory_copy or torch_save_buffer or torch_load_buffer or many_tensors"
 _LARGEST = f"{SIZES[-1] // MIB}MiB"
 #: The series of the table and the picture: a benchmark name (its size in brackets).
 SERIES = {

@@ -2,6 +2,12 @@
 
 The public names below are imported on first use (PEP 562), so that importing a submodule
 such as :mod:`harness.profiles` or the pytest plugin does not import torch.
+
+Imports run in one direction. :data:`FOUNDATION` is what ``strategies`` builds on: those
+modules import only the standard library, torch, numpy, Hypothesis and each other.
+``strategies`` imports only the foundation from ``harness``; the rest of ``harness`` imports
+``strategies``; ``matrix`` and ``benchmarks`` import both, and neither imports the other
+(tests/test_imports.py checks all of it).
 """
 
 from __future__ import annotations
@@ -28,6 +34,14 @@ __all__ = [
     "check_checkpointer",
     "probe",
 ]
+
+#: The modules of the foundation, below ``strategies`` and the rest of ``harness``.
+FOUNDATION = (
+    "harness.capabilities",
+    "harness.compare",
+    "harness.persistence",
+    "harness.state",
+)
 
 # Where each public name is defined.
 _MODULES = {

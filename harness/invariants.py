@@ -20,6 +20,7 @@ import torch
 from hypothesis import strategies as st
 
 from harness.capabilities import probe
+from harness.checkpointer import checkpointer_invariants
 from harness.compare import assert_identical
 from harness.devices import CPU_MAP_LOCATIONS, storages_tagged_as
 from harness.persistence import (
@@ -32,9 +33,14 @@ from harness.persistence import (
     save,
 )
 from harness.pickle_scan import referenced_globals
+from harness.recipes import TrainingCheckpoint
 from harness.safety import safety_invariants
 from harness.suite import Invariant
 from harness.temp_modules import temporary_module
+from strategies.bundles import bundles, unsafe_contents
+from strategies.models import models
+from strategies.options import save_options
+from strategies.refactorings import refactoring_cases, render_source
 
 __all__ = [
     "INVARIANTS",
@@ -328,8 +334,6 @@ def whole_model_refactoring(case: Any) -> Iterator[str]:
     otherwise fails with an error naming every missing and unexpected key. What the
     whole-model pickle does after the refactoring is reported.
     """
-    from strategies.refactorings import render_source
-
     caps = probe()
     with temporary_module(render_source(case.model)) as module, tempfile.TemporaryDirectory() as d:
         model = _built_with_seed(module.load().Net, init_seed=0)
@@ -385,43 +389,19 @@ def whole_model_refactoring(case: Any) -> Iterator[str]:
 
 
 def _unsafe_examples() -> st.SearchStrategy:
-    from strategies.bundles import bundles, unsafe_contents
-    from strategies.options import save_options
-
     return st.tuples(bundles(), unsafe_contents(), save_options(include_unreadable=True))
 
 
-def _refactoring_cases() -> st.SearchStrategy:
-    from strategies.refactorings import refactoring_cases
-
-    return refactoring_cases()
-
-
 def _models_with_options() -> st.SearchStrategy:
-    from strategies.models import models
-    from strategies.options import save_options
-
     return st.tuples(models(), save_options(include_unreadable=True))
 
 
-def _bundles() -> st.SearchStrategy:
-    from strategies.bundles import bundles
-
-    return bundles()
-
-
 def _bundles_with_options() -> st.SearchStrategy:
-    from strategies.bundles import bundles
-    from strategies.options import save_options
-
     return st.tuples(bundles(), save_options(include_unreadable=True))
 
 
 def _training_checkpoint_invariants() -> list[Invariant]:
     """The reference training checkpoint's state and resume invariants, named for the report."""
-    from harness.checkpointer import checkpointer_invariants
-    from harness.recipes import TrainingCheckpoint
-
     wanted = {
         "state_restored": "training_checkpoint_restored",
         "resume_equivalence": "resume_equivalence",
@@ -454,7 +434,7 @@ INVARIANTS: list[Invariant] = [
         "A checkpoint whose storages are tagged cuda:0 fails to load on a CPU-only host "
         "without map_location, with an error naming map_location, and loads identical with "
         "map_location='cpu', torch.device('cpu'), {'cuda:0': 'cpu'} or a callable.",
-        _bundles,
+        bundles,
         cuda_checkpoint_on_cpu,
     ),
     Invariant(
@@ -472,7 +452,7 @@ INVARIANTS: list[Invariant] = [
         "computes something else, or behaves the same), while the state_dict route loads "
         "strictly when parameter names are kept and names every missing and unexpected key "
         "when they change.",
-        _refactoring_cases,
+        refactoring_cases,
         whole_model_refactoring,
     ),
 ]

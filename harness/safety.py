@@ -22,6 +22,18 @@ from harness.capabilities import probe
 from harness.compare import find_difference
 from harness.sandbox import LoadOutcome, LoadRequest, load_requests_in_child
 from harness.suite import Invariant
+from strategies.payloads import (
+    HOSTILE_CLASSES,
+    LEGACY_CARRIED_CLASSES,
+    MEMORY_ATTACK_CLASSES,
+    HostilePayload,
+    hostile_files,
+    hostile_payloads,
+    valid_checkpoint_bytes,
+)
+
+# Renamed: load_malformed and malformed_files_fail_cleanly take a parameter named corruptions.
+from strategies.payloads import corruptions as corruption_strategy
 
 __all__ = [
     "CLEAN_REFUSALS",
@@ -114,8 +126,6 @@ def weights_only_runs_no_payload(payloads: Sequence) -> Iterator[str]:
     attack that loads without crashing is torch's broken promise, reported as a
     ``"finding: ..."`` line rather than failing the run; a crash still fails it.
     """
-    from strategies.payloads import MEMORY_ATTACK_CLASSES
-
     with tempfile.TemporaryDirectory(prefix="hostile-") as directory:
         files = write_payloads(payloads, directory)
         loads = [(mmap, file) for mmap in _mmap_modes() for file in files]
@@ -165,8 +175,6 @@ def unsafe_load_executes(payloads: Sequence) -> Iterator[str]:
 
 
 def _original() -> object:
-    from strategies.payloads import valid_checkpoint_bytes
-
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "valid.pt")
         with open(path, "wb") as file:
@@ -201,8 +209,6 @@ def load_malformed(corruptions: Sequence) -> list[MalformedLoad]:
     """Apply each corruption to :func:`strategies.payloads.valid_checkpoint_bytes` and load
     the result with ``weights_only=True``, with and without ``mmap`` where torch has it, in
     the sandbox; compare what loads with the undamaged checkpoint."""
-    from strategies.payloads import valid_checkpoint_bytes
-
     valid = valid_checkpoint_bytes()
     loads = []
     with tempfile.TemporaryDirectory(prefix="malformed-") as directory:
@@ -262,8 +268,6 @@ def attack_outcomes_table() -> str:
     """A Markdown table: each hostile class (code-running, memory attack, allocation bomb),
     then each pickle-level class in the legacy format, loaded with ``weights_only=True`` and
     ``weights_only=False`` in the sandbox, and whether it ran."""
-    from strategies.payloads import HOSTILE_CLASSES, LEGACY_CARRIED_CLASSES, HostilePayload
-
     payloads = [HostilePayload(attack) for attack in HOSTILE_CLASSES]
     payloads += [HostilePayload(attack, "legacy") for attack in LEGACY_CARRIED_CLASSES]
     rows = ["| attack | weights_only=True | weights_only=False |", "|---|---|---|"]
@@ -292,21 +296,15 @@ def _payload_lists(strategy: st.SearchStrategy) -> st.SearchStrategy:
 
 
 def _hostile_file_lists() -> st.SearchStrategy:
-    from strategies.payloads import hostile_files
-
     return _payload_lists(hostile_files())
 
 
 def _hostile_payload_lists() -> st.SearchStrategy:
-    from strategies.payloads import hostile_payloads
-
     return _payload_lists(hostile_payloads())
 
 
 def _corruption_lists() -> st.SearchStrategy:
-    from strategies.payloads import corruptions
-
-    return st.lists(corruptions(), min_size=1, max_size=8, unique=True)
+    return st.lists(corruption_strategy(), min_size=1, max_size=8, unique=True)
 
 
 def safety_invariants() -> list[Invariant]:

@@ -18,6 +18,7 @@ import torch
 
 from harness.safety import write_payloads
 from harness.sandbox import load_requests_in_child
+from strategies.payloads import HOSTILE_CLASSES, HostilePayload
 
 __all__ = ["fickling_flags", "picklescan_flags", "scanner_comparison_table"]
 
@@ -65,8 +66,6 @@ def _verdict(flagged: bool | None) -> str:
 def scanner_comparison_table() -> str:
     """A Markdown table: each hostile file, picklescan's and fickling's verdicts, and what
     ``weights_only=True`` does with it (loads run in the sandbox)."""
-    from strategies.payloads import HOSTILE_CLASSES, HostilePayload
-
     payloads = [HostilePayload(attack) for attack in HOSTILE_CLASSES]
     rows = ["| attack | picklescan | fickling | weights_only=True |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="hostile-") as directory:

@@ -12,7 +12,7 @@ In one torch version's environment (what ``run`` does through tox)::
     python -m matrix verify-corpus    write it again elsewhere; fail if the manifest differs
     python -m matrix read             read every corpus, attack the loader:
                                       matrix/results/<this torch's version>.json
-    python -m matrix bench            the benchmarks of benchmarks.versions.SELECTION:
+    python -m matrix bench            the benchmarks of versions.BENCHMARK_SELECTION:
                                       matrix/bench/<this torch's version>.json
 """
 
@@ -34,7 +34,7 @@ MERGED = os.path.join(ROOT, "matrix", "results.json")
 
 
 def _corpora() -> list[str]:
-    from matrix.versions import version_key
+    from harness.releases import version_key
 
     found = [
         path
@@ -99,13 +99,13 @@ def _read(arguments) -> int:
 def _bench(arguments) -> int:
     import subprocess
 
-    from benchmarks.versions import SELECTION
     from harness.capabilities import torch_version
+    from matrix.versions import BENCHMARK_SELECTION
 
     out = os.path.join(ROOT, "matrix", "bench", f"{torch_version()}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     command = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider"]
-    command += ["-k", SELECTION, f"--benchmark-json={out}"]
+    command += ["-k", BENCHMARK_SELECTION, f"--benchmark-json={out}"]
     status = subprocess.call(command, cwd=ROOT)
     print(f"benchmarks of {torch_version()}: {out}" if status == 0 else "benchmarks failed")
     return status

@@ -13,8 +13,8 @@ import os
 import re
 from collections import Counter, defaultdict
 
+from harness.releases import version_key
 from matrix.results import Record
-from matrix.versions import version_key
 
 __all__ = ["PANELS", "SEVERITY", "panel_of", "render", "shown_outcome"]
 

@@ -13,7 +13,7 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass, fields
 
-from matrix.versions import version_key
+from harness.releases import version_key
 
 __all__ = [
     "BUILT_BY_READER",

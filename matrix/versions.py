@@ -1,4 +1,5 @@
-"""The torch versions of the matrix, and what each one's environment needs.
+"""The torch versions of the matrix, what each one's environment needs, and which benchmarks
+each one runs.
 
 ``tox.ini`` names one environment per version (``matrix-torch<version>``); a test checks
 that it names exactly these.
@@ -6,7 +7,9 @@ that it names exactly these.
 
 from __future__ import annotations
 
-__all__ = ["VERSIONS", "check_versions", "needs_numpy_1", "tox_env", "version_key"]
+from harness.releases import version_key
+
+__all__ = ["BENCHMARK_SELECTION", "VERSIONS", "check_versions", "needs_numpy_1", "tox_env"]
 
 VERSIONS = (
     "1.13.1",
@@ -28,10 +31,9 @@ VERSIONS = (
     "2.15.0",
 )
 
-
-def version_key(version: str) -> tuple[int, ...]:
-    """``"2.10.0"`` as ``(2, 10, 0)``, so versions sort as releases do."""
-    return tuple(int(part) for part in version.split("+")[0].split("."))
+#: pytest ``-k`` expression: the benchmarks every torch version of the matrix runs
+#: (``python -m matrix bench``), the ones :mod:`benchmarks.versions` compares.
+BENCHMARK_SELECTION = "limit_memory_copy or torch_save_buffer or torch_load_buffer or many_tensors"
 
 
 def needs_numpy_1(version: str) -> bool:

@@ -12,6 +12,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 
 from harness.capabilities import _weights_only_samples, probe, weights_only_loadable_types
+from harness.compare import assert_identical
 from harness.persistence import SaveOptions, UnsupportedOptions, round_trip
 from strategies._arguments import check_bool
 
@@ -41,9 +42,6 @@ def _reads_back(options: SaveOptions) -> bool:
     """Whether a checkpoint of a tensor of every dtype and one value of every other type
     that ``torch.load(weights_only=True)`` reads with torch's default options, saved with
     ``options``, loads back identical (with ``weights_only=True`` where torch has it)."""
-    # Imported at the first draw, so that importing the strategies imports no checker.
-    from harness.compare import assert_identical
-
     loadable = weights_only_loadable_types()
     checkpoint = {
         "weight": torch.arange(6.0).reshape(2, 3),

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.capabilities import torch_version
+from harness.releases import version_key
 from matrix.corpus import MANIFEST, from_plain, to_plain, write_corpus
 from matrix.describe import describe, first_difference
 from matrix.reader import MALFORMED, PAYLOADS, malformed_records, payload_records, read_corpus
@@ -31,7 +32,7 @@ from matrix.results import (
     read_records,
     write_records,
 )
-from matrix.versions import VERSIONS, check_versions, needs_numpy_1, tox_env, version_key
+from matrix.versions import VERSIONS, check_versions, needs_numpy_1, tox_env
 from strategies.model_specs import model_specs
 from strategies.optim import optimizer_specs, scheduler_specs
 
