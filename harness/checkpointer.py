@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from harness.capabilities import probe
-from harness.compare import assert_identical
+from harness.compare import assert_identical, computed
 from harness.devices import storages_tagged_as
 from harness.report import Report
 from harness.state import TrainingState
@@ -531,8 +531,8 @@ def state_restored(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
             original.model.eval()
             _match_requires_grad(original.model, fresh.model)
             with torch.no_grad():
-                expected = original.model(*case.example_input)
-                actual = fresh.model(*case.example_input)
+                expected = computed(original.model(*case.example_input))
+                actual = computed(fresh.model(*case.example_input))
             assert_identical(expected, actual, name="output")
     yield from ()
 

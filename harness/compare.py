@@ -42,6 +42,7 @@ __all__ = [
     "TensorKind",
     "TensorPart",
     "assert_identical",
+    "computed",
     "dtype_name",
     "element_bytes",
     "find_difference",
@@ -123,6 +124,25 @@ def assert_identical(expected: Any, actual: Any, *, name: str = "obj") -> None:
     difference = find_difference(expected, actual, name=name)
     if difference is not None:
         raise NotIdentical(difference)
+
+
+def computed(value: Any) -> Any:
+    """``value``, a computation's result (a model's output), with each tensor copied into a
+    storage of its own, to compare by value with :func:`assert_identical`.
+
+    An operator may return a view of a larger work buffer whose other bytes are whatever
+    memory held (``ConvTranspose3d`` does): those bytes are no part of the result, and
+    comparing them would fail two equal results at random. Tuples, lists and dicts are
+    walked; anything else is returned as it is.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone(memory_format=torch.contiguous_format)
+    if isinstance(value, tuple | list):
+        items = [computed(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return type(value)((key, computed(item)) for key, item in value.items())
+    return value
 
 
 def find_difference(expected: Any, actual: Any, *, name: str = "obj") -> Difference | None:

@@ -14,6 +14,7 @@ import torch
 from hypothesis import find, settings
 from hypothesis.errors import InvalidArgument, NoSuchExample
 
+import harness.compare
 from harness import InferencePackage, TrainingCheckpoint, check_checkpointer
 from harness.checkpointer import CAUSES, checkpointer_invariants
 from strategies.training import training_cases
@@ -434,3 +435,15 @@ def test_finding_23_matmul_result_depends_on_requires_grad_under_no_grad():
             assert torch.equal(with_grad, torch.nn.functional.linear(x, trainable))
         differing += not torch.equal(frozen, with_grad)
     assert differing > 0
+
+
+def test_finding_24_conv_transpose3d_output_lies_in_a_larger_buffer():
+    # torch 2.13.0: the output of a 1x1x1 ConvTranspose3d without bias is a view of a buffer
+    # three times its size, the rest never written; torch.save writes that whole storage. If
+    # this starts failing, torch returns a compact output: update docs/findings.md (24).
+    layer = torch.nn.ConvTranspose3d(3, 1, kernel_size=1, bias=False)
+    with torch.no_grad():
+        output = layer(torch.randn(1, 3, 4, 4, 4))
+    assert output.untyped_storage().nbytes() == 3 * output.numel() * output.element_size()
+    # compared as a computed result, only its elements count
+    assert harness.compare.computed(output).untyped_storage().nbytes() == output.numel() * 4
