@@ -12,6 +12,7 @@ strategies, by the probe of optimizer flags and by the matrix's corpus.
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import io
@@ -27,14 +28,19 @@ __all__ = [
     "Capabilities",
     "OptimizerConstraints",
     "cyclic_lr_cycles_betas",
+    "cyclic_lr_state_pickles",
+    "multihead_attention_without_bias_runs",
     "optimizer_constraints",
     "optimizer_flags_that_run",
     "optimizer_param_names",
     "probe",
+    "sgd_state_without_momentum",
     "tensor_storage",
     "torch_version",
     "weight_parametrizations",
+    "weights_only_loadable_dtypes",
     "weights_only_loadable_types",
+    "weights_only_loads_counter",
 ]
 
 # Every dtype name the harness knows, in the order strategies should prefer them: simplest
@@ -201,8 +207,6 @@ def probe() -> Capabilities:
 
 def _weights_only_samples() -> tuple[object, ...]:
     """One small value of each type a checkpoint might hold that pickles without a class."""
-    import collections
-
     return (
         {"a": 1},
         collections.OrderedDict(a=1),
@@ -252,6 +256,66 @@ def weights_only_loadable_types() -> frozenset[type]:
     return frozenset(
         type(value) for value in _weights_only_samples() if _round_trips_weights_only(value)
     )
+
+
+@functools.cache
+def weights_only_loadable_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes of ``probe().dtypes`` that ``torch.load(weights_only=True)`` gives back as
+    objects (not as a tensor's dtype), found by trying each; 1.13.1 refuses
+    ``torch.bfloat16``, ``torch.bool`` and ``torch.uint8``. Empty where ``torch.load`` has
+    no ``weights_only`` keyword."""
+    if not probe().load_weights_only:
+        return ()
+    return tuple(dtype for dtype in probe().dtypes if _round_trips_weights_only(dtype))
+
+
+@functools.cache
+def weights_only_loads_counter() -> bool:
+    """Whether ``torch.load(weights_only=True)`` gives back a ``collections.Counter``, as
+    ``MultiStepLR`` keeps its milestones (refused up to 2.3.1)."""
+    return probe().load_weights_only and _round_trips_weights_only(collections.Counter(a=1))
+
+
+@functools.cache
+def multihead_attention_without_bias_runs() -> bool:
+    """Whether ``nn.MultiheadAttention(bias=False)`` runs an eval-mode self-attention forward
+    under ``torch.no_grad()``; the fast path of 1.13.1 and 2.0.1 raises ``TypeError``
+    (``qkv_bias`` must be a Tensor, not None)."""
+    # Two heads: the fast path skips an odd number of heads.
+    attention = torch.nn.MultiheadAttention(2, 2, bias=False, batch_first=True).eval()
+    x = torch.ones(1, 1, 2)
+    try:
+        with torch.no_grad():
+            attention(x, x, x)
+    except TypeError:
+        return False
+    return True
+
+
+@functools.cache
+def cyclic_lr_state_pickles() -> bool:
+    """Whether ``torch.save`` accepts a ``CyclicLR`` state_dict (on 1.13.1 it holds a
+    ``WeakMethod``, which cannot be pickled)."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    scheduler = torch.optim.lr_scheduler.CyclicLR(
+        torch.optim.SGD([parameter], lr=0.1), base_lr=0.01, max_lr=0.1
+    )
+    try:
+        torch.save(scheduler.state_dict(), io.BytesIO())
+    except TypeError:
+        return False
+    return True
+
+
+@functools.cache
+def sgd_state_without_momentum() -> dict[str, object]:
+    """The per-parameter state one step of ``SGD`` without momentum leaves: empty on
+    2.13.0, ``{"momentum_buffer": None}`` on 1.13.1."""
+    parameter = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    parameter.grad = torch.ones(2)
+    optimizer.step()
+    return dict(optimizer.state_dict()["state"].get(0, {}))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,11 @@ import torch
 from hypothesis import event
 from hypothesis import strategies as st
 
-from harness.capabilities import probe, weights_only_loadable_types
+from harness.capabilities import (
+    probe,
+    weights_only_loadable_dtypes,
+    weights_only_loadable_types,
+)
 from strategies.tensors import dtypes, layouts, tensors
 
 __all__ = [
@@ -257,7 +261,9 @@ def bundles() -> st.SearchStrategy[dict[str, Any]]:
     (a float or a 0-d tensor); ``train_loss`` and ``val_loss``; ``model_config``;
     ``normalization`` (mean and std); ``class_names``; ``timestamp`` (an ISO string or a
     float); ``torch_version``; ``rng_state`` (a CPU generator's state). Everything in a bundle
-    is loadable with ``weights_only=True``. Shrinks toward the empty dictionary.
+    is loadable with ``weights_only=True`` except floats where the installed torch refuses
+    them (``float`` not in :func:`harness.capabilities.weights_only_loadable_types`; 1.13.1).
+    Shrinks toward the empty dictionary.
     """
     return _bundles()
 
@@ -266,7 +272,9 @@ def bundles() -> st.SearchStrategy[dict[str, Any]]:
 def _leaves() -> st.SearchStrategy[Any]:
     """Scalars, fresh tensors and shared-storage placeholders, in equal measure."""
     loadable = weights_only_loadable_types()
-    scalars = [st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)]
+    # 1.13.1's weights-only unpickler refuses floats (finding 8).
+    floats = [st.floats()] if float in loadable else []
+    scalars = [st.none(), st.booleans(), st.integers(), *floats, st.text(max_size=8)]
     optional = [
         (complex, st.complex_numbers()),
         (bytes, st.binary(max_size=8)),
@@ -274,7 +282,7 @@ def _leaves() -> st.SearchStrategy[Any]:
         (set, st.sets(st.one_of(st.integers(), st.text(max_size=4)), max_size=3)),
         (frozenset, st.frozensets(st.integers(), max_size=3)),
         (torch.Size, st.lists(st.integers(0, 8), max_size=3).map(torch.Size)),
-        (torch.dtype, dtypes()),
+        (torch.dtype, st.deferred(lambda: dtypes(include=weights_only_loadable_dtypes()))),
         (torch.device, st.just(torch.device("cpu"))),
         (torch.layout, st.just(torch.strided)),
     ]
@@ -307,9 +315,10 @@ def weights_only_contents() -> st.SearchStrategy[Any]:
     """Small nested values made only of what ``torch.load(weights_only=True)`` accepts here.
 
     Containers are dicts, ``OrderedDict``, lists and tuples; leaves are None, bools, ints,
-    floats, strings and tensors, plus complex numbers, bytes, bytearrays, sets, frozensets,
+    strings and tensors, plus floats, complex numbers, bytes, bytearrays, sets, frozensets,
     ``torch.Size``, dtypes, devices and layouts where the installed torch's weights-only
-    unpickler accepts them (see :func:`harness.capabilities.weights_only_loadable_types`).
+    unpickler accepts them (see :func:`harness.capabilities.weights_only_loadable_types`
+    and, for dtypes, :func:`~harness.capabilities.weights_only_loadable_dtypes`).
     Scalars, fresh tensors and shared tensors are drawn in equal measure; a shared tensor is
     one of two base tensors (the same object wherever it appears) or a 1-d view into one at
     a drawn offset, so storage sharing is common. Shrinks toward ``None``.

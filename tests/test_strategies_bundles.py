@@ -82,9 +82,24 @@ def has_views_at_different_offsets(obj) -> bool:
     return any(len(found) >= 2 for found in offsets.values())
 
 
+def loaded_identical(obj):
+    """``obj`` loaded back, asserted identical: with ``weights_only=True``, or, where ``obj``
+    holds a float and the probe says that loader refuses floats (1.13.1), asserted refused
+    there and loaded with ``weights_only=False``."""
+    holds_float = any(type(value) is float for value in values_in(obj))
+    if holds_float and float not in weights_only_loadable_types():
+        with pytest.raises(pickle.UnpicklingError):
+            round_trip(obj)
+        loaded = round_trip(obj, weights_only=False)
+    else:
+        loaded = round_trip(obj)
+    assert_identical(obj, loaded)
+    return loaded
+
+
 @given(bundles())
 def test_bundles_survive_a_weights_only_round_trip(bundle):
-    assert_identical(bundle, round_trip(bundle))
+    loaded_identical(bundle)
 
 
 @given(weights_only_contents())
@@ -125,17 +140,13 @@ def test_every_unsafe_kind_is_reachable(kind):
 @pytest.mark.parametrize("strategy", [bundles, weights_only_contents])
 def test_the_same_tensor_appears_in_two_places(strategy):
     found = find(strategy(), has_same_object_twice, settings=FIND)
-    loaded = round_trip(found)
-    assert has_same_object_twice(loaded)
-    assert_identical(found, loaded)
+    assert has_same_object_twice(loaded_identical(found))
 
 
 @pytest.mark.parametrize("strategy", [bundles, weights_only_contents])
 def test_views_share_storage_at_different_offsets(strategy):
     found = find(strategy(), has_views_at_different_offsets, settings=FIND)
-    loaded = round_trip(found)
-    assert has_views_at_different_offsets(loaded)
-    assert_identical(found, loaded)
+    assert has_views_at_different_offsets(loaded_identical(found))
 
 
 def test_bundles_hold_realistic_entries():

@@ -12,11 +12,11 @@ import pickle
 import pytest
 import torch
 from hypothesis import Phase, find, given, settings
-from hypothesis.errors import InvalidArgument
+from hypothesis.errors import InvalidArgument, NoSuchExample
 from torch import nn
 
 from harness import assert_identical, probe
-from harness.capabilities import weight_parametrizations
+from harness.capabilities import multihead_attention_without_bias_runs, weight_parametrizations
 from harness.pickle_scan import referenced_globals
 from strategies import _modules
 from strategies.model_specs import FAMILY_REGISTRY, family, layer_kind
@@ -340,6 +340,26 @@ def test_trainable_parameter_ranks_hold_for_each_family(family: str) -> None:
         assert case.spec.trainable_parameter_ranks == trainable_ranks(case)
 
     check()
+
+
+def has_attention_without_bias(spec: ModelSpec) -> bool:
+    return any(
+        layer.kind == "multihead_attention" and not layer.option("bias") for layer in spec.walk()
+    )
+
+
+def test_attention_without_bias_is_drawn_only_where_its_eval_forward_runs() -> None:
+    specs = model_specs(["multihead_attention"])
+    if multihead_attention_without_bias_runs():
+        spec = find(specs, has_attention_without_bias, settings=FIND)
+        materialized(build_model(spec, 0))
+        return
+    attention = nn.MultiheadAttention(4, 2, bias=False, batch_first=True).eval()
+    x = torch.ones(1, 3, 4)
+    with torch.no_grad(), pytest.raises(TypeError, match="qkv_bias"):
+        attention(x, x, x)
+    with pytest.raises(NoSuchExample):
+        find(specs, has_attention_without_bias, settings=FIND)
 
 
 def test_each_family_is_registered_once_under_its_name() -> None:
