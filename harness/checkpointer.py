@@ -441,16 +441,23 @@ def _inference_extra(case: Any) -> dict[str, Any]:
     }
 
 
+def _fresh(purpose: str, case: Any) -> TrainingState:
+    """A fresh state to load into: the same specs, another random init."""
+    if purpose == "inference":
+        return TrainingState(model=case.rebuild(_FRESH_SEED).module)
+    return case.build(_FRESH_SEED)
+
+
 def _prepare(purpose: str, case: Any) -> tuple[TrainingState, TrainingState]:
     """The original state (trained, for resume) and a fresh one to load into."""
     if purpose == "inference":
         original = TrainingState(model=case.module, extra=_inference_extra(case))
-        return original, TrainingState(model=case.rebuild(_FRESH_SEED).module)
+        return original, _fresh(purpose, case)
     original = case.build(_ORIGINAL_SEED)
     torch.manual_seed(_ORIGINAL_SEED)  # dropout draws the same masks on every run
     losses = [case.train_step(original) for _ in range(case.steps)]
     original.extra.update(epoch=case.steps, loss=losses[-1], train_loss=losses)
-    return original, case.build(_FRESH_SEED)
+    return original, _fresh(purpose, case)
 
 
 def _snapshot(state: TrainingState) -> dict[str, Any]:
@@ -522,7 +529,9 @@ def state_restored(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
             _disturb_global_rng()
             calls.load(path, fresh)
         evidence.loaded = _snapshot(fresh)
-        _assert_restored(original, fresh)
+        assert_identical(_snapshot(original), evidence.loaded, name="restored")
+        kept = {key: fresh.extra[key] for key in original.extra if key in fresh.extra}
+        assert_identical(original.extra, kept, name="restored.extra")
         if purpose == "inference":
             training = sorted(
                 name or "model" for name, m in fresh.model.named_modules() if m.training
@@ -549,12 +558,6 @@ def _match_requires_grad(original: torch.nn.Module, restored: torch.nn.Module) -
     for name, parameter in original.named_parameters():
         if name in flags:
             parameter.requires_grad_(flags[name])
-
-
-def _assert_restored(original: TrainingState, restored: TrainingState) -> None:
-    assert_identical(_snapshot(original), _snapshot(restored), name="restored")
-    kept = {key: restored.extra[key] for key in original.extra if key in restored.extra}
-    assert_identical(original.extra, kept, name="restored.extra")
 
 
 @_keeps_caller_rng
@@ -603,7 +606,7 @@ def cuda_tagged_round_trip(calls: _Calls, purpose: str, case: Any) -> Iterator[s
             calls.load(path, fresh, map_location="cpu")
         evidence.loaded = _snapshot(fresh)
         # Only the tensors' state: the extra entries are state_restored's concern.
-        assert_identical(_snapshot(original), _snapshot(fresh), name="restored")
+        assert_identical(_snapshot(original), evidence.loaded, name="restored")
     yield from ()
 
 
@@ -612,7 +615,7 @@ def hostile_file_runs_nothing(calls: _Calls, purpose: str, example) -> Iterator[
     """Loading a hostile file from the checkpoint path never runs the code inside it, and
     never hangs."""
     case, payload = example
-    _, fresh = _prepare(purpose, case)
+    fresh = _fresh(purpose, case)
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "checkpoint.pt")
         sentinel = os.path.join(directory, "payload-ran")
@@ -704,13 +707,17 @@ CHECKPOINTER_INVARIANTS: tuple[CheckpointerInvariant, ...] = (
 )
 
 
-def _exclusions(exclude: Iterable[str], purpose: str) -> tuple[set[str], _Draws]:
-    """The invariants left out and what the examples are drawn from, from ``exclude``."""
+def _exclude_names(exclude: Iterable[str]) -> frozenset[str]:
+    """``exclude`` as a set of names, read once (it may be a generator)."""
     if isinstance(exclude, str) or not isinstance(exclude, Iterable):
         raise InvalidArgument(
             f"exclude={exclude!r} must be a collection of names, e.g. exclude=['dropout', 'LBFGS']"
         )
-    names = set(exclude)
+    return frozenset(exclude)
+
+
+def _exclusions(names: frozenset[str], purpose: str) -> tuple[set[str], _Draws]:
+    """The invariants left out and what the examples are drawn from, from the names."""
     caps = probe()
     kinds = {
         "invariants": [invariant.name for invariant in CHECKPOINTER_INVARIANTS],
@@ -748,7 +755,7 @@ def checkpointer_invariants(
     keep, as :class:`~harness.suite.Invariant` objects; see :func:`check_checkpointer` for
     ``exclude`` and ``timeout``."""
     _check_arguments(checkpointer, purpose, timeout)
-    left_out, draws = _exclusions(exclude, purpose)
+    left_out, draws = _exclusions(_exclude_names(exclude), purpose)
     calls = _Calls(checkpointer, timeout)
     return [
         Invariant(
@@ -822,6 +829,7 @@ def check_checkpointer(
         raise InvalidArgument(f"max_examples={max_examples!r} must be a positive int")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise InvalidArgument(f"seed={seed!r} must be an int, or None for a random one")
+    exclude = _exclude_names(exclude)
     checks = checkpointer_invariants(checkpointer, purpose, exclude=exclude, timeout=timeout)
     if invariants is not None:
         known = [check.name for check in checks]
@@ -833,7 +841,7 @@ def check_checkpointer(
         checks = [check for check in checks if check.name in invariants]
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
-    excluded = sorted(set(exclude))
+    excluded = sorted(exclude)
     line = reproduce or (
         f"harness.check_checkpointer({type(checkpointer).__name__}(), purpose={purpose!r}, "
         f"max_examples={max_examples}, seed={seed}"

@@ -447,3 +447,14 @@ def test_finding_24_conv_transpose3d_output_lies_in_a_larger_buffer():
     assert output.untyped_storage().nbytes() == 3 * output.numel() * output.element_size()
     # compared as a computed result, only its elements count
     assert harness.compare.computed(output).untyped_storage().nbytes() == output.numel() * 4
+
+
+def test_exclusions_given_as_a_generator_are_read_once():
+    report = check_checkpointer(
+        TrainingCheckpoint(),
+        max_examples=2,
+        seed=0,
+        exclude=(name for name in ["dropout", "hostile_file_runs_nothing"]),
+    )
+    assert report.excluded == ["dropout", "hostile_file_runs_nothing"]
+    assert "hostile_file_runs_nothing" not in [result.name for result in report.results]
