@@ -44,7 +44,7 @@ from harness.capabilities import probe
 from harness.compare import assert_identical, computed
 from harness.devices import storages_tagged_as
 from harness.report import Report
-from harness.state import TrainingState
+from harness.state import TrainingState, snapshot
 from harness.suite import Invariant, Unshrinkable, run_suite
 from strategies.model_specs import available_families
 from strategies.models import models
@@ -460,23 +460,12 @@ def _prepare(purpose: str, case: Any) -> tuple[TrainingState, TrainingState]:
     return original, _fresh(purpose, case)
 
 
-def _snapshot(state: TrainingState) -> dict[str, Any]:
-    """Everything a restored state must agree on, copied so later training cannot change it."""
-    snapshot: dict[str, Any] = {"model": state.model.state_dict()}
-    if state.optimizer is not None:
-        snapshot["optimizer"] = state.optimizer.state_dict()
-        snapshot["learning_rates"] = [group["lr"] for group in state.optimizer.param_groups]
-    if state.scheduler is not None:
-        snapshot["scheduler"] = state.scheduler.state_dict()
-    return copy.deepcopy(snapshot)
-
-
 def _evidence(invariant: str, purpose: str, case: Any, original, fresh) -> _Evidence:
     return _Evidence(
         invariant,
         purpose,
         case,
-        saved=_snapshot(original),
+        saved=snapshot(original),
         restored=fresh,
         extra_saved=copy.deepcopy(original.extra),
     )
@@ -528,8 +517,8 @@ def state_restored(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
             calls.save(original, path)
             _disturb_global_rng()
             calls.load(path, fresh)
-        evidence.loaded = _snapshot(fresh)
-        assert_identical(_snapshot(original), evidence.loaded, name="restored")
+        evidence.loaded = snapshot(fresh)
+        assert_identical(snapshot(original), evidence.loaded, name="restored")
         kept = {key: fresh.extra[key] for key in original.extra if key in fresh.extra}
         assert_identical(original.extra, kept, name="restored.extra")
         if purpose == "inference":
@@ -579,7 +568,7 @@ def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
                 case.train_step(original)
             _disturb_global_rng()
             calls.load(path, fresh)
-            evidence.loaded = _snapshot(fresh)
+            evidence.loaded = snapshot(fresh)
             evidence.rng_restored = torch.equal(torch.get_rng_state(), rng_at_save)
             try:
                 for _ in range(RESUME_STEPS):
@@ -587,7 +576,7 @@ def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
             except Exception as error:
                 message = f"training the restored state raised {_first_line(error)}"
                 raise AssertionError(message) from error
-        assert_identical(_snapshot(original), _snapshot(fresh), name=f"after {RESUME_STEPS} steps")
+        assert_identical(snapshot(original), snapshot(fresh), name=f"after {RESUME_STEPS} steps")
     yield "model with dropout" if case.has_dropout else "model without dropout"
 
 
@@ -604,9 +593,9 @@ def cuda_tagged_round_trip(calls: _Calls, purpose: str, case: Any) -> Iterator[s
             with storages_tagged_as("cuda:0", only=_gpu_resident(original)):
                 calls.save(original, path)
             calls.load(path, fresh, map_location="cpu")
-        evidence.loaded = _snapshot(fresh)
+        evidence.loaded = snapshot(fresh)
         # Only the tensors' state: the extra entries are state_restored's concern.
-        assert_identical(_snapshot(original), evidence.loaded, name="restored")
+        assert_identical(snapshot(original), evidence.loaded, name="restored")
     yield from ()
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["TrainingState"]
+__all__ = ["TrainingState", "snapshot"]
 
 
 @dataclass
@@ -26,3 +27,15 @@ class TrainingState:
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def snapshot(state: TrainingState) -> dict[str, Any]:
+    """Everything a restored state must agree on, copied so later training cannot change it:
+    the model's, optimizer's and scheduler's ``state_dict()`` and the learning rates."""
+    taken: dict[str, Any] = {"model": state.model.state_dict()}
+    if state.optimizer is not None:
+        taken["optimizer"] = state.optimizer.state_dict()
+        taken["learning_rates"] = [group["lr"] for group in state.optimizer.param_groups]
+    if state.scheduler is not None:
+        taken["scheduler"] = state.scheduler.state_dict()
+    return copy.deepcopy(taken)

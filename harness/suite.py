@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import given, seed, settings
+from hypothesis import example, given, seed, settings
 from hypothesis.errors import Flaky
 from hypothesis.statistics import collector
 from hypothesis.strategies import SearchStrategy
@@ -53,12 +53,16 @@ class Invariant:
             return (or yield) observations to report, which are counted, not judged:
             strings (e.g. "saving twice gives identical bytes"; those starting with
             ``"finding: "`` are findings) or :class:`~harness.report.Finding` objects.
+        explicit: a function returning examples checked first, on every run whatever the
+            seed and budget (Hypothesis's explicit examples: never shrunk, not counted in
+            ``max_examples``); by default none.
     """
 
     name: str
     description: str
     examples: Callable[[], SearchStrategy]
     check: Callable[[Any], Iterable[str | Finding] | None]
+    explicit: Callable[[], Sequence[Any]] = tuple
 
 
 class Unshrinkable(BaseException):
@@ -206,9 +210,10 @@ def run_invariant(
         warnings.filterwarnings("always", append=True)
         with _Heartbeat(progress_interval, say) if progress else contextlib.nullcontext():
             try:
-                property_ = settings(settings_ or settings.default, report_multiple_bugs=True)(
-                    given(invariant.examples())(check)
-                )
+                test = given(invariant.examples())(check)
+                for chosen in reversed(invariant.explicit()):
+                    test = example(chosen)(test)
+                property_ = settings(settings_ or settings.default, report_multiple_bugs=True)(test)
                 if random_seed is not None:
                     property_ = seed(random_seed)(property_)
                 with collector.with_value(statistics.update):
