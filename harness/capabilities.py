@@ -41,6 +41,7 @@ __all__ = [
     "weights_only_loadable_dtypes",
     "weights_only_loadable_types",
     "weights_only_loads_counter",
+    "weights_only_samples",
 ]
 
 # Every dtype name the harness knows, in the order strategies should prefer them: simplest
@@ -205,8 +206,12 @@ def probe() -> Capabilities:
     )
 
 
-def _weights_only_samples() -> tuple[object, ...]:
-    """One small value of each type a checkpoint might hold that pickles without a class."""
+def weights_only_samples() -> tuple[object, ...]:
+    """One small value of each type a checkpoint might hold that pickles without a class.
+
+    The candidates :func:`weights_only_loadable_types` tries; a check that wants one value
+    of each type ``torch.load(weights_only=True)`` reads keeps those whose type it lists.
+    """
     return (
         {"a": 1},
         collections.OrderedDict(a=1),
@@ -254,7 +259,7 @@ def weights_only_loadable_types() -> frozenset[type]:
     if not probe().load_weights_only:
         return frozenset()
     return frozenset(
-        type(value) for value in _weights_only_samples() if _round_trips_weights_only(value)
+        type(value) for value in weights_only_samples() if _round_trips_weights_only(value)
     )
 
 

@@ -11,7 +11,7 @@ import torch
 from hypothesis import event
 from hypothesis import strategies as st
 
-from harness.capabilities import _weights_only_samples, probe, weights_only_loadable_types
+from harness.capabilities import probe, weights_only_loadable_types, weights_only_samples
 from harness.compare import assert_identical
 from harness.persistence import SaveOptions, UnsupportedOptions, round_trip
 from strategies._arguments import check_bool
@@ -46,7 +46,7 @@ def _reads_back(options: SaveOptions) -> bool:
     checkpoint = {
         "weight": torch.arange(6.0).reshape(2, 3),
         "tensors": [torch.zeros(2, dtype=dtype) for dtype in probe().dtypes],
-        "values": [value for value in _weights_only_samples() if type(value) in loadable],
+        "values": [value for value in weights_only_samples() if type(value) in loadable],
     }
     with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 3 in the checkpoint"
