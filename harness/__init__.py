@@ -1,19 +1,22 @@
 """torch-persistence-harness: property-based checks of PyTorch save/load promises.
 
-The public names below are imported on first use (PEP 562), so that importing a submodule
-such as :mod:`harness.profiles` or the pytest plugin does not import torch.
+The public names below are imported on first use (PEP 562, with
+:func:`lazy_exports.lazy_attributes`), so that importing a submodule such as
+:mod:`harness.profiles` or the pytest plugin does not import torch.
 
 Imports run in one direction. :data:`FOUNDATION` is what ``strategies`` builds on: those
 modules import only the standard library, torch, numpy, Hypothesis and each other.
 ``strategies`` imports only the foundation from ``harness``; the rest of ``harness`` imports
 ``strategies``; ``matrix`` and ``benchmarks`` import both, and neither imports the other
-(tests/test_imports.py checks all of it).
+(tests/test_imports.py checks all of it). Below them all, the top-level module
+:mod:`lazy_exports` imports only the standard library.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lazy_exports import lazy_attributes
 
 if TYPE_CHECKING:
     from harness.capabilities import Capabilities, probe
@@ -57,14 +60,4 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups do not come back here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(globals(), _MODULES)

@@ -19,9 +19,10 @@ import ...``.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
+
+from lazy_exports import lazy_attributes
 
 # Not typing.TYPE_CHECKING: importing typing would cost more than the rest of this module.
 TYPE_CHECKING = False
@@ -138,17 +139,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups do not come back here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(globals(), _MODULES)
 
 
 class _Package(types.ModuleType):
