@@ -299,6 +299,7 @@ def _part_differs(part: str) -> Callable[[_Evidence], bool]:
         loaded = evidence.loaded
         return (
             loaded is not None
+            and evidence.invariant != "save_changes_nothing"
             and part in evidence.saved
             and _differs(evidence.saved[part], loaded[part])
         )
@@ -307,7 +308,11 @@ def _part_differs(part: str) -> Callable[[_Evidence], bool]:
 
 
 def _optimizer_cast(evidence: _Evidence) -> bool:
-    if evidence.loaded is None or "optimizer" not in evidence.saved:
+    if (
+        evidence.loaded is None
+        or evidence.invariant == "save_changes_nothing"
+        or "optimizer" not in evidence.saved
+    ):
         return False
     saved = _state_dtypes(evidence.saved["optimizer"])
     loaded = _state_dtypes(evidence.loaded["optimizer"])
@@ -336,6 +341,14 @@ def _cuda_refused(evidence: _Evidence) -> bool:
             and "device" in frame.name
             for frame in traceback.extract_tb(error.__traceback__)
         )
+    )
+
+
+def _save_changed(evidence: _Evidence) -> bool:
+    return (
+        evidence.invariant == "save_changes_nothing"
+        and evidence.loaded is not None
+        and _differs(evidence.saved, evidence.loaded)
     )
 
 
@@ -403,6 +416,16 @@ CAUSES: tuple[Cause, ...] = (
         "call torch.set_rng_state() on it in load, as harness.TrainingCheckpoint does.",
     ),
     Cause(
+        "save_changes_state",
+        _save_changed,
+        "save changed the live state it was given (a cast, a move, an optimizer step, a "
+        "state_dict loaded back), so training goes on from another state than it would "
+        "without the checkpoint: save copies (state_dict(), .clone()) and leaves the objects "
+        "as they were. Building an optimizer state dict can itself step the optimizer "
+        "(torch.distributed.checkpoint's get_optimizer_state_dict on an optimizer without "
+        "state, pytorch/pytorch#164929).",
+    ),
+    Cause(
         "left_in_training_mode",
         _in_training_mode,
         "A model loaded for inference must be in eval mode (dropout off, batch norm using its "
@@ -448,16 +471,26 @@ def _fresh(purpose: str, case: Any) -> TrainingState:
     return case.build(_FRESH_SEED)
 
 
-def _prepare(purpose: str, case: Any) -> tuple[TrainingState, TrainingState]:
-    """The original state (trained, for resume) and a fresh one to load into."""
-    if purpose == "inference":
-        original = TrainingState(model=case.module, extra=_inference_extra(case))
-        return original, _fresh(purpose, case)
+def _trained(case: Any) -> TrainingState:
+    """The original training state: built from one seed and trained ``case.steps`` steps
+    from a seeded RNG, so that building it twice gives the same state twice."""
     original = case.build(_ORIGINAL_SEED)
     torch.manual_seed(_ORIGINAL_SEED)  # dropout draws the same masks on every run
     losses = [case.train_step(original) for _ in range(case.steps)]
     original.extra.update(epoch=case.steps, loss=losses[-1], train_loss=losses)
-    return original, _fresh(purpose, case)
+    return original
+
+
+def _original(purpose: str, case: Any) -> TrainingState:
+    """The state that is saved: the trained one for resume, the model for inference."""
+    if purpose == "inference":
+        return TrainingState(model=case.module, extra=_inference_extra(case))
+    return _trained(case)
+
+
+def _prepare(purpose: str, case: Any) -> tuple[TrainingState, TrainingState]:
+    """The original state and a fresh one to load into."""
+    return _original(purpose, case), _fresh(purpose, case)
 
 
 def _evidence(invariant: str, purpose: str, case: Any, original, fresh) -> _Evidence:
@@ -518,7 +551,7 @@ def state_restored(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
             _disturb_global_rng()
             calls.load(path, fresh)
         evidence.loaded = snapshot(fresh)
-        assert_identical(snapshot(original), evidence.loaded, name="restored")
+        assert_identical(evidence.saved, evidence.loaded, name="restored")
         kept = {key: fresh.extra[key] for key in original.extra if key in fresh.extra}
         assert_identical(original.extra, kept, name="restored.extra")
         if purpose == "inference":
@@ -553,9 +586,11 @@ def _match_requires_grad(original: torch.nn.Module, restored: torch.nn.Module) -
 def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
     """Training k more steps after loading equals training them without interruption.
 
-    Compared bit for bit after the steps: parameters and buffers, optimizer state, learning
-    rates and scheduler state. The global RNG is disturbed before loading, so a model with
-    dropout resumes exactly only if the checkpoint restores the RNG state.
+    The uninterrupted run is a twin of the original that is never saved (so a ``save`` that
+    changes the live state cannot hide a load defect; that is ``save_changes_nothing``'s
+    concern). Compared bit for bit after the steps: parameters and buffers, optimizer state,
+    learning rates and scheduler state. The global RNG is disturbed before loading, so a
+    model with dropout resumes exactly only if the checkpoint restores the RNG state.
     """
     original, fresh = _prepare("resume", case)
     with _explained(_evidence("resume_equivalence", purpose, case, original, fresh)) as evidence:
@@ -563,9 +598,6 @@ def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
             path = os.path.join(directory, "checkpoint.pt")
             rng_at_save = torch.get_rng_state()
             calls.save(original, path)
-            torch.set_rng_state(rng_at_save)
-            for _ in range(RESUME_STEPS):
-                case.train_step(original)
             _disturb_global_rng()
             calls.load(path, fresh)
             evidence.loaded = snapshot(fresh)
@@ -576,8 +608,57 @@ def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
             except Exception as error:
                 message = f"training the restored state raised {_first_line(error)}"
                 raise AssertionError(message) from error
-        assert_identical(snapshot(original), snapshot(fresh), name=f"after {RESUME_STEPS} steps")
+        uninterrupted = _trained(case)
+        for _ in range(RESUME_STEPS):
+            case.train_step(uninterrupted)
+        assert_identical(
+            snapshot(uninterrupted), snapshot(fresh), name=f"after {RESUME_STEPS} steps"
+        )
     yield "model with dropout" if case.has_dropout else "model without dropout"
+
+
+def _modes(model: torch.nn.Module) -> dict[str, bool]:
+    return {name or "model": module.training for name, module in model.named_modules()}
+
+
+@_keeps_caller_rng
+def save_changes_nothing(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
+    """``save`` leaves the live state as it was, and training on after a save follows the
+    trajectory it follows without one.
+
+    Compared right after ``save`` with the snapshot taken before it: the model, optimizer
+    (step counts included), scheduler and extra entries, and each module's training mode;
+    then, for resume, the state trained on after the save against a twin trained on without
+    one (so a save that draws from the global RNG fails where training draws from it too).
+    """
+    original = _original(purpose, case)
+    with _explained(
+        _evidence("save_changes_nothing", purpose, case, original, original)
+    ) as evidence:
+        modes = _modes(original.model)
+        with tempfile.TemporaryDirectory() as directory:
+            calls.save(original, os.path.join(directory, "checkpoint.pt"))
+        evidence.loaded = snapshot(original)
+        assert_identical(evidence.saved, evidence.loaded, name="live state after save")
+        assert_identical(evidence.extra_saved, original.extra, name="live state after save.extra")
+        changed = sorted(
+            name for name, mode in _modes(original.model).items() if modes[name] != mode
+        )
+        assert not changed, f"save changed the training mode of {changed}"
+        if purpose == "resume":
+            # One after the other, each from the RNG state training left: the original's
+            # steps start from whatever save left of it, the twin's from the untouched one.
+            for _ in range(RESUME_STEPS):
+                case.train_step(original)
+            uninterrupted = _trained(case)
+            for _ in range(RESUME_STEPS):
+                case.train_step(uninterrupted)
+            assert_identical(
+                snapshot(uninterrupted),
+                snapshot(original),
+                name=f"{RESUME_STEPS} steps after save",
+            )
+    yield from ()
 
 
 @_keeps_caller_rng
@@ -595,7 +676,7 @@ def cuda_tagged_round_trip(calls: _Calls, purpose: str, case: Any) -> Iterator[s
             calls.load(path, fresh, map_location="cpu")
         evidence.loaded = snapshot(fresh)
         # Only the tensors' state: the extra entries are state_restored's concern.
-        assert_identical(snapshot(original), evidence.loaded, name="restored")
+        assert_identical(evidence.saved, evidence.loaded, name="restored")
     yield from ()
 
 
@@ -675,6 +756,15 @@ CHECKPOINTER_INVARIANTS: tuple[CheckpointerInvariant, ...] = (
         ("resume",),
         False,
         resume_equivalence,
+    ),
+    CheckpointerInvariant(
+        "save_changes_nothing",
+        "Right after save the live model, optimizer (step counts included), scheduler, extra "
+        "entries and training modes are as they were, and training on after a save follows "
+        "the trajectory it follows without one.",
+        PURPOSES,
+        False,
+        save_changes_nothing,
     ),
     CheckpointerInvariant(
         "cuda_tagged_round_trip",

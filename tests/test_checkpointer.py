@@ -34,6 +34,7 @@ def test_training_checkpoint_passes():
     assert [r.name for r in report.results] == [
         "state_restored",
         "resume_equivalence",
+        "save_changes_nothing",
         "cuda_tagged_round_trip",
         "hostile_file_runs_nothing",
     ]
@@ -85,6 +86,78 @@ class ForgetsRngState(TrainingCheckpoint):
         rng = torch.get_rng_state()
         super().load(path, into, map_location)
         torch.set_rng_state(rng)
+
+
+class StepsOnSave(TrainingCheckpoint):
+    """Saves after one more optimizer step on the live state, as code that builds the
+    optimizer state with a dummy step does: Adam's step counters move."""
+
+    def save(self, state, path):
+        if state.optimizer is not None and state.optimizer.state:
+            for per_parameter in state.optimizer.state.values():
+                if isinstance(per_parameter.get("step"), torch.Tensor):
+                    per_parameter["step"] += 1
+        super().save(state, path)
+
+
+class HalvesOnSave(InferencePackage):
+    """Casts the live model to half precision to save a smaller file, and back."""
+
+    def save(self, state, path):
+        state.model.half()
+        super().save(state, path)
+        state.model.float()
+
+
+class EvalOnSave(TrainingCheckpoint):
+    """Puts the live model in eval mode to save it and never back in training mode."""
+
+    def save(self, state, path):
+        state.model.eval()
+        super().save(state, path)
+
+
+class DrawsOnSave(TrainingCheckpoint):
+    """Draws from the global RNG while saving (a random suffix made with torch)."""
+
+    def save(self, state, path):
+        torch.rand(1)
+        super().save(state, path)
+
+
+@pytest.mark.parametrize(
+    ("checkpointer", "purpose"),
+    [(StepsOnSave(), "resume"), (HalvesOnSave(), "inference"), (EvalOnSave(), "resume")],
+    ids=lambda value: type(value).__name__ if not isinstance(value, str) else value,
+)
+def test_a_save_that_changes_the_live_state_is_caught(checkpointer, purpose):
+    report = check_checkpointer(
+        checkpointer,
+        purpose=purpose,
+        max_examples=10,
+        seed=0,
+        invariants=["save_changes_nothing"],
+        shrink=False,
+    )
+    assert failed(report) == {"save_changes_nothing"}
+    if not isinstance(checkpointer, EvalOnSave):
+        assert "likely cause (save_changes_state)" in report.failures[0].message
+
+
+def test_a_save_that_draws_from_the_rng_fails_only_where_training_draws_too():
+    check = _check_of(DrawsOnSave(), "save_changes_nothing").check
+    with_dropout = find(
+        training_cases(),
+        lambda case: case.has_dropout,
+        settings=settings(database=None, derandomize=True, max_examples=1000),
+    )
+    without = find(
+        training_cases(),
+        lambda case: not case.has_dropout,
+        settings=settings(database=None, derandomize=True, max_examples=1000),
+    )
+    assert "steps after save" in _failure(check, with_dropout)
+    assert _failure(check, without) is None
 
 
 @pytest.mark.parametrize(
@@ -202,6 +275,7 @@ PLANTED_CAUSES = {
     "scheduler_not_restored": (SkipsScheduler(), "resume"),
     "extra_not_restored": (ForgetsExtra(), "resume"),
     "left_in_training_mode": (StaysInTrainingMode(), "inference"),
+    "save_changes_state": (StepsOnSave(), "resume"),
 }
 
 
@@ -350,7 +424,7 @@ def test_an_exception_in_user_code_names_its_line(user_module):
 @pytest.mark.parametrize("name", ["RaisesBaseException", "Exits"])
 def test_a_base_exception_in_user_code_is_a_failure_not_a_crash(user_module, name):
     report = check_checkpointer(getattr(user_module, name)(), max_examples=3, seed=0, shrink=False)
-    assert not report.ok and len(report.results) == 4
+    assert not report.ok and len(report.results) == 5
     assert all(
         "raised CheckpointException: collective failed" in f.message
         or "save raised SystemExit: 3" in f.message
