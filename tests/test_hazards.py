@@ -1,0 +1,324 @@
+"""Known hazards: every record builds a case that trains and holds the hazard it names, the
+probe of optimizer-state casts agrees with the optimizer registry, exclusions leave out
+what they name, bad arguments are refused, and each planted checkpointer of
+``tests/hazard_checkpointers.py`` fails on its hazard's case while a correct one passes."""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+
+import pytest
+import torch
+from hypothesis.errors import InvalidArgument
+
+import harness
+from harness.capabilities import OPTIMIZER_REGISTRY, probe
+from harness.checkpointer import CHECKPOINTER_INVARIANTS, _Calls
+from strategies.hazards import (
+    HAZARD_REGISTRY,
+    PURPOSES,
+    Hazard,
+    hazard,
+    hazard_cases,
+    optimizer_state_cast,
+)
+from strategies.models import ModelCase
+from strategies.training import TrainingCase
+from tests.hazard_checkpointers import PLANTED, HazardCheckpoint
+
+AVAILABLE = [record for record in HAZARD_REGISTRY if record.available()]
+AVAILABLE_PAIRS = [(record, purpose) for record in AVAILABLE for purpose in record.purposes]
+CAST_NAMES = {
+    f"{dtype}_{record.name.lower()}"
+    for dtype in ("float64", "bfloat16")
+    for record in OPTIMIZER_REGISTRY
+}
+
+
+def _id(pair) -> str:
+    record, purpose = pair
+    return f"{record.name}-{purpose}"
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def test_each_hazard_is_one_record_with_a_defect_and_purposes():
+    names = [record.name for record in HAZARD_REGISTRY]
+    assert len(names) == len(set(names))
+    for record in HAZARD_REGISTRY:
+        assert isinstance(record, Hazard)
+        assert re.fullmatch(r"[a-z0-9_]+", record.name), record.name
+        assert record.defect.strip() and record.defect.endswith("."), record.name
+        assert record.purposes and set(record.purposes) <= set(PURPOSES), record.name
+        assert hazard(record.name) is record
+
+
+def test_every_cast_hazard_is_registered_and_every_hazard_has_a_plant():
+    names = {record.name for record in HAZARD_REGISTRY}
+    assert CAST_NAMES <= names
+    assert set(PLANTED) == names
+
+
+@pytest.mark.parametrize("pair", AVAILABLE_PAIRS, ids=_id)
+def test_every_available_case_builds_and_trains_one_step(pair):
+    record, purpose = pair
+    case = record.case(purpose)
+    if purpose == "inference":
+        assert isinstance(case, ModelCase)
+        with torch.no_grad():
+            output = case.module.eval()(*case.example_input)
+        assert math.isfinite(case.loss(output).item())
+        return
+    assert isinstance(case, TrainingCase)
+    state = case.build(0)
+    before = [p.detach().clone() for p in state.model.parameters()]
+    torch.manual_seed(0)
+    loss = case.train_step(state)
+    assert math.isfinite(loss)
+    after = list(state.model.parameters())
+    assert any(not torch.equal(old, new) for old, new in zip(before, after, strict=True))
+
+
+def _trained(name: str, steps: int | None = None):
+    case = hazard(name).case("resume")
+    state = case.build(0)
+    torch.manual_seed(0)
+    for _ in range(case.steps if steps is None else steps):
+        case.train_step(state)
+    return case, state
+
+
+def _shared_parameters(model: torch.nn.Module) -> bool:
+    names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    return len(names) > len(list(model.parameters()))
+
+
+def _momenta(name: str) -> set[float]:
+    case = hazard(name).case("resume")
+    state = case.build(0)
+    seen = set()
+    for _ in range(3):
+        case.train_step(state)
+        seen.add(state.optimizer.param_groups[0]["momentum"])
+    return seen
+
+
+# What each hazard's case must hold, read from the built and trained state (not from the
+# spec the case was written with).
+_HOLDS = {
+    "dropout": lambda: any(
+        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in _trained("dropout")[1].model.modules()
+    ),
+    "batch_norm_running_statistics": lambda: any(
+        isinstance(m, torch.nn.BatchNorm1d)
+        and m.momentum is None
+        and int(m.num_batches_tracked) == 2
+        and not torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
+        for m in _trained("batch_norm_running_statistics")[1].model.modules()
+    ),
+    "non_persistent_buffers": lambda: (
+        (
+            {name for name, _ in _trained("non_persistent_buffers")[1].model.named_buffers()}
+            - set(_trained("non_persistent_buffers")[1].model.state_dict())
+        )
+        != set()
+    ),
+    "tied_parameters": lambda: _shared_parameters(_trained("tied_parameters")[1].model),
+    "parametrizations": lambda: any(
+        torch.nn.utils.parametrize.is_parametrized(m)
+        for m in _trained("parametrizations")[1].model.modules()
+    ),
+    "float64_parameters": lambda: (
+        torch.float64
+        in {p.dtype for p in hazard("float64_parameters").case("inference").module.parameters()}
+    ),
+    "bfloat16_parameters": lambda: (
+        torch.bfloat16
+        in {p.dtype for p in hazard("bfloat16_parameters").case("inference").module.parameters()}
+    ),
+    "sgd_without_momentum": lambda: (
+        not _trained("sgd_without_momentum")[1].optimizer.state
+        and _trained("sgd_without_momentum")[1].optimizer.param_groups[0]["lr"]
+        != _trained("sgd_without_momentum", steps=0)[1].optimizer.param_groups[0]["lr"]
+    ),
+    "param_groups": lambda: (
+        len({group["lr"] for group in _trained("param_groups")[1].optimizer.param_groups}) >= 2
+    ),
+    "sparse_embedding": lambda: any(
+        p.grad is not None and p.grad.is_sparse
+        for p in _trained("sparse_embedding")[1].model.parameters()
+    ),
+    "lbfgs_history": lambda: any(
+        isinstance(value, list)
+        for entries in _trained("lbfgs_history")[1].optimizer.state.values()
+        for value in entries.values()
+    ),
+    "multi_step_lr": lambda: isinstance(
+        _trained("multi_step_lr")[1].scheduler.milestones, collections.Counter
+    ),
+    "reduce_lr_on_plateau": lambda: (
+        _trained("reduce_lr_on_plateau")[1].optimizer.param_groups[0]["lr"]
+        < _trained("reduce_lr_on_plateau", steps=0)[1].optimizer.param_groups[0]["lr"]
+    ),
+    "sequential_lr": lambda: isinstance(
+        _trained("sequential_lr")[1].scheduler, torch.optim.lr_scheduler.SequentialLR
+    ),
+    "chained_scheduler": lambda: (
+        not hasattr(_trained("chained_scheduler")[1].scheduler, "last_epoch")
+    ),
+    "one_cycle_lr": lambda: len(_momenta("one_cycle_lr")) > 1,
+    "cyclic_lr": lambda: len(_momenta("cyclic_lr")) > 1,
+}
+
+
+@pytest.mark.parametrize(
+    "record", [r for r in AVAILABLE if r.name not in CAST_NAMES], ids=lambda r: r.name
+)
+def test_each_case_holds_the_hazard_it_names(record):
+    assert _HOLDS[record.name](), f"the case of {record.name} does not hold its hazard"
+
+
+@pytest.mark.parametrize(
+    "record", [r for r in AVAILABLE if r.name in CAST_NAMES], ids=lambda r: r.name
+)
+def test_each_cast_case_trains_state_in_another_dtype_than_its_parameter(record):
+    case, state = _trained(record.name)
+    other = [
+        key
+        for parameter, entries in state.optimizer.state.items()
+        for key, value in entries.items()
+        for tensor in (value if isinstance(value, list) else [value])
+        if isinstance(tensor, torch.Tensor) and key != "step" and tensor.dtype != parameter.dtype
+    ]
+    assert other, f"{record.name}: no optimizer state in another dtype than its parameter"
+
+
+def test_the_probe_finds_the_casts_the_optimizer_registry_records():
+    """Two independent sources: the probe tries load_state_dict; the registry is written
+    by hand from torch's optimizer code."""
+    for record in OPTIMIZER_REGISTRY:
+        if record.name not in probe().optimizers or record.sparse_gradients_only:
+            continue
+        for dtype in ("float64", "bfloat16"):
+            arrangement, keys = optimizer_state_cast(record.name, dtype)
+            assert keys == tuple(sorted(record.own_dtype_state)), (record.name, dtype)
+            assert bool(keys) == hazard(f"{dtype}_{record.name.lower()}").available()
+            assert not keys or dtype in arrangement
+
+
+def test_no_case_is_built_for_a_purpose_it_does_not_serve():
+    with pytest.raises(InvalidArgument, match="purpose"):
+        hazard("dropout").case("inference")
+    with pytest.raises(InvalidArgument, match="no hazard"):
+        hazard("no_such_hazard")
+
+
+# --- hazard_cases --------------------------------------------------------------------------
+
+
+def _hazards_of(cases) -> list[str]:
+    """Which hazard each case is, found by comparing specs with the registry's cases."""
+    found = []
+    for case in cases:
+        matches = [
+            pair[0].name
+            for pair in AVAILABLE_PAIRS
+            if pair[0].case(pair[1]).spec == case.spec and type(case) is type(pair[0].case(pair[1]))
+        ]
+        assert len(matches) == 1, matches
+        found += matches
+    return found
+
+
+@pytest.mark.parametrize("purpose", PURPOSES)
+def test_hazard_cases_gives_every_available_case_of_the_purpose_in_registry_order(purpose):
+    expected = [record.name for record in AVAILABLE if purpose in record.purposes]
+    assert _hazards_of(hazard_cases(purpose)) == expected
+    kind = ModelCase if purpose == "inference" else TrainingCase
+    assert all(isinstance(case, kind) for case in hazard_cases(purpose))
+
+
+def test_inference_cases_are_built_afresh_at_every_call():
+    first, second = hazard_cases("inference"), hazard_cases("inference")
+    assert all(a.module is not b.module for a, b in zip(first, second, strict=True))
+
+
+def test_excluding_a_hazard_leaves_out_exactly_its_case():
+    everything = _hazards_of(hazard_cases("resume"))
+    left = _hazards_of(hazard_cases("resume", exclude=["bfloat16_nadam", "dropout"]))
+    assert left == [name for name in everything if name not in ("bfloat16_nadam", "dropout")]
+
+
+def test_narrowing_optimizers_families_and_schedulers_leaves_out_the_cases_that_need_others():
+    caps = probe()
+    without_lbfgs = hazard_cases("resume", optimizers=[n for n in caps.optimizers if n != "LBFGS"])
+    assert without_lbfgs and all(case.spec.optimizer.name != "LBFGS" for case in without_lbfgs)
+    assert "lbfgs_history" not in _hazards_of(without_lbfgs)
+    no_scheduler = hazard_cases("resume", schedulers=())
+    assert no_scheduler and all(case.spec.scheduler is None for case in no_scheduler)
+    without_step = _hazards_of(
+        hazard_cases("resume", schedulers=[n for n in caps.schedulers if n != "StepLR"])
+    )
+    # StepLR drives sgd_without_momentum, and is a child of chained_scheduler's case.
+    assert "sgd_without_momentum" not in without_step and "chained_scheduler" not in without_step
+    assert "sequential_lr" in without_step
+    linear_only = hazard_cases("inference", families=["linear", "mixed_dtype"])
+    assert _hazards_of(linear_only) == ["float64_parameters", "bfloat16_parameters"]
+    assert hazard_cases("inference", families=[]) == ()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"purpose": "train"},
+        {"purpose": "resume", "exclude": "dropout"},
+        {"purpose": "resume", "exclude": ["no_such_hazard"]},
+        {"purpose": "resume", "exclude": ["LBFGS"]},
+        {"purpose": "resume", "families": ["no_such_family"]},
+        {"purpose": "resume", "optimizers": "SGD"},
+        {"purpose": "resume", "optimizers": ["NoSuchOptimizer"]},
+        {"purpose": "resume", "schedulers": [1]},
+    ],
+    ids=lambda arguments: "-".join(f"{k}={v}" for k, v in arguments.items()),
+)
+def test_bad_arguments_are_refused(arguments):
+    with pytest.raises(InvalidArgument):
+        hazard_cases(**arguments)
+
+
+# --- planted and correct checkpointers on the hazard cases -------------------------------------
+
+_CHECKS = {record.name: record for record in CHECKPOINTER_INVARIANTS if not record.hostile}
+
+
+def _outcome(checkpointer, invariant: str, purpose: str, case) -> str | None:
+    """None when the invariant holds for ``case``, else the first line of the failure."""
+    try:
+        list(_CHECKS[invariant].check(_Calls(checkpointer, 60.0), purpose, case))
+    except Exception as failure:  # the harness's own snapshot may fail on a broken state
+        return str(failure).splitlines()[0] or type(failure).__name__
+    return None
+
+
+@pytest.mark.parametrize("pair", AVAILABLE_PAIRS, ids=_id)
+def test_each_planted_checkpointer_fails_on_its_hazards_case(pair):
+    record, purpose = pair
+    planted = PLANTED[record.name]
+    outcome = _outcome(
+        planted.checkpointer(purpose), planted.invariant, purpose, record.case(purpose)
+    )
+    assert outcome is not None, f"{planted.checkpointer.__name__} passed {record.name}"
+
+
+@pytest.mark.parametrize("pair", AVAILABLE_PAIRS, ids=_id)
+def test_the_correct_checkpointers_pass_every_hazard_case(pair):
+    record, purpose = pair
+    reference = harness.TrainingCheckpoint() if purpose == "resume" else harness.InferencePackage()
+    for checkpointer in (HazardCheckpoint(purpose), reference):
+        for name, check in _CHECKS.items():
+            if purpose in check.purposes:
+                outcome = _outcome(checkpointer, name, purpose, record.case(purpose))
+                assert outcome is None, (type(checkpointer).__name__, name, outcome)
