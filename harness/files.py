@@ -23,6 +23,7 @@ once), and the tree is left that way afterwards. Results are data: one record pe
 from __future__ import annotations
 
 import faulthandler
+import functools
 import io
 import json
 import os
@@ -182,7 +183,10 @@ def _child(function: Callable[[], Any], write: int, memory_bytes: int) -> None:
     """The forked child: never returns."""
     status = _UNREPORTED
     try:
-        os.setpgid(0, 0)  # its own process group: the parent kills what it starts too
+        try:
+            os.setpgid(0, 0)  # its own process group: the parent kills what it starts too
+        except OSError:  # the parent did it first
+            pass
         faulthandler.disable()  # a crash is the outcome, not a traceback on stderr
         # The parent's OpenMP worker threads do not exist in a forked child; a parallel
         # region would wait for them forever (measured: a matmul hangs without this).
@@ -474,7 +478,8 @@ def _bare_pickle(record: Attack, sentinel: str) -> bytes:
     return template.replace(_pickle_opcodes(marker), node, 1)
 
 
-def _registry_file(carrier: str) -> Callable[[Attack, str], bytes]:
+def _in_carrier(carrier: str) -> Callable[[Attack, str], bytes]:
+    """The attack's own file (:meth:`strategies.payloads.Attack.checkpoint`) in ``carrier``."""
     return lambda record, sentinel: record.checkpoint(sentinel, carrier)
 
 
@@ -540,7 +545,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
         "a `torch.jit.save` archive: a zip with `code/` and `constants.pkl` records",
         _is_torchscript,
         _TORCHSCRIPT_ATTACKS,
-        _registry_file("zip"),
+        _in_carrier("zip"),
     ),
     FileKind(
         "torch_zip",
@@ -548,7 +553,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
         "record per storage",
         _is_torch_zip,
         ATTACK_REGISTRY,
-        _registry_file("zip"),
+        _in_carrier("zip"),
     ),
     FileKind(
         "legacy_torch",
@@ -556,14 +561,14 @@ FILE_KINDS: tuple[FileKind, ...] = (
         "with torch's magic number, then the raw storages",
         _is_legacy_torch,
         tuple(record for record in ATTACK_REGISTRY if "legacy" in record.carriers),
-        _registry_file("legacy"),
+        _in_carrier("legacy"),
     ),
     FileKind(
         "safetensors",
         "a safetensors file: an 8-byte header length, a JSON header, the raw tensor data",
         _is_safetensors,
         SAFETENSORS_ATTACKS,
-        _registry_file("zip"),
+        _in_carrier("zip"),
     ),
     FileKind(
         "plain_pickle",
@@ -734,10 +739,10 @@ class AttackTrial:
         file: the replaced file's path relative to the root.
         kind: its kind's name; the hostile file is of that kind.
         attack: the attack class's name.
-        group: the attack's group: ``"code"``, ``"memory"`` or ``"bomb"``.
         outcome: how the load ended, one of :data:`OUTCOMES`.
         harmed: whether the attack did harm (see :func:`attack_written_files`).
         detail: one line: what happened and why it is (not) harm.
+        group: the attack's group: ``"code"``, ``"memory"`` or ``"bomb"``.
         ran: whether the payload's sentinel appeared (code attacks; False for the others).
         read: whether the load read the hostile file (its access time moved); None where
             the file system does not record it.
@@ -747,10 +752,10 @@ class AttackTrial:
     file: str
     kind: str
     attack: str
-    group: str
     outcome: str
     harmed: bool
     detail: str
+    group: str = "code"
     ran: bool = False
     read: bool | None = None
     seconds: float = 0.0
@@ -804,6 +809,10 @@ def _judged(record: Attack, isolated: Isolated, ran: bool, read: bool | None) ->
     return False, str(isolated)
 
 
+def _returning_nothing(function: Callable[[], Any]) -> None:
+    function()  # what load returns (the state it loaded, perhaps) need not pickle
+
+
 def _check_callable(function: object, name: str) -> None:
     if not callable(function):
         raise InvalidArgument(f"{name}={function!r} must be a callable taking no arguments")
@@ -820,9 +829,9 @@ def attack_written_files(
     run ``load()`` in a forked child (:func:`run_isolated`) each time.
 
     ``root`` holds exactly what ``save`` wrote; ``load`` loads the checkpoint from its path
-    inside ``root``. Before each trial the tree is restored to what save wrote and one file
-    is replaced; the sentinel a code payload would create lives outside ``root``. A trial
-    is harm when:
+    inside ``root`` (what it returns is dropped in the child). Before each trial the tree is
+    restored to what save wrote and one file is replaced; the sentinel a code payload would
+    create lives outside ``root``. A trial is harm when:
 
     - a code attack's sentinel appears (whatever load did after);
     - load crashed the process or hung, whatever the attack;
@@ -854,7 +863,11 @@ def attack_written_files(
                     _write(path, data)
                     if tracked:
                         _mark_unread(path)
-                    isolated = run_isolated(load, timeout=timeout, memory_bytes=memory_bytes)
+                    isolated = run_isolated(
+                        functools.partial(_returning_nothing, load),
+                        timeout=timeout,
+                        memory_bytes=memory_bytes,
+                    )
                     ran = os.path.exists(sentinel)
                     read = _was_read(path) if tracked else None
                     harmed, detail = _judged(record, isolated, ran, read)
@@ -863,10 +876,10 @@ def attack_written_files(
                             file.path,
                             kind.name,
                             record.name,
-                            record.group,
                             isolated.outcome,
                             harmed,
                             detail,
+                            record.group,
                             ran,
                             read,
                             isolated.seconds,
@@ -1012,19 +1025,19 @@ class DamageTrial:
     Attributes:
         file: the damaged file's path relative to the root.
         damage: the :class:`Damage`'s name.
-        where: which variant of the damage (e.g. ``"bit 0 of byte 812 (data)"``).
         outcome: how the trial ended, one of :data:`OUTCOMES`.
         value: what the trial returned: None when what loaded is identical to the
             original, else its description of the difference.
+        where: which variant of the damage (e.g. ``"bit 0 of byte 812 (data)"``).
         error: one line: the exception or why the child ended (other outcomes).
         seconds: wall-clock time of the trial, fork included.
     """
 
     file: str
     damage: str
-    where: str
     outcome: str
     value: Any = None
+    where: str = ""
     error: str = ""
     seconds: float = 0.0
 
@@ -1111,9 +1124,9 @@ def damage_written_files(
                             DamageTrial(
                                 file.path,
                                 damage.name,
-                                where,
                                 isolated.outcome,
                                 isolated.value,
+                                where,
                                 isolated.error,
                                 isolated.seconds,
                             )
