@@ -5,6 +5,8 @@ In any environment with the project installed::
     python -m matrix run [--versions 2.5.1 2.6.0] [--jobs 2] [--rewrite]   the whole matrix
     python -m matrix merge            matrix/results/*.json into matrix/results.json
     python -m matrix render           matrix/results.json into matrix/grid.md and grid.png
+    python -m matrix kinds [--check]  matrix/kinds.json and the table of kinds in
+                                      matrix/README.md, from matrix.corpus.ARTIFACT_KINDS
 
 In one torch version's environment (what ``run`` does through tox)::
 
@@ -26,10 +28,8 @@ import shutil
 import sys
 import tempfile
 
-from matrix.driver import ROOT
+from matrix.driver import CORPUS, RESULTS, ROOT
 
-CORPUS = os.path.join(ROOT, "matrix", "corpus")
-RESULTS = os.path.join(ROOT, "matrix", "results")
 MERGED = os.path.join(ROOT, "matrix", "results.json")
 
 
@@ -133,6 +133,25 @@ def _render(arguments) -> int:
     return 0
 
 
+def _kinds(arguments) -> int:
+    from matrix.corpus import generated_kind_files
+
+    stale = []
+    for path, text in generated_kind_files().items():
+        with open(path) as handle:
+            if handle.read() == text:
+                continue
+        stale.append(os.path.relpath(path, ROOT))
+        if not arguments.check:
+            with open(path, "w") as handle:
+                handle.write(text)
+    if arguments.check:
+        print(f"stale: {', '.join(stale)}" if stale else "up to date")
+        return 1 if stale else 0
+    print(f"wrote {', '.join(stale)}" if stale else "up to date")
+    return 0
+
+
 def _run(arguments) -> int:
     from matrix.driver import GB_PER_ENV, Step, run_steps
     from matrix.versions import VERSIONS, check_versions
@@ -205,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("render", help="draw matrix/grid.md and grid.png").set_defaults(
         handler=_render
     )
+    kinds = commands.add_parser(
+        "kinds", help="write matrix/kinds.json and the kinds table of matrix/README.md"
+    )
+    kinds.add_argument("--check", action="store_true", help="exit 1 if either is stale")
+    kinds.set_defaults(handler=_kinds)
     run = commands.add_parser("run", help="the whole matrix, through tox")
     run.add_argument("--versions", nargs="+", help="a subset of the versions (default: all)")
     run.add_argument("--jobs", type=int, default=1, help="environments at a time (each about 5 GB)")

@@ -1,5 +1,13 @@
-"""The corpus one torch version writes: every kind of artifact the harness knows, in files,
-with a manifest of version-neutral expected values.
+"""Every kind of artifact the matrix knows, one :class:`ArtifactKind` record each in
+:data:`ARTIFACT_KINDS`, and the corpus one torch version writes from them: files, with a
+manifest of version-neutral expected values.
+
+A record holds everything about its kind: what the file holds, how it is written (``build``,
+once or for each item of ``each``), how the reader checks it beyond comparing descriptions
+(``check``), its panel of the grid, and the outcomes a load of it can have. The artifacts
+written, the reader's checks, :data:`matrix.results.KINDS`, :func:`matrix.render.panel_of`,
+``matrix/kinds.json`` (what the torch-free tools need) and the table of kinds in
+``matrix/README.md`` follow from the records (``python -m matrix kinds`` writes the last two).
 
 :func:`write_corpus` is deterministic: models, optimizers and schedulers are the simplest
 examples of the project's strategies (Hypothesis's ``find`` with a derandomized search),
@@ -14,6 +22,7 @@ of the state those objects must hold afterwards) or ``outputs`` (of the rebuilt 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import importlib
@@ -21,8 +30,8 @@ import json
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from hypothesis import HealthCheck, Phase, find, settings
@@ -30,13 +39,29 @@ from hypothesis import HealthCheck, Phase, find, settings
 from harness.capabilities import DTYPE_NAMES, optimizer_constraints, probe, torch_version
 from harness.devices import storages_tagged_as
 from harness.persistence import explain_error
-from matrix.describe import describe
+from matrix.describe import describe, first_difference
+from matrix.results import KIND_TABLE, OUTCOMES, KindFacts
 from strategies.model_specs import available_families, model_specs
 from strategies.models import build_model
 from strategies.optim import optimizer_specs, scheduler_specs
 from strategies.training import TrainingCase, TrainingSpec, optimizer_fits
 
-__all__ = ["MANIFEST", "from_plain", "to_plain", "write_corpus"]
+__all__ = [
+    "ARTIFACT_KINDS",
+    "CORPUS_OUTCOMES",
+    "MANIFEST",
+    "Artifact",
+    "ArtifactKind",
+    "Check",
+    "artifact_kind",
+    "artifacts",
+    "from_plain",
+    "generated_kind_files",
+    "kind_table",
+    "kinds_markdown",
+    "to_plain",
+    "write_corpus",
+]
 
 MANIFEST = "manifest.json"
 _FIND = settings(
@@ -50,6 +75,8 @@ _FIND = settings(
 )
 _TRAINING_STEPS = 3
 _SEED = 20261123
+# The seed of the objects the reader rebuilds to load an artifact into.
+_REBUILD_SEED = 1
 
 
 # --- plain specs ------------------------------------------------------------------------
@@ -232,12 +259,12 @@ def _quantized() -> dict[str, Any]:
 
 def _cuda_tagged() -> dict[str, Any]:
     case = build_model(_model_spec("linear"))
-    return {"object": {"model_state_dict": case.module.state_dict()}, "tagged_as": "cuda:0"}
+    return {"object": {"model_state_dict": case.module.state_dict()}}
 
 
 def _legacy_format() -> dict[str, Any]:
     case = build_model(_model_spec("linear"))
-    return {"object": case.module.state_dict(), "legacy_format": True}
+    return {"object": case.module.state_dict()}
 
 
 def _dtype(name: str) -> dict[str, Any]:
@@ -247,36 +274,339 @@ def _dtype(name: str) -> dict[str, Any]:
     return {"object": {"tensor": _bit_patterns(dtype)}}
 
 
-def artifacts() -> Iterator[tuple[str, str, Callable[[], dict[str, Any]]]]:
-    """``(name, kind, build)`` for every artifact of the installed torch's corpus."""
-    for family in available_families():
-        yield f"state_dict/{family}", "state_dict", lambda f=family: _state_dict(f)
-    for family in available_families():
-        yield f"outputs/{family}", "outputs", lambda f=family: _outputs(f)
-    capabilities = probe()
-    for name in capabilities.optimizers:
-        yield f"optimizer/{name}", f"optimizer:{name}", lambda n=name: _optimizer_checkpoint(n)
-    for name in capabilities.schedulers:
-        yield f"scheduler/{name}", f"scheduler:{name}", lambda n=name: _scheduler_checkpoint(n)
-    for name in DTYPE_NAMES:
-        yield f"dtype/{name}", f"dtype:{name}", lambda n=name: _dtype(n)
-    yield "training_checkpoint", "training_checkpoint", _training_checkpoint
-    yield "inference_package", "inference_package", _inference_package
-    yield "whole_model", "whole_model", _whole_model
-    yield "views", "views", _views
-    yield "sparse", "sparse", _sparse
-    yield "quantized", "quantized", _quantized
-    yield "cuda_tagged", "cuda_tagged", _cuda_tagged
-    yield "legacy_format", "legacy_format", _legacy_format
+# --- how the reader checks an artifact beyond its description ---------------------------
 
 
-def _save(built: dict[str, Any], path: str) -> None:
-    keywords = {"_use_new_zipfile_serialization": False} if built.get("legacy_format") else {}
-    if "tagged_as" in built:
-        with storages_tagged_as(built["tagged_as"]):
-            torch.save(built["object"], path, **keywords)
+def _restricted(restored: Any, saved: Any) -> Any:
+    """``restored`` with only the entries the saved state had, in the saved order, at every
+    level: a torch loading an older state adds its own defaults (``foreach``,
+    ``differentiable``, a scheduler's ``verbose``, ...) and orders keys its own way, which
+    changes nothing restored. An entry the saved state had and ``restored`` lacks stays
+    missing, so the comparison names it."""
+    if isinstance(restored, dict) and isinstance(saved, dict):
+        kept = copy.copy(restored)  # of the same type: dict, OrderedDict, Counter, ...
+        kept.clear()
+        kept.update({k: _restricted(restored[k], saved[k]) for k in saved if k in restored})
+        return kept
+    if isinstance(restored, list | tuple) and isinstance(saved, list | tuple):
+        if len(restored) == len(saved):
+            return type(restored)(_restricted(r, s) for r, s in zip(restored, saved, strict=True))
+    return restored
+
+
+def _check_restored(entry: dict[str, Any], loaded: Any) -> str | None:
+    """Load a training checkpoint into objects rebuilt from its specs; where the restored
+    optimizer or scheduler state differs from the saved one, say so."""
+    state = TrainingCase(from_plain(entry["rebuild"]["training"])).build(_REBUILD_SEED)
+    state.model.load_state_dict(loaded["model_state_dict"])
+    # load_state_dict may pop entries of the dict it is given (CyclicLR does): keep a copy
+    saved = copy.deepcopy(loaded)
+    state.optimizer.load_state_dict(loaded["optimizer_state_dict"])
+    restored = {"optimizer": (state.optimizer, saved["optimizer_state_dict"])}
+    if "scheduler" in entry["restored"]:
+        state.scheduler.load_state_dict(loaded["scheduler_state_dict"])
+        restored["scheduler"] = (state.scheduler, saved["scheduler_state_dict"])
+    for part, (restored_object, saved) in restored.items():
+        actual = describe(_restricted(restored_object.state_dict(), saved))
+        difference = first_difference(entry["restored"][part], actual)
+        if difference:
+            return f"restored {part} differs: {difference}"
+    return None
+
+
+def _check_outputs(entry: dict[str, Any], loaded: Any) -> str | None:
+    """Load the state_dict strictly into a model rebuilt from its spec; compare its outputs
+    in eval mode on the saved inputs with the writer's."""
+    module = build_model(from_plain(entry["rebuild"]["model"]), _REBUILD_SEED).module
+    module.load_state_dict(loaded["model_state_dict"], strict=True)
+    module.eval()
+    with torch.no_grad():
+        outputs = module(*loaded["inputs"])
+    difference = first_difference(entry["outputs"], describe(outputs))
+    return f"outputs differ: {difference}" if difference else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """What the reader does with a loaded artifact after comparing its description.
+
+    Attributes:
+        name: the manifest entry it compares with (written by the kind's ``build``); the
+            message of an exception it raises starts with ``<name>: ``.
+        does: what it does, in a few words (the table of kinds in matrix/README.md).
+        run: a function of the manifest entry and what loaded: the first difference, or
+            None.
+    """
+
+    name: str
+    does: str
+    run: Callable[[dict[str, Any], Any], str | None]
+
+
+_OUTPUTS = Check(
+    "outputs",
+    "loaded strictly into the model rebuilt from its spec, whose outputs in eval mode must "
+    "be the writer's bit for bit",
+    _check_outputs,
+)
+_RESTORED = Check(
+    "restored",
+    "loaded into the optimizer and scheduler rebuilt from their specs, whose `state_dict()` "
+    "must then be the saved one",
+    _check_restored,
+)
+
+
+# --- the artifact kinds -------------------------------------------------------------------
+
+#: What a load of a corpus file can end as.
+CORPUS_OUTCOMES = ("identical", "differs", "refused", "error", "unwritable")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of artifact of the matrix: everything about it.
+
+    Attributes:
+        name: the kind as records name it; for a kind with ``named``, the prefix of
+            ``<name>:<item>``.
+        holds: what its files hold, in a few words.
+        panel: the panel of the grid it is drawn in: one of :data:`matrix.render.PANELS`, or
+            of :data:`matrix.render.READER_PANELS` for a kind each reader builds.
+        build: how one artifact is written: a function (of the item, with ``each``)
+            returning ``{"object": <what torch.save saves>}`` and the manifest entries its
+            ``check`` reads (``rebuild``, ``outputs``, ``restored``). None for a kind each
+            reader builds itself with its own torch (``reads`` names how).
+        each: the items one artifact each is written for (model families, optimizer
+            classes, dtypes), named ``<name>/<item>``; None for one artifact named ``<name>``.
+        named: what the item of a ``<name>:<item>`` kind names; empty for a plain kind (its
+            records have kind ``<name>`` whatever the item).
+        check: what the reader does after comparing the description; None: nothing.
+        tagged_as: the device its storages are saved as; the reader loads it with
+            ``map_location="cpu"``.
+        legacy_format: saved in torch's legacy format instead of the zip format.
+        refusal_promised: a refusal under ``weights_only=True`` is the promise kept (drawn
+            as "refused as promised"), not a loss.
+        outcomes: what a load of it can end as, of :data:`matrix.results.OUTCOMES`.
+        reads: for a kind each reader builds, the function of :mod:`matrix.reader` that
+            builds and loads its files, and how.
+    """
+
+    name: str
+    holds: str
+    panel: str
+    build: Callable[..., dict[str, Any]] | None = None
+    each: Callable[[], Iterable[str]] | None = None
+    named: str = ""
+    check: Check | None = None
+    tagged_as: str | None = None
+    legacy_format: bool = False
+    refusal_promised: bool = False
+    outcomes: tuple[str, ...] = CORPUS_OUTCOMES
+    reads: str = ""
+
+    def __post_init__(self) -> None:
+        if not set(self.outcomes) <= set(OUTCOMES):
+            raise ValueError(f"{self.name}: outcomes {self.outcomes} not all of {OUTCOMES}")
+        if self.build is None and not (self.named and self.reads):
+            raise ValueError(f"{self.name}: a kind each reader builds needs named and reads")
+
+    @property
+    def built_by_reader(self) -> bool:
+        """Each reader builds its files with its own torch: they are in no corpus."""
+        return self.build is None
+
+    def kind_of(self, item: str) -> str:
+        """The kind a record of the artifact for ``item`` has."""
+        return f"{self.name}:{item}" if self.named else self.name
+
+    @property
+    def facts(self) -> KindFacts:
+        """What the tools that run without torch know of it (``matrix/kinds.json``)."""
+        return KindFacts(
+            name=self.name,
+            named=self.named,
+            panel=self.panel,
+            outcomes=self.outcomes,
+            refusal_promised=self.refusal_promised,
+            built_by_reader=self.built_by_reader,
+            check=self.check.name if self.check else "",
+        )
+
+    @property
+    def how_read(self) -> str:
+        """How the reader loads and judges it, in a sentence."""
+        if self.built_by_reader:
+            return self.reads
+        located = ' with `map_location="cpu"`' if self.tagged_as else ""
+        then = f"; {self.check.does}" if self.check else ""
+        return f"loaded in each load mode{located}, its description compared{then}"
+
+
+#: Every artifact kind, in the order a corpus is written.
+ARTIFACT_KINDS = (
+    ArtifactKind(
+        "state_dict",
+        holds="the `state_dict` of the simplest model of each available family",
+        panel="models",
+        build=_state_dict,
+        each=available_families,
+    ),
+    ArtifactKind(
+        "outputs",
+        holds="that `state_dict`, the example inputs, and (in the manifest) the outputs",
+        panel="models",
+        build=_outputs,
+        each=available_families,
+        check=_OUTPUTS,
+    ),
+    ArtifactKind(
+        "optimizer",
+        holds=f"a training checkpoint after {_TRAINING_STEPS} steps with each optimizer class",
+        panel="training",
+        build=_optimizer_checkpoint,
+        each=lambda: probe().optimizers,
+        named="class",
+        check=_RESTORED,
+    ),
+    ArtifactKind(
+        "scheduler",
+        holds=f"a training checkpoint after {_TRAINING_STEPS} steps of SGD with each "
+        "scheduler class",
+        panel="training",
+        build=_scheduler_checkpoint,
+        each=lambda: probe().schedulers,
+        named="class",
+        check=_RESTORED,
+    ),
+    ArtifactKind(
+        "dtype",
+        holds="a tensor of each dtype from fixed bytes (NaNs, infinities, subnormals)",
+        panel="tensors",
+        build=_dtype,
+        each=lambda: DTYPE_NAMES,
+        named="dtype",
+    ),
+    ArtifactKind(
+        "training_checkpoint",
+        holds="model, Adam and StepLR states, epoch, loss and RNG state",
+        panel="training",
+        build=_training_checkpoint,
+        check=_RESTORED,
+    ),
+    ArtifactKind(
+        "inference_package",
+        holds="a `state_dict` with model config, preprocessing, class names and metadata",
+        panel="packages",
+        build=_inference_package,
+    ),
+    ArtifactKind(
+        "whole_model",
+        holds="a whole model, `torch.save(model)`",
+        panel="packages",
+        build=_whole_model,
+        refusal_promised=True,
+    ),
+    ArtifactKind(
+        "views",
+        holds="tensors sharing one storage: transposed, strided, offset, channels-last, "
+        "expanded, an alias",
+        panel="tensors",
+        build=_views,
+    ),
+    ArtifactKind(
+        "sparse",
+        holds="sparse COO (coalesced or not) and CSR tensors",
+        panel="tensors",
+        build=_sparse,
+    ),
+    ArtifactKind(
+        "quantized",
+        holds="per-tensor and per-channel quantized tensors",
+        panel="tensors",
+        build=_quantized,
+    ),
+    ArtifactKind(
+        "cuda_tagged",
+        holds="a `state_dict` whose storages are saved as `cuda:0`",
+        panel="packages",
+        build=_cuda_tagged,
+        tagged_as="cuda:0",
+    ),
+    ArtifactKind(
+        "legacy_format",
+        holds="a `state_dict` in the legacy format",
+        panel="packages",
+        build=_legacy_format,
+        legacy_format=True,
+    ),
+    ArtifactKind(
+        "payload",
+        holds="a hostile file of each attack class, in a zip checkpoint, and of each "
+        "pickle-level one in the legacy format too",
+        panel="payloads",
+        named="attack class",
+        refusal_promised=True,
+        outcomes=("executed", "refused", "crashed", "differs", "unwritable"),
+        reads="`reader.payload_records`: built by each torch, loaded in a child process with "
+        "`weights_only=True` (and `mmap=True` where torch has it) and `weights_only=False`",
+    ),
+    ArtifactKind(
+        "malformed",
+        holds="the reader's own valid checkpoint, damaged by each `reader.MALFORMED` corruption",
+        panel="malformed",
+        named="corruption kind",
+        refusal_promised=True,
+        outcomes=("identical", "differs", "refused", "error", "crashed"),
+        reads="`reader.malformed_records`: built by each torch, loaded in a child process "
+        "with `weights_only=True`, with and without `mmap=True`, and compared with the "
+        "undamaged file",
+    ),
+)
+_BY_NAME = {kind.name: kind for kind in ARTIFACT_KINDS}
+
+
+def artifact_kind(kind: str) -> ArtifactKind:
+    """The record of a kind: a record's or manifest entry's (``views``, ``optimizer:Adam``),
+    or the name of a record (``optimizer``)."""
+    name, colon, _ = kind.partition(":")
+    record = _BY_NAME.get(name)
+    if record is None or (colon and not record.named):
+        raise ValueError(f"kind {kind!r} is none of {[k.facts.spelled for k in ARTIFACT_KINDS]}")
+    return record
+
+
+class Artifact(NamedTuple):
+    """One artifact of a corpus: its name (and file), its record's kind, its kind's record,
+    and how it is built."""
+
+    name: str
+    kind: str
+    record: ArtifactKind
+    build: Callable[[], dict[str, Any]]
+
+
+def artifacts() -> Iterator[Artifact]:
+    """Every artifact of the installed torch's corpus, kind by kind."""
+    for record in ARTIFACT_KINDS:
+        if record.build is None:
+            continue
+        if record.each is None:
+            yield Artifact(record.name, record.name, record, record.build)
+            continue
+        for item in record.each():
+            build = functools.partial(record.build, item)
+            yield Artifact(f"{record.name}/{item}", record.kind_of(item), record, build)
+
+
+def _save(artifact: Artifact, saved: Any, path: str) -> None:
+    record = artifact.record
+    keywords = {"_use_new_zipfile_serialization": False} if record.legacy_format else {}
+    if record.tagged_as is not None:
+        with storages_tagged_as(record.tagged_as):
+            torch.save(saved, path, **keywords)
     else:
-        torch.save(built["object"], path, **keywords)
+        torch.save(saved, path, **keywords)
 
 
 def write_corpus(directory: str, progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -286,24 +616,67 @@ def write_corpus(directory: str, progress: Callable[[str], None] = print) -> dic
     entries = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, kind, build in artifacts():
-            entry: dict[str, Any] = {"name": name, "kind": kind}
-            file = name.replace("/", "--") + ".pt"
+        for artifact in artifacts():
+            entry: dict[str, Any] = {"name": artifact.name, "kind": artifact.kind}
+            file = artifact.name.replace("/", "--") + ".pt"
             try:
-                built = build()
-                _save(built, os.path.join(directory, file))
+                built = artifact.build()
+                _save(artifact, built["object"], os.path.join(directory, file))
             except Exception as error:  # noqa: BLE001 - torch's reason is the result
                 entry["unwritable"] = explain_error(error)
-                progress(f"  {name}: unwritable ({entry['unwritable']})")
+                progress(f"  {artifact.name}: unwritable ({entry['unwritable']})")
             else:
                 entry["file"] = file
                 entry["expected"] = describe(built["object"])
-                for key in ("rebuild", "restored", "outputs", "tagged_as"):
-                    if key in built:
-                        entry[key] = built[key]
+                entry.update({key: value for key, value in built.items() if key != "object"})
+                if artifact.record.tagged_as is not None:
+                    entry["tagged_as"] = artifact.record.tagged_as
             entries.append(entry)
     manifest = {"writer": torch_version(), "artifacts": entries}
     with open(os.path.join(directory, MANIFEST), "w") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)
         handle.write("\n")
     return manifest
+
+
+# --- what is generated from the records ---------------------------------------------------
+
+
+def kind_table() -> str:
+    """The text of ``matrix/kinds.json``: the facts of every kind, for the tools that run
+    without torch (:mod:`matrix.results`, :mod:`matrix.render`)."""
+    lines = ",\n".join(" " + json.dumps(dataclasses.asdict(k.facts)) for k in ARTIFACT_KINDS)
+    return f"[\n{lines}\n]\n"
+
+
+def kinds_markdown() -> str:
+    """The table of artifact kinds in ``matrix/README.md``."""
+    lines = [
+        "| kind | what a file holds | how the reader loads and judges it | panel | outcomes |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in ARTIFACT_KINDS:
+        outcomes = ", ".join(f"`{outcome}`" for outcome in kind.outcomes)
+        lines.append(
+            f"| `{kind.facts.spelled}` | {kind.holds} | {kind.how_read} | {kind.panel} "
+            f"| {outcomes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+_README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
+_TABLE_STARTS = "<!-- kinds: written by `python -m matrix kinds`; do not edit -->\n"
+_TABLE_ENDS = "<!-- end of kinds -->\n"
+
+
+def generated_kind_files() -> dict[str, str]:
+    """What ``python -m matrix kinds`` writes: path -> text. ``matrix/kinds.json``, and
+    ``matrix/README.md`` with the table between its markers written again."""
+    with open(_README) as handle:
+        readme = handle.read()
+    before, starts, rest = readme.partition(_TABLE_STARTS)
+    _, ends, after = rest.partition(_TABLE_ENDS)
+    if not (starts and ends):
+        raise ValueError(f"{_README} has no {_TABLE_STARTS.strip()} ... {_TABLE_ENDS.strip()}")
+    table = f"{before}{_TABLE_STARTS}{kinds_markdown()}{_TABLE_ENDS}{after}"
+    return {KIND_TABLE: kind_table(), _README: table}

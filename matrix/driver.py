@@ -16,20 +16,27 @@ it in under a minute with a cache inside the environment, which goes with it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from matrix.results import read_records
 from matrix.versions import tox_env
 
-__all__ = ["GB_PER_ENV", "Step", "run_steps"]
+__all__ = ["CORPUS", "GB_PER_ENV", "RESULTS", "ROOT", "Step", "run_steps"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The committed corpora, one folder per torch version, each with its manifest.json.
+CORPUS = os.path.join(ROOT, "matrix", "corpus")
+#: One results file per reader, <version>.json, merged into matrix/results.json.
+RESULTS = os.path.join(ROOT, "matrix", "results")
 # Measured: an environment with torch's CUDA build and its uv cache takes up to 5 GB.
 GB_PER_ENV = 5.5
 
@@ -48,10 +55,10 @@ class Step:
         return f"{self.phase} {self.version}"
 
     def run(self, keep_env: bool) -> tuple[bool, str]:
-        """Run every command; remove the environment unless ``keep_env``. ``(ok, last line)``."""
+        """Run every command; remove the environment unless ``keep_env``. ``(ok, what it
+        wrote)``: a failed command's exit status, or what the step's files hold."""
         os.makedirs(os.path.dirname(self.log), exist_ok=True)
         env_dir = os.path.join(ROOT, ".tox", tox_env(self.version))
-        last = ""
         try:
             with open(self.log, "w") as log:
                 for arguments in self.commands:
@@ -70,17 +77,23 @@ class Step:
                     if result.returncode != 0:
                         named = " ".join(arguments)
                         return False, f"`{named}` exited {result.returncode}; see {self.log}"
-            with open(self.log) as log:
-                lines = [
-                    line.strip()
-                    for line in log
-                    if line.strip().startswith(("read", "payloads", "damaged", "wrote", "corpus"))
-                ]
-            last = lines[-1] if lines else ""
-            return True, last
+            return True, self.written()
         finally:
             if not keep_env:
                 shutil.rmtree(env_dir, ignore_errors=True)
+
+    def written(self) -> str:
+        """What the step wrote, read from its files: the corpus's manifest (``write``) or
+        the reader's records (``read``)."""
+        if self.phase == "write":
+            with open(os.path.join(CORPUS, self.version, "manifest.json")) as handle:
+                entries = json.load(handle)["artifacts"]
+            unwritable = sum("unwritable" in entry for entry in entries)
+            return f"corpus of {len(entries)} artifacts ({unwritable} unwritable)"
+        records = read_records(os.path.join(RESULTS, f"{self.version}.json"))
+        counts = Counter(record.outcome for record in records)
+        outcomes = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
+        return f"{len(records)} records: {outcomes}"
 
 
 class _DiskWatch:

@@ -8,7 +8,6 @@ compares it with the manifest; :func:`payload_records` writes every hostile payl
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pickle
@@ -31,10 +30,9 @@ from harness.safety import (
     write_payloads,
 )
 from harness.sandbox import LoadOutcome, load_requests_in_child
-from matrix.corpus import MANIFEST, from_plain
+from matrix.corpus import MANIFEST, artifact_kind
 from matrix.describe import describe, first_difference
 from matrix.results import CORPUS_LOAD_MODES, Record, error_type_named_in
-from strategies.models import build_model
 from strategies.payloads import (
     CORRUPTION_KINDS,
     HOSTILE_CLASSES,
@@ -42,7 +40,6 @@ from strategies.payloads import (
     Corruption,
     HostilePayload,
 )
-from strategies.training import TrainingCase
 
 __all__ = [
     "MALFORMED",
@@ -53,12 +50,19 @@ __all__ = [
     "read_corpus",
 ]
 
-_REBUILD_SEED = 1
+# The kinds of the files this module builds.
+_PAYLOAD = artifact_kind("payload")
+_MALFORMED = artifact_kind("malformed")
 
 
-def _is_refusal(error: BaseException) -> bool:
-    """Whether ``error`` is the weights_only unpickler refusing the file."""
-    return isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in str(error)
+def _is_refusal(error: BaseException, load_mode: str) -> bool:
+    """Whether ``error`` is the weights_only unpickler refusing the file: an
+    ``UnpicklingError`` (as every torch raises it, 1.13.1 included) of a load that ran with
+    ``weights_only=True``, asked for or, in ``default`` mode, torch's default."""
+    weights_only = load_mode == "weights_only" or (
+        load_mode == "default" and probe().weights_only_default
+    )
+    return weights_only and isinstance(error, pickle.UnpicklingError)
 
 
 def load_artifact(path: str, load_mode: str, map_location: Any = None) -> Any:
@@ -72,80 +76,26 @@ def load_artifact(path: str, load_mode: str, map_location: Any = None) -> Any:
     return torch.load(path, **keywords)
 
 
-def _restricted(restored: Any, saved: Any) -> Any:
-    """``restored`` with only the entries the saved state had, in the saved order, at every
-    level: a torch loading an older state adds its own defaults (``foreach``,
-    ``differentiable``, a scheduler's ``verbose``, ...) and orders keys its own way, which
-    changes nothing restored. An entry the saved state had and ``restored`` lacks stays
-    missing, so the comparison names it."""
-    if isinstance(restored, dict) and isinstance(saved, dict):
-        kept = copy.copy(restored)  # of the same type: dict, OrderedDict, Counter, ...
-        kept.clear()
-        kept.update({k: _restricted(restored[k], saved[k]) for k in saved if k in restored})
-        return kept
-    if isinstance(restored, list | tuple) and isinstance(saved, list | tuple):
-        if len(restored) == len(saved):
-            return type(restored)(_restricted(r, s) for r, s in zip(restored, saved, strict=True))
-    return restored
-
-
-def _check_restored(entry: dict, loaded: Any) -> str | None:
-    """Load a training checkpoint into objects rebuilt from its specs; where the restored
-    optimizer or scheduler state differs from the saved one, say so."""
-    state = TrainingCase(from_plain(entry["rebuild"]["training"])).build(_REBUILD_SEED)
-    state.model.load_state_dict(loaded["model_state_dict"])
-    # load_state_dict may pop entries of the dict it is given (CyclicLR does): keep a copy
-    saved = copy.deepcopy(loaded)
-    state.optimizer.load_state_dict(loaded["optimizer_state_dict"])
-    restored = {"optimizer": (state.optimizer, saved["optimizer_state_dict"])}
-    if "scheduler" in entry["restored"]:
-        state.scheduler.load_state_dict(loaded["scheduler_state_dict"])
-        restored["scheduler"] = (state.scheduler, saved["scheduler_state_dict"])
-    for part, (restored_object, saved) in restored.items():
-        actual = describe(_restricted(restored_object.state_dict(), saved))
-        difference = first_difference(entry["restored"][part], actual)
-        if difference:
-            return f"restored {part} differs: {difference}"
-    return None
-
-
-def _check_outputs(entry: dict, loaded: Any) -> str | None:
-    """Load the state_dict strictly into a model rebuilt from its spec; compare its outputs
-    in eval mode on the saved inputs with the writer's."""
-    module = build_model(from_plain(entry["rebuild"]["model"]), _REBUILD_SEED).module
-    module.load_state_dict(loaded["model_state_dict"], strict=True)
-    module.eval()
-    with torch.no_grad():
-        outputs = module(*loaded["inputs"])
-    difference = first_difference(entry["outputs"], describe(outputs))
-    return f"outputs differ: {difference}" if difference else None
-
-
-_FURTHER_CHECKS: dict[str, Callable[[dict, Any], str | None]] = {
-    "outputs": _check_outputs,
-    "restored": _check_restored,
-}
-
-
 def _read(entry: dict, path: str, load_mode: str) -> tuple[str, str, str]:
-    """``(outcome, message, error_type)`` of loading one artifact."""
-    map_location = "cpu" if "tagged_as" in entry else None
+    """``(outcome, message, error_type)`` of loading one artifact, as its kind's record says:
+    the description compared with the manifest's, then the kind's check."""
+    kind = artifact_kind(entry["kind"])
+    map_location = "cpu" if kind.tagged_as is not None else None
     try:
         loaded = load_artifact(path, load_mode, map_location)
     except Exception as error:  # noqa: BLE001 - how the load failed is the result
-        outcome = "refused" if _is_refusal(error) else "error"
+        outcome = "refused" if _is_refusal(error, load_mode) else "error"
         return outcome, explain_error(error), type(error).__name__
     difference = first_difference(entry["expected"], describe(loaded))
     if difference:
         return "differs", difference, ""
-    for key, check in _FURTHER_CHECKS.items():
-        if key in entry:
-            try:
-                difference = check(entry, loaded)
-            except Exception as error:  # noqa: BLE001
-                return "error", f"{key}: {explain_error(error)}", type(error).__name__
-            if difference:
-                return "differs", difference, ""
+    if kind.check is not None:
+        try:
+            difference = kind.check.run(entry, loaded)
+        except Exception as error:  # noqa: BLE001
+            return "error", f"{kind.check.name}: {explain_error(error)}", type(error).__name__
+        if difference:
+            return "differs", difference, ""
     return "identical", "", ""
 
 
@@ -220,7 +170,7 @@ def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
                 try:
                     files += write_payloads([payload], directory)
                 except Exception as error:  # noqa: BLE001
-                    names = (version, version, payload.name, f"payload:{payload.attack}")
+                    names = (version, version, payload.name, _PAYLOAD.kind_of(payload.attack))
                     message, error_type = explain_error(error), type(error).__name__
                     records.append(Record(*names, load_mode, "unwritable", message, error_type))
             requests = [
@@ -230,7 +180,7 @@ def payload_records(progress: Callable[[str], None] = print) -> list[Record]:
                 for file in files
             ]
             for file, outcome in zip(files, load_requests_in_child(requests), strict=True):
-                names = (version, version, file.payload.name, f"payload:{file.payload.attack}")
+                names = (version, version, file.payload.name, _PAYLOAD.kind_of(file.payload.attack))
                 records.append(Record(*names, load_mode, *_payload_outcome(file, outcome)))
     broken = sorted(
         {
@@ -283,7 +233,7 @@ def malformed_records(progress: Callable[[str], None] = print) -> list[Record]:
         corruption = load.corruption
         artifact = f"malformed/{corruption.kind}/{corruption.index}/{corruption.mask:#x}"
         load_mode = "weights_only_mmap" if load.mmap else "weights_only"
-        names = (version, version, artifact, f"malformed:{corruption.kind}", load_mode)
+        names = (version, version, artifact, _MALFORMED.kind_of(corruption.kind), load_mode)
         records.append(Record(*names, *_malformed_outcome(load)))
     progress(f"  damaged files: {len(records)} loads: {_summary(records)}")
     return records

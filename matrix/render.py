@@ -14,7 +14,7 @@ import re
 from collections import Counter, defaultdict
 
 from harness.releases import version_key
-from matrix.results import Record
+from matrix.results import Record, kind_facts
 
 __all__ = ["PANELS", "SEVERITY", "panel_of", "render", "shown_outcome"]
 
@@ -31,7 +31,6 @@ SEVERITY = (
     "refused as promised",
     "identical",
 )
-_REFUSAL_PROMISED = ("whole_model", "payload:", "malformed:")
 _SYMBOLS = {
     "identical": "✓",
     "refused as promised": "r",
@@ -66,24 +65,15 @@ READER_PANELS = {
 
 
 def panel_of(kind: str) -> str:
-    """The panel an artifact kind is drawn in."""
-    if kind in ("state_dict", "outputs"):
-        return "models"
-    if kind.startswith(("optimizer:", "scheduler:")) or kind == "training_checkpoint":
-        return "training"
-    if kind.startswith("dtype:") or kind in ("views", "sparse", "quantized"):
-        return "tensors"
-    if kind.startswith("payload:"):
-        return "payloads"
-    if kind.startswith("malformed:"):
-        return "malformed"
-    return "packages"
+    """The panel an artifact kind is drawn in, as its record says."""
+    return kind_facts(kind).panel
 
 
 def shown_outcome(record: Record) -> str:
     """The outcome a cell counts: ``refused as promised`` for a weights_only refusal of a
-    whole-model pickle, a payload or a damaged file, else the record's outcome."""
-    promised = record.kind.startswith(_REFUSAL_PROMISED) and record.load_mode.startswith(
+    kind whose refusal is the promise (a whole-model pickle, a payload, a damaged file),
+    else the record's outcome."""
+    promised = kind_facts(record.kind).refusal_promised and record.load_mode.startswith(
         "weights_only"
     )
     return "refused as promised" if promised and record.outcome == "refused" else record.outcome

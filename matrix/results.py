@@ -4,11 +4,17 @@
 :class:`Record`; ``error_type`` is left out where it is ``None`` (records written before it
 existed), so such records read and write back unchanged. Other tools read it: keep the
 format, and add fields only as optional ones.
+
+This module, like :mod:`matrix.render`, runs without torch (the matrix's merge job has
+none): what it knows of the artifact kinds is :data:`KIND_FACTS`, read from
+``matrix/kinds.json``, which ``python -m matrix kinds`` writes from the records of
+:data:`matrix.corpus.ARTIFACT_KINDS`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -19,11 +25,15 @@ __all__ = [
     "BUILT_BY_READER",
     "CORPUS_LOAD_MODES",
     "KINDS",
+    "KIND_FACTS",
+    "KIND_TABLE",
     "LOAD_MODES",
     "OUTCOMES",
     "RAISING_OUTCOMES",
+    "KindFacts",
     "Record",
     "error_type_named_in",
+    "kind_facts",
     "merge",
     "read_records",
     "write_records",
@@ -35,33 +45,69 @@ LOAD_MODES = CORPUS_LOAD_MODES + ("weights_only_mmap",)
 OUTCOMES = ("identical", "differs", "refused", "error", "crashed", "executed", "unwritable")
 # The outcomes whose records always name an exception class: something raised.
 RAISING_OUTCOMES = ("refused", "error", "unwritable")
+
+
+@dataclass(frozen=True)
+class KindFacts:
+    """What the tools that run without torch know of an artifact kind: the part of its
+    :class:`matrix.corpus.ArtifactKind` record they use.
+
+    Attributes:
+        name: the kind, or for a named kind the prefix of ``<name>:<item>``.
+        named: what the item of a named kind names (``class``, ``dtype``, ...); empty for
+            a plain kind.
+        panel: the panel of the grid it is drawn in.
+        outcomes: what a load of it can end as, of :data:`OUTCOMES`.
+        refusal_promised: a refusal under ``weights_only=True`` is the promise kept.
+        built_by_reader: each reader builds its files with its own torch (no corpus).
+        check: the name of the reader's check after the description; empty if none. The
+            message of an exception the check raised starts with ``<check>: ``.
+    """
+
+    name: str
+    named: str
+    panel: str
+    outcomes: tuple[str, ...]
+    refusal_promised: bool
+    built_by_reader: bool
+    check: str
+
+    @property
+    def spelled(self) -> str:
+        """The kind as people read it: ``views``, ``optimizer:<class>``."""
+        return f"{self.name}:<{self.named}>" if self.named else self.name
+
+
+#: Where the facts of every kind are kept, generated from matrix.corpus.ARTIFACT_KINDS.
+KIND_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinds.json")
+
+
+def _read_kind_table() -> tuple[KindFacts, ...]:
+    with open(KIND_TABLE) as handle:
+        return tuple(
+            KindFacts(**{**item, "outcomes": tuple(item["outcomes"])}) for item in json.load(handle)
+        )
+
+
+#: The facts of every artifact kind, in the order a corpus is written.
+KIND_FACTS = _read_kind_table()
+_FACTS_BY_NAME = {facts.name: facts for facts in KIND_FACTS}
 # Plain kinds, and the prefixes of kinds that name a class, a dtype or an attack.
-KINDS = (
-    "state_dict",
-    "outputs",
-    "training_checkpoint",
-    "inference_package",
-    "whole_model",
-    "views",
-    "sparse",
-    "quantized",
-    "cuda_tagged",
-    "legacy_format",
-)
-_KIND_PREFIXES = ("dtype", "optimizer", "scheduler", "payload", "malformed")
+KINDS = tuple(facts.name for facts in KIND_FACTS if not facts.named)
+_KIND_PREFIXES = tuple(facts.name for facts in KIND_FACTS if facts.named)
 # Kinds whose files each reader builds with its own torch and loads (writer == reader): the
 # hostile payloads and the damaged checkpoints; they are no corpus.
-BUILT_BY_READER = ("payload:", "malformed:")
+BUILT_BY_READER = tuple(f"{facts.name}:" for facts in KIND_FACTS if facts.built_by_reader)
 # Where an environment installed its packages: the part of a message that says nothing about
 # torch and differs between machines.
 _SITE_PACKAGES = re.compile(r"/[^\s'\"]*/site-packages/")
 # A temporary folder a reader built its files in: named at random on every run.
 _TEMPORARY = re.compile(rf"{re.escape(tempfile.gettempdir())}/[^/\s'\"]+/")
-_NAMED_KIND = re.compile(rf"^({'|'.join(_KIND_PREFIXES)}):[A-Za-z0-9_]+$")
+_ITEM = re.compile(r"[A-Za-z0-9_]+")
 _CLASS_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # The further checks of a corpus artifact (matrix.reader): an exception one of them raises is
 # recorded as "<check>: <class>: <reason>".
-_FURTHER_CHECKS = ("outputs", "restored")
+_FURTHER_CHECKS = tuple(dict.fromkeys(facts.check for facts in KIND_FACTS if facts.check))
 # How messages name the exception class (matrix.reader, harness.persistence.explain_error):
 # "<class>: <reason>" for a load, a write or a check that raised (after the check's name), and
 # "the payload ran (<how the load ended>): <class>: <reason>" for a payload that ran and whose
@@ -70,6 +116,19 @@ _NAMED_ERROR = re.compile(rf"^(?:(?:{'|'.join(_FURTHER_CHECKS)}): )?({_CLASS_NAM
 _NAMED_ERROR_AFTER_PAYLOAD = re.compile(
     rf"^the payload ran \((?:refused|out_of_memory)\): ({_CLASS_NAME}): "
 )
+
+
+def kind_facts(kind: str) -> KindFacts:
+    """The facts of a record's ``kind``: a plain kind (``views``) or ``<prefix>:<item>``
+    (``optimizer:Adam``); ValueError for any other."""
+    name, colon, item = kind.partition(":")
+    facts = _FACTS_BY_NAME.get(name)
+    if facts is None or bool(colon) != bool(facts.named) or (colon and not _ITEM.fullmatch(item)):
+        raise ValueError(
+            f"kind {kind!r} is not one of {KINDS} nor <prefix>:<name> with a prefix "
+            f"from {_KIND_PREFIXES}"
+        )
+    return facts
 
 
 def error_type_named_in(outcome: str, message: str) -> str:
@@ -99,8 +158,9 @@ class Record:
             them.
         reader: the torch version that loaded it.
         artifact: the artifact's own name, e.g. ``state_dict/conv2d``.
-        kind: one of :data:`KINDS`, or ``dtype:<name>``, ``optimizer:<class>``,
-            ``scheduler:<class>``, ``payload:<attack class>``, ``malformed:<corruption kind>``.
+        kind: a kind of :data:`KIND_FACTS`: one of :data:`KINDS`, or ``<prefix>:<item>``
+            (``dtype:<name>``, ``optimizer:<class>``, ``scheduler:<class>``,
+            ``payload:<attack class>``, ``malformed:<corruption kind>``).
         load_mode: ``weights_only``, ``default`` (a plain ``torch.load(path)``), ``unsafe``
             (``weights_only=False``) or, for payloads and damaged files on a torch that has
             ``mmap``, ``weights_only_mmap`` (``weights_only=True, mmap=True``).
@@ -132,11 +192,7 @@ class Record:
             raise ValueError(f"load_mode {self.load_mode!r} is not one of {LOAD_MODES}")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome {self.outcome!r} is not one of {OUTCOMES}")
-        if self.kind not in KINDS and not _NAMED_KIND.match(self.kind):
-            raise ValueError(
-                f"kind {self.kind!r} is not one of {KINDS} nor <prefix>:<name> with a prefix "
-                f"from {_KIND_PREFIXES}"
-            )
+        kind_facts(self.kind)  # ValueError for a kind outside the vocabulary
         if self.error_type is not None and not re.fullmatch(f"({_CLASS_NAME})?", self.error_type):
             raise ValueError(f"error_type {self.error_type!r} is not a class name")
 

@@ -10,6 +10,8 @@ import functools
 import glob
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -17,17 +19,29 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.capabilities import torch_version
+from harness.capabilities import probe, torch_version
 from harness.releases import version_key
-from matrix.corpus import MANIFEST, from_plain, to_plain, write_corpus
+from matrix.corpus import (
+    ARTIFACT_KINDS,
+    MANIFEST,
+    artifact_kind,
+    artifacts,
+    from_plain,
+    generated_kind_files,
+    to_plain,
+    write_corpus,
+)
 from matrix.describe import describe, first_difference
 from matrix.reader import MALFORMED, PAYLOADS, malformed_records, payload_records, read_corpus
 from matrix.render import PANELS, READER_PANELS, panel_of, render, shown_outcome
 from matrix.results import (
     BUILT_BY_READER,
+    KIND_FACTS,
+    OUTCOMES,
     RAISING_OUTCOMES,
     Record,
     error_type_named_in,
+    kind_facts,
     merge,
     read_records,
     write_records,
@@ -288,6 +302,106 @@ def test_render_draws_every_panel(tmp_path):
     assert panel_of("scheduler:StepLR") == "training" and panel_of("dtype:bool") == "tensors"
     assert shown_outcome(records[1]) == "refused as promised"
     assert shown_outcome(records[2]) == "refused"
+
+
+# --- artifact kinds ---------------------------------------------------------------------
+
+
+def test_the_files_generated_from_the_kind_records_are_committed_up_to_date():
+    stale = [
+        os.path.relpath(path, ROOT)
+        for path, text in generated_kind_files().items()
+        if open(path).read() != text
+    ]
+    assert not stale, f"stale: {', '.join(stale)}; run python -m matrix kinds"
+    assert KIND_FACTS == tuple(kind.facts for kind in ARTIFACT_KINDS)
+
+
+def test_each_kind_has_one_record_a_panel_and_outcomes_of_the_vocabulary():
+    names = [kind.name for kind in ARTIFACT_KINDS]
+    assert len(set(names)) == len(names)
+    for kind in ARTIFACT_KINDS:
+        assert set(kind.outcomes) <= set(OUTCOMES), kind.name
+        panels = READER_PANELS if kind.built_by_reader else PANELS
+        assert kind.panel in panels, kind.name
+    assert {kind.name + ":" for kind in ARTIFACT_KINDS if kind.built_by_reader} == set(
+        BUILT_BY_READER
+    )
+
+
+def test_the_corpus_writes_every_kind_it_has_a_writer_for_and_only_those():
+    written = list(artifacts())
+    assert {artifact.record for artifact in written} == {
+        kind for kind in ARTIFACT_KINDS if not kind.built_by_reader
+    }
+    for artifact in written:
+        assert artifact_kind(artifact.kind) is artifact.record
+        assert kind_facts(artifact.kind) == artifact.record.facts
+        assert artifact.name.split("/")[0] == artifact.record.name
+    with pytest.raises(ValueError, match="kind"):
+        kind_facts("views:x")
+    with pytest.raises(ValueError, match="kind"):
+        kind_facts("optimizer")
+
+
+def test_every_committed_record_ends_in_an_outcome_its_kind_can_have():
+    wrong = collections.Counter(
+        (r.kind.split(":")[0], r.outcome)
+        for r in _committed_records()
+        if r.outcome not in kind_facts(r.kind).outcomes
+    )
+    assert not wrong, wrong
+
+
+def test_merge_and_render_run_without_torch_or_hypothesis(tmp_path):
+    """The matrix's merge job installs neither: results, render and the command line read
+    what they know of the kinds from matrix/kinds.json."""
+    records = tmp_path / "results.json"
+    write_records(
+        [
+            Record("2.5.1", "2.6.0", "views", "views", "weights_only", "identical"),
+            Record("2.6.0", "2.5.1", "whole_model", "whole_model", "weights_only", "refused"),
+        ],
+        str(records),
+    )
+    code = "\n".join(
+        [
+            "import sys",
+            "sys.modules['torch'] = sys.modules['hypothesis'] = None  # importing either fails",
+            "import matrix.__main__, matrix.render",
+            "from matrix.results import read_records",
+            f"records = read_records({str(records)!r})",
+            "print(matrix.render.panel_of('optimizer:Adam'),",
+            "      [matrix.render.shown_outcome(r) for r in records])",
+        ]
+    )
+    environment = {**os.environ, "PYTHONPATH": ROOT}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "training ['identical', 'refused as promised']\n"
+
+
+def test_a_refusal_is_an_unpickling_error_of_a_load_with_weights_only(tmp_path):
+    """Outcomes are decided from the exception's type and the load mode, not its message:
+    a file that is no pickle at all raises UnpicklingError in every mode, which is a refusal
+    only where the load ran with weights_only=True (in default mode: where torch defaults to
+    it)."""
+    (tmp_path / "views.pt").write_bytes(b"not a pickle")
+    entry = {"name": "views", "kind": "views", "file": "views.pt", "expected": describe(None)}
+    manifest = {"writer": torch_version(), "artifacts": [entry]}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    records = read_corpus(str(tmp_path), progress=lambda line: None)
+    default = "refused" if probe().weights_only_default else "error"
+    expected = {"weights_only": "refused", "default": default, "unsafe": "error"}
+    assert {r.load_mode: r.outcome for r in records} == expected
+    assert {r.error_type for r in records} == {"UnpicklingError"}
 
 
 # --- the committed corpora, read by the installed torch -------------------------------------
