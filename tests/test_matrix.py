@@ -32,6 +32,7 @@ from matrix.corpus import (
     write_corpus,
 )
 from matrix.describe import describe, first_difference
+from matrix.driver import Step
 from matrix.reader import MALFORMED, PAYLOADS, malformed_records, payload_records, read_corpus
 from matrix.render import PANELS, READER_PANELS, panel_of, render, shown_outcome
 from matrix.results import (
@@ -402,6 +403,14 @@ def test_a_refusal_is_an_unpickling_error_of_a_load_with_weights_only(tmp_path):
     expected = {"weights_only": "refused", "default": default, "unsafe": "error"}
     assert {r.load_mode: r.outcome for r in records} == expected
     assert {r.error_type for r in records} == {"UnpicklingError"}
+
+
+def test_the_driver_says_what_a_step_wrote_from_its_files_not_its_log():
+    manifest = json.loads(open(CORPORA[0]).read())
+    version = manifest["writer"]
+    unwritable = sum("unwritable" in entry for entry in manifest["artifacts"])
+    said = Step("write", version, [["write"]]).written()
+    assert said == f"corpus of {len(manifest['artifacts'])} artifacts ({unwritable} unwritable)"
 
 
 # --- the committed corpora, read by the installed torch -------------------------------------
