@@ -96,7 +96,8 @@ ISOLATION_AVAILABLE = (
 )
 # The outcomes that are harm whatever the file: the loader took the process down or hung.
 _FAILURES = frozenset({"crashed", "hung", "out_of_memory"})
-_POLL_S = 0.05
+# How long the parent waits on the pipe between checks of the time limit.
+_SELECT_S = 1.0
 # Exit status of a child that could not report (the report itself failed).
 _UNREPORTED = 70
 
@@ -234,12 +235,17 @@ def _read_report(read: int, deadline: float) -> bytes | None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        ready, _, _ = select.select([read], [], [], min(remaining, _POLL_S * 20))
+        ready, _, _ = select.select([read], [], [], min(remaining, _SELECT_S))
         if ready:
             chunk = os.read(read, 1 << 16)
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
+
+
+def _check_callable(function: object, name: str) -> None:
+    if not callable(function):
+        raise InvalidArgument(f"{name}={function!r} must be a callable taking no arguments")
 
 
 def _check_limits(timeout: object, memory_bytes: object) -> None:
@@ -271,8 +277,7 @@ def run_isolated(
     Needs Linux (``os.fork`` and ``/proc``); elsewhere raises :class:`IsolationUnavailable`
     rather than running the function unprotected (:data:`ISOLATION_AVAILABLE` says which).
     """
-    if not callable(function):
-        raise InvalidArgument(f"function={function!r} must be a callable taking no arguments")
+    _check_callable(function, "function")
     _check_limits(timeout, memory_bytes)
     if not ISOLATION_AVAILABLE:
         raise IsolationUnavailable(
@@ -811,11 +816,6 @@ def _judged(record: Attack, isolated: Isolated, ran: bool, read: bool | None) ->
 
 def _returning_nothing(function: Callable[[], Any]) -> None:
     function()  # what load returns (the state it loaded, perhaps) need not pickle
-
-
-def _check_callable(function: object, name: str) -> None:
-    if not callable(function):
-        raise InvalidArgument(f"{name}={function!r} must be a callable taking no arguments")
 
 
 def attack_written_files(
