@@ -69,6 +69,9 @@ class Hazard:
             for ``"resume"``, a :class:`~strategies.models.ModelCase` for ``"inference"``.
         available: whether the installed torch has what the case needs (read from
             :mod:`harness.capabilities`); ``build`` is called only where it does.
+        needs: what ``available`` asks of the installed torch besides the model families,
+            optimizer and scheduler classes the case is built from, in words; empty when
+            nothing else.
     """
 
     name: str
@@ -76,6 +79,7 @@ class Hazard:
     purposes: tuple[str, ...]
     build: Callable[[str], TrainingCase | ModelCase]
     available: Callable[[], bool]
+    needs: str = ""
 
     def case(self, purpose: str) -> TrainingCase | ModelCase:
         """The explicit case for ``purpose``, built afresh (a ModelCase holds a module,
@@ -282,6 +286,8 @@ def _cast_hazard(optimizer: str, dtype: str) -> Hazard:
         ("resume",),
         _cast_case(optimizer, dtype),
         lambda: bool(optimizer_state_cast(optimizer, dtype)[1]),
+        f"load_state_dict changing the dtype of state the optimizer keeps beside {dtype} "
+        "parameters (probed: optimizer_state_cast)",
     )
 
 
@@ -418,6 +424,7 @@ HAZARD_REGISTRY: tuple[Hazard, ...] = (
         ("inference",),
         _model_case(_vector_model(_mixed("float64"))),
         _both(_has(families=("mixed_dtype",)), _has_dtype("float64")),
+        "float64 tensors that save and load",
     ),
     Hazard(
         "bfloat16_parameters",
@@ -426,6 +433,7 @@ HAZARD_REGISTRY: tuple[Hazard, ...] = (
         ("inference",),
         _model_case(_vector_model(_mixed("bfloat16"))),
         _both(_has(families=("mixed_dtype",)), _has_dtype("bfloat16")),
+        "bfloat16 tensors that save and load",
     ),
     *(_cast_hazard(record.name, dtype) for dtype in _CAST_DTYPES for record in OPTIMIZER_REGISTRY),
     Hazard(
@@ -443,6 +451,7 @@ HAZARD_REGISTRY: tuple[Hazard, ...] = (
             _has(families=("linear",), optimizers=("SGD",), schedulers=("StepLR",)),
             lambda: sgd_state_without_momentum() == {},
         ),
+        "SGD without momentum keeping no per-parameter state (sgd_state_without_momentum)",
     ),
     Hazard(
         "param_groups",
@@ -505,6 +514,7 @@ HAZARD_REGISTRY: tuple[Hazard, ...] = (
             _has(families=("linear",), optimizers=("SGD",), schedulers=("MultiStepLR",)),
             weights_only_loads_counter,
         ),
+        "torch.load(weights_only=True) reading a Counter back (weights_only_loads_counter)",
     ),
     Hazard(
         "reduce_lr_on_plateau",
@@ -569,6 +579,7 @@ HAZARD_REGISTRY: tuple[Hazard, ...] = (
             _has(families=("linear",), optimizers=("SGD",), schedulers=("CyclicLR",)),
             cyclic_lr_state_pickles,
         ),
+        "a CyclicLR state_dict that torch.save can pickle (cyclic_lr_state_pickles)",
     ),
 )
 

@@ -53,8 +53,8 @@ class HazardCheckpoint:
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> Any:
         return optimizer.state_dict()
 
-    def scheduler_state(self, scheduler: Any) -> Any:
-        return scheduler.state_dict()
+    def scheduler_state(self, state: TrainingState) -> Any:
+        return state.scheduler.state_dict()
 
     def rng_state(self) -> torch.Tensor | None:
         return torch.get_rng_state()
@@ -78,8 +78,8 @@ class HazardCheckpoint:
             for key, value in entries.items():
                 optimizer.state[parameter][key] = _on_device(value, parameter.device)
 
-    def load_scheduler(self, scheduler: Any, saved: Any) -> None:
-        scheduler.load_state_dict(saved)
+    def load_scheduler(self, into: TrainingState, saved: Any) -> None:
+        into.scheduler.load_state_dict(saved)
 
     def load_rng(self, saved: torch.Tensor | None) -> None:
         if saved is not None:
@@ -95,7 +95,7 @@ class HazardCheckpoint:
         if state.optimizer is not None:
             checkpoint["optimizer"] = self.optimizer_state(state.optimizer)
         if state.scheduler is not None:
-            checkpoint["scheduler"] = self.scheduler_state(state.scheduler)
+            checkpoint["scheduler"] = self.scheduler_state(state)
         for part in _OTHER_PARTS:
             value = getattr(state, part, None)
             if value is not None:
@@ -106,11 +106,12 @@ class HazardCheckpoint:
 
     def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
         checkpoint = self.read(path, map_location)
+        into.extra.update(checkpoint["extra"])
         self.load_model(into.model, checkpoint["model"])
         # The scheduler before the optimizer: loading the optimizer's param groups last
         # leaves the learning rates as saved, whatever loading the scheduler did to them.
         if into.scheduler is not None:
-            self.load_scheduler(into.scheduler, checkpoint["scheduler"])
+            self.load_scheduler(into, checkpoint["scheduler"])
         if into.optimizer is not None:
             self.load_optimizer(into.optimizer, checkpoint["optimizer"])
         for part in _OTHER_PARTS:
@@ -118,7 +119,6 @@ class HazardCheckpoint:
             if value is not None:
                 value.load_state_dict(checkpoint[part])
         self.load_rng(checkpoint.get("rng"))
-        into.extra.update(checkpoint["extra"])
         if self.purpose == "inference":
             into.model.eval()
         else:
@@ -162,7 +162,9 @@ class SafetensorsWeights(HazardCheckpoint):
     def write(self, checkpoint: dict[str, Any], path: str) -> None:
         from safetensors.torch import save_file
 
-        save_file(checkpoint.pop("model"), f"{path}.safetensors")
+        # contiguous(): safetensors refuses strided views (orthogonal's base is one).
+        tensors = {name: t.contiguous() for name, t in checkpoint.pop("model").items()}
+        save_file(tensors, f"{path}.safetensors")
         super().write(checkpoint, path)
 
     def read(self, path: str, map_location: Any) -> dict[str, Any]:
@@ -273,7 +275,12 @@ class SafetensorsOptimizerState(HazardCheckpoint):
                         numbers.append(f"{index}.{key}")
                     tensors[f"{index}.{key}"] = torch.as_tensor(value)
             save_file(tensors, f"{path}.optimizer.safetensors")
-            checkpoint["optimizer"] = {"param_groups": saved["param_groups"], "numbers": numbers}
+            # safetensors sorts its keys: the order of the entries is kept beside them.
+            checkpoint["optimizer"] = {
+                "param_groups": saved["param_groups"],
+                "order": list(tensors),
+                "numbers": numbers,
+            }
         super().write(checkpoint, path)
 
     def read(self, path: str, map_location: Any) -> dict[str, Any]:
@@ -282,10 +289,11 @@ class SafetensorsOptimizerState(HazardCheckpoint):
         checkpoint = super().read(path, map_location)
         if "optimizer" in checkpoint:
             saved = checkpoint["optimizer"]
+            tensors = load_file(f"{path}.optimizer.safetensors")
             state: dict[int, dict[str, Any]] = {}
-            for name, tensor in load_file(f"{path}.optimizer.safetensors").items():
+            for name in saved["order"]:
                 index, key = name.split(".", 1)
-                value = tensor.item() if name in saved["numbers"] else tensor
+                value = tensors[name].item() if name in saved["numbers"] else tensors[name]
                 state.setdefault(int(index), {})[key] = value
             checkpoint["optimizer"] = {"state": state, "param_groups": saved["param_groups"]}
         return checkpoint
@@ -333,23 +341,24 @@ class JsonSchedulerState(HazardCheckpoint):
 
 
 class ReplayedScheduler(HazardCheckpoint):
-    """Saves the scheduler's step count and restores the scheduler by stepping the fresh
-    one as often: ReduceLROnPlateau's steps need the metrics it was given."""
+    """Saves no scheduler state and restores the scheduler by stepping the fresh one once
+    per epoch trained (``extra["epoch"]``): ReduceLROnPlateau's steps need the metrics it
+    was given."""
 
-    def scheduler_state(self, scheduler: Any) -> int:
-        return scheduler.last_epoch
+    def scheduler_state(self, state: TrainingState) -> None:
+        return None
 
-    def load_scheduler(self, scheduler: Any, saved: int) -> None:
-        for _ in range(saved):
-            scheduler.step()
+    def load_scheduler(self, into: TrainingState, saved: None) -> None:
+        for _ in range(into.extra["epoch"]):
+            into.scheduler.step()
 
 
 class DictUpdatedScheduler(HazardCheckpoint):
     """Loads the scheduler's state_dict with ``scheduler.__dict__.update``, the way the base
     class does: composite schedulers get their children replaced by dicts."""
 
-    def load_scheduler(self, scheduler: Any, saved: Any) -> None:
-        scheduler.__dict__.update(saved)
+    def load_scheduler(self, into: TrainingState, saved: Any) -> None:
+        into.scheduler.__dict__.update(saved)
 
 
 class SchedulerCounters(HazardCheckpoint):
@@ -359,11 +368,11 @@ class SchedulerCounters(HazardCheckpoint):
 
     _COUNTERS = ("last_epoch", "_step_count", "_last_lr")
 
-    def scheduler_state(self, scheduler: Any) -> dict[str, Any]:
-        return {k: v for k, v in scheduler.state_dict().items() if k in self._COUNTERS}
+    def scheduler_state(self, state: TrainingState) -> dict[str, Any]:
+        return {k: v for k, v in state.scheduler.state_dict().items() if k in self._COUNTERS}
 
-    def load_scheduler(self, scheduler: Any, saved: dict[str, Any]) -> None:
-        scheduler.load_state_dict({**scheduler.state_dict(), **saved})
+    def load_scheduler(self, into: TrainingState, saved: dict[str, Any]) -> None:
+        into.scheduler.load_state_dict({**into.scheduler.state_dict(), **saved})
 
 
 # --- which hazard exposes which --------------------------------------------------------------
