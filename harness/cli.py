@@ -220,6 +220,32 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the harness's, 60)",
     )
     checkpointer.add_argument(
+        "--models",
+        action="append",
+        default=[],
+        metavar="FILE.py:NAME",
+        help="check on your models instead of generated ones: NAME is a harness.UserModel, a "
+        "Hypothesis strategy of them, or a list of either (repeatable)",
+    )
+    checkpointer.add_argument(
+        "--optimizers",
+        action="append",
+        default=[],
+        metavar="FILE.py:NAME",
+        help="check with your optimizers: NAME is a function of the model (or a torch.optim "
+        "class or functools.partial of one, given model.parameters()) returning an optimizer, a "
+        "strategy of them, or a list (repeatable; default: every optimizer class that fits)",
+    )
+    checkpointer.add_argument(
+        "--schedulers",
+        action="append",
+        default=[],
+        metavar="FILE.py:NAME",
+        help="check with your learning-rate schedulers: NAME is a function of the optimizer "
+        "returning a scheduler, a strategy of them, or a list; 'none' for no scheduler "
+        "(repeatable; default: a generated scheduler or none)",
+    )
+    checkpointer.add_argument(
         "--out", default=None, help="also write report.json and report.md into this directory"
     )
     traceback_option(checkpointer)
@@ -272,6 +298,10 @@ def _import_user_file(path: Path):
     if folder not in sys.path:
         sys.path.append(folder)
     module_name = f"harness_user_{path.stem}"
+    imported = sys.modules.get(module_name)
+    known = getattr(imported, "__file__", None)
+    if known is not None and Path(known).resolve() == path.resolve():
+        return imported  # named by two options: one module, so its classes are the same
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     # Registered, so that classes defined in the file can be pickled and found again.
@@ -290,17 +320,14 @@ def _is_checkpointer(value: Any) -> bool:
     return all(callable(getattr(value, method, None)) for method in ("save", "load"))
 
 
-def _load_checkpointer(target: str, arguments: dict[str, Any]):
-    """The checkpointer ``FILE.py:NAME`` names: an instance, or a class or a factory function
-    called with ``arguments``."""
+def _load_reference(target: str, example: str, option: str = "") -> tuple[Path, str, Any]:
+    """The file, the name and the object ``FILE.py:NAME`` names."""
     path_text, separator, name = target.rpartition(":")
     path = Path(path_text)
     if not separator or not name or path.suffix != ".py":
-        raise UsageError(
-            f"expected FILE.py:NAME (e.g. my_checkpoints.py:MyCheckpointer), got {target!r}"
-        )
+        raise UsageError(f"{option}expected FILE.py:NAME (e.g. {example}), got {target!r}")
     if not path.is_file():
-        raise UsageError(f"no such file: {path}")
+        raise UsageError(f"{option}no such file: {path}")
     module = _import_user_file(path)
     if not hasattr(module, name):
         defined = sorted(
@@ -309,8 +336,14 @@ def _load_checkpointer(target: str, arguments: dict[str, Any]):
             if not key.startswith("_") and getattr(value, "__module__", None) == module.__name__
         )
         hint = f" (it defines: {', '.join(defined)})" if defined else ""
-        raise UsageError(f"{path} defines no {name!r}{hint}")
-    found = getattr(module, name)
+        raise UsageError(f"{option}{path} defines no {name!r}{hint}")
+    return path, name, getattr(module, name)
+
+
+def _load_checkpointer(target: str, arguments: dict[str, Any]):
+    """The checkpointer ``FILE.py:NAME`` names: an instance, or a class or a factory function
+    called with ``arguments``."""
+    path, name, found = _load_reference(target, "my_checkpoints.py:MyCheckpointer")
     if not isinstance(found, type) and _is_checkpointer(found):
         if arguments:
             raise UsageError(
@@ -331,6 +364,32 @@ def _load_checkpointer(target: str, arguments: dict[str, Any]):
             "save(state, path) and load(path, into, map_location=None)"
         )
     return checkpointer
+
+
+#: The options naming the user's models, optimizers and schedulers, and an example of each.
+_USER_PARTS = {
+    "models": "my_models.py:MODELS",
+    "optimizers": "my_training.py:make_optimizer",
+    "schedulers": "my_training.py:make_scheduler",
+}
+
+
+def _user_parts(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """What ``--models``, ``--optimizers`` and ``--schedulers`` name, per option given: the
+    objects, a list named by one reference contributing its items (``--schedulers none``
+    stands for no scheduler). What the objects are is checked by ``check_checkpointer``."""
+    parts = {}
+    for option, example in _USER_PARTS.items():
+        found: list[Any] = []
+        for target in getattr(args, option):
+            if option == "schedulers" and target == "none":
+                found.append(None)
+                continue
+            _, _, value = _load_reference(target, example, option=f"--{option}: ")
+            found += list(value) if isinstance(value, list | tuple) else [value]
+        if getattr(args, option):
+            parts[option] = found
+    return parts
 
 
 def _build(factory: Callable[..., Any], name: str, arguments: dict[str, Any]) -> Any:
@@ -370,6 +429,7 @@ def _draw_seed() -> int:
 def _check_checkpointer(args: argparse.Namespace) -> int:
     arguments = _keyword_arguments(args.arg)
     checkpointer = _load_checkpointer(args.target, arguments)
+    parts = _user_parts(args)
 
     from hypothesis.errors import InvalidArgument
 
@@ -390,6 +450,9 @@ def _check_checkpointer(args: argparse.Namespace) -> int:
     command += ["--seed", str(seed)]
     for name in args.exclude:
         command += ["--exclude", name]
+    for option in _USER_PARTS:
+        for target in getattr(args, option):
+            command += [f"--{option}", target]
     command += ["--timeout", f"{timeout:g}"]
     base = f"{PROG} {shlex.join(command)}"
     examples = "1 example" if args.max_examples == 1 else f"{args.max_examples} examples"
@@ -408,6 +471,7 @@ def _check_checkpointer(args: argparse.Namespace) -> int:
             invariants=args.invariant,
             timeout=timeout,
             progress=_say,
+            **parts,
         )
     except (InvalidArgument, ValueError) as error:
         raise UsageError(str(error)) from error

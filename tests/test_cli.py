@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shlex
@@ -12,6 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from harness.checkpointer import check_checkpointer
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds any one command may take before the test fails
@@ -59,6 +62,19 @@ class SleepsInLoad(TrainingCheckpoint):
 class NoSave:
     def load(self, path, into, map_location=None):
         pass
+
+
+class ForgetsBuffers(TrainingCheckpoint):
+    """Restores the parameters only: the batch-norm statistics stay the fresh model's."""
+
+    def load(self, path, into, map_location=None):
+        buffers = {name: b.clone() for name, b in into.model.named_buffers()}
+        super().load(path, into, map_location)
+        for name, buffer in into.model.named_buffers():
+            buffer.data.copy_(buffers[name])
+
+
+NOT_A_MODEL = 3
 '''.replace("TIMEOUT", str(TIMEOUT))
 
 
@@ -134,6 +150,19 @@ USAGE_ERRORS = {
     "unknown exclusion": (
         ["check-checkpointer", "code/checkpoints.py:ready", "--exclude", "nope"],
         "exclude names ['nope']",
+    ),
+    "models: no such file": (
+        ["check-checkpointer", "code/checkpoints.py:ready", "--models", "code/missing.py:X"],
+        "--models: no such file: code/missing.py",
+    ),
+    "optimizers: no such name": (
+        ["check-checkpointer", "code/checkpoints.py:ready"]
+        + ["--optimizers", "code/checkpoints.py:make_optimizer"],
+        "--optimizers: code/checkpoints.py defines no 'make_optimizer'",
+    ),
+    "schedulers: not FILE.py:NAME": (
+        ["check-checkpointer", "code/checkpoints.py:ready", "--schedulers", "StepLR"],
+        "--schedulers: expected FILE.py:NAME (e.g. my_training.py:make_scheduler)",
     ),
     "unknown invariant": (["check", "--invariant", "nope"], "unknown invariant(s) nope"),
     "unknown profile": (["check", "--profile", "bogus"], "unknown Hypothesis profile 'bogus'"),
@@ -267,7 +296,10 @@ def test_ctrl_c_writes_the_partial_report_and_exits_130(project):
             seen.append(line)
             if line.startswith("sleeping in load"):
                 break
-        assert "[1/4] state_restored ...\n" in seen, seen
+        # "[1/N] state_restored ...", N the number of invariants for the purpose.
+        assert any(
+            line.startswith("[1/") and line.endswith("] state_restored ...\n") for line in seen
+        ), seen
         child.send_signal(signal.SIGINT)
         stdout, stderr = child.communicate(timeout=TIMEOUT)
     finally:
@@ -280,3 +312,65 @@ def test_ctrl_c_writes_the_partial_report_and_exits_130(project):
     assert data["not_run"][0] == "state_restored"
     assert stdout.strip().splitlines()[-1] == data["headline"]
     assert data["headline"].startswith("INTERRUPTED during state_restored")
+
+
+# --- the user's own models, optimizers and schedulers ---------------------------------------
+
+EXAMPLES = ROOT / "docs" / "examples" / "my_models.py"
+wired = pytest.mark.skipif(
+    "models" not in inspect.signature(check_checkpointer).parameters,
+    reason="check_checkpointer does not take models= yet",
+)
+
+
+@wired
+def test_a_reference_that_is_no_model_is_a_usage_error(project):
+    result = harness(
+        "check-checkpointer",
+        "code/checkpoints.py:ready",
+        "--models",
+        "code/checkpoints.py:NOT_A_MODEL",
+        cwd=project,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "models holds 3, which is no harness.UserModel" in result.stderr
+
+
+@wired
+def test_the_users_models_reach_the_report_and_its_reproduction_command(project):
+    options = [
+        "--models",
+        f"{EXAMPLES}:CNN",
+        "--optimizers",
+        f"{EXAMPLES}:OPTIMIZERS",
+        "--schedulers",
+        "none",
+        "--invariant",
+        "state_restored",
+        "--max-examples",
+        "3",
+        "--seed",
+        "0",
+    ]
+    first = harness(
+        "check-checkpointer", "code/checkpoints.py:ForgetsBuffers", *options, cwd=project
+    )
+    assert first.returncode == 1, first.stdout + first.stderr
+    minimal = _minimal_example(first.stdout)
+    assert minimal.startswith("minimal example: UserTrainingCase(model=SmallCNN, "), minimal
+    assert "scheduler=None" in minimal
+    (command,) = [
+        line.removeprefix("reproduce: ")
+        for line in first.stdout.splitlines()
+        if line.startswith("reproduce: ")
+    ]
+    assert command == (
+        "python -m harness check-checkpointer code/checkpoints.py:ForgetsBuffers "
+        "--purpose resume --max-examples 3 --seed 0 "
+        f"--models {EXAMPLES}:CNN --optimizers {EXAMPLES}:OPTIMIZERS --schedulers none "
+        "--timeout 60 --invariant state_restored"
+    )
+    again = harness(*shlex.split(command.removeprefix("python -m harness ")), cwd=project)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert _minimal_example(again.stdout) == minimal
