@@ -41,9 +41,16 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from harness.capabilities import probe
-from harness.compare import assert_identical, computed
+from harness.compare import assert_identical, computed, find_difference
 from harness.devices import storages_tagged_as
-from harness.report import Report
+from harness.files import (
+    AttackTrial,
+    DamageTrial,
+    attack_written_files,
+    damage_written_files,
+    written_files,
+)
+from harness.report import Finding, Report
 from harness.state import TrainingState, snapshot
 from harness.suite import Invariant, Unshrinkable, run_suite
 from strategies.model_specs import available_families
@@ -699,6 +706,131 @@ def hostile_file_runs_nothing(calls: _Calls, purpose: str, example) -> Iterator[
         )
 
 
+class WrittenFilesHarmed(Unshrinkable):
+    """A hostile or damaged written file got through: every file and every attack or damage
+    has been tried on the example already, so a smaller example would show no more."""
+
+
+class _Layouts:
+    """The file layouts (relative paths and kinds) whose exhaustive trials have passed in this
+    run: an example whose save writes a layout already tried is not tried again. Only passes
+    are remembered, so a failing example fails again on replay."""
+
+    def __init__(self) -> None:
+        self.passed: set[tuple[tuple[str, str], ...]] = set()
+
+
+def _layout(files) -> tuple[tuple[str, str], ...]:
+    return tuple((file.path, file.kind) for file in files)
+
+
+def _trial_limit(calls: _Calls) -> float:
+    return calls.timeout if calls.timeout is not None else DEFAULT_TIMEOUT
+
+
+def _attack_line(trial: AttackTrial) -> str:
+    return f"{trial.file} ({trial.kind}) replaced by {trial.attack} ({trial.group}): {trial.detail}"
+
+
+@_keeps_caller_rng
+def written_files_run_nothing(
+    layouts: _Layouts, calls: _Calls, purpose: str, case: Any
+) -> Iterator[str]:
+    """Every file save wrote, replaced in turn by every hostile file of its kind, is loaded
+    by load in a forked child: no code runs, nothing crashes or hangs, no memory attack is
+    accepted."""
+    original, fresh = _prepare(purpose, case)
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "checkpoint.pt")
+        calls.save(original, path)
+        if _layout(written_files(directory)) in layouts.passed:
+            yield "written files of a layout already attacked"
+            return
+        result = attack_written_files(
+            directory,
+            functools.partial(calls.checkpointer.load, path, fresh),
+            timeout=_trial_limit(calls),
+        )
+    layout = _layout(result.files)
+    yield f"{len(result.files)} written file(s), {len(result.trials)} hostile files tried"
+    for file in result.not_attacked:
+        yield f"a written file of kind {file.kind} is not attacked (no hostile file of its kind)"
+    if result.harmful:
+        lines = "\n".join(_attack_line(trial) for trial in result.harmful)
+        raise WrittenFilesHarmed(
+            f"{len(result.harmful)} of {len(result.trials)} hostile files in place of a "
+            f"written file got through load:\n{lines}"
+        )
+    layouts.passed.add(layout)
+
+
+def _damage_line(trial: DamageTrial) -> str:
+    return (
+        f"{trial.file} {trial.damage} ({trial.where}): {trial.outcome} {trial.value or trial.error}"
+    )
+
+
+def _what_differs(expected: dict[str, Any], extra: dict[str, Any], restored: TrainingState):
+    """In the forked child after a load: None when the restored state's snapshot and extra
+    entries are ``expected`` and ``extra``, else one line saying what differs."""
+    difference = find_difference(expected, snapshot(restored), name="restored")
+    if difference is None:
+        kept = {key: restored.extra[key] for key in extra if key in restored.extra}
+        difference = find_difference(extra, kept, name="restored.extra")
+    return None if difference is None else difference.headline
+
+
+@_keeps_caller_rng
+def damaged_files_detected(
+    layouts: _Layouts, calls: _Calls, purpose: str, case: Any
+) -> Iterator[str | Finding]:
+    """Each file save wrote, truncated, emptied, bit-flipped or deleted in turn: load raises,
+    or restores what it restores from the undamaged files; it never restores something else.
+
+    A load that restores something else is blamed on the checkpointer when the file kind's
+    own reader refuses the damaged file (the checkpointer had an error to see, or a missing
+    file, and went on); where the format itself cannot tell (torch does not check the CRC-32
+    of zip records, pytorch/pytorch#126952) it is a finding, not a failure.
+    """
+    original, fresh = _prepare(purpose, case)
+
+    def trial() -> str | None:
+        calls.checkpointer.load(path, fresh)
+        return _what_differs(expected, expected_extra, fresh)
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "checkpoint.pt")
+        calls.save(original, path)
+        if _layout(written_files(directory)) in layouts.passed:
+            yield "written files of a layout already damaged"
+            return
+        # What load restores from the undamaged files is the reference: whether that is the
+        # original state is state_restored's concern, not this invariant's.
+        undamaged = _fresh(purpose, case)
+        calls.load(path, undamaged)
+        expected, expected_extra = snapshot(undamaged), copy.deepcopy(undamaged.extra)
+        result = damage_written_files(directory, trial, timeout=_trial_limit(calls))
+    yield f"{len(result.files)} written file(s), {len(result.trials)} damaged versions tried"
+    kinds = {file.path: file.kind for file in result.files}
+    for trial_ in result.silently_wrong:
+        if trial_.format_noticed is False:
+            kind = kinds[trial_.file]
+            yield Finding(
+                f"a {kind} file {trial_.damage} ({trial_.where.split(' (')[-1].rstrip(')')}) "
+                "loads without an error, with other contents: the format does not notice",
+                "pytorch/pytorch#126952" if kind in ("torch_zip", "legacy_torch") else None,
+            )
+    blamed = [t for t in result.silently_wrong if t.format_noticed is not False]
+    broken = blamed + list(result.failures)
+    if broken:
+        lines = "\n".join(_damage_line(trial_) for trial_ in broken)
+        raise WrittenFilesHarmed(
+            f"{len(blamed)} damaged file(s) loaded silently wrong and {len(result.failures)} "
+            f"crashed or hung load, of {len(result.trials)} tried:\n{lines}"
+        )
+    layouts.passed.add(_layout(result.files))
+
+
 @dataclass(frozen=True)
 class _Draws:
     """What the examples are drawn from, after the user's exclusions."""
@@ -728,14 +860,19 @@ class CheckpointerInvariant:
         description: one sentence stating the promise.
         purposes: the purposes (of :data:`PURPOSES`) it is checked for.
         hostile: whether its examples pair a case with a hostile file.
-        check: ``check(calls, purpose, example)``, a generator of observations.
+        check: ``check(calls, purpose, example)``, a generator of observations; for an
+            exhaustive one ``check(layouts, calls, purpose, example)``.
+        exhaustive: whether it tries every written file in every way (attacks, damages):
+            an example whose save writes a file layout that has passed in this run is not
+            tried again (:class:`_Layouts`).
     """
 
     name: str
     description: str
     purposes: tuple[str, ...]
     hostile: bool
-    check: Callable[[_Calls, str, Any], Iterator[str]]
+    check: Callable[..., Iterator[str | Finding]]
+    exhaustive: bool = False
 
 
 CHECKPOINTER_INVARIANTS: tuple[CheckpointerInvariant, ...] = (
@@ -782,6 +919,26 @@ CHECKPOINTER_INVARIANTS: tuple[CheckpointerInvariant, ...] = (
         PURPOSES,
         True,
         hostile_file_runs_nothing,
+    ),
+    CheckpointerInvariant(
+        "written_files_run_nothing",
+        "Every file save wrote (a file or a folder, at or beside the path), replaced in turn "
+        "by every hostile file of its kind, is loaded in a forked child: no code runs, "
+        "nothing crashes or hangs, no memory attack is accepted.",
+        PURPOSES,
+        False,
+        written_files_run_nothing,
+        exhaustive=True,
+    ),
+    CheckpointerInvariant(
+        "damaged_files_detected",
+        "Every file save wrote, truncated, emptied, bit-flipped or deleted in turn: load "
+        "raises or restores the state identically, never something else (where the format "
+        "itself cannot notice a flipped bit, a finding instead).",
+        PURPOSES,
+        False,
+        damaged_files_detected,
+        exhaustive=True,
     ),
 )
 
@@ -841,7 +998,9 @@ def checkpointer_invariants(
             record.name,
             record.description,
             draws.hostile if record.hostile else draws.cases,
-            functools.partial(record.check, calls, purpose),
+            functools.partial(record.check, _Layouts(), calls, purpose)
+            if record.exhaustive
+            else functools.partial(record.check, calls, purpose),
         )
         for record in CHECKPOINTER_INVARIANTS
         if purpose in record.purposes and record.name not in left_out

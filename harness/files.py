@@ -49,11 +49,6 @@ from harness.persistence import explain_error
 from harness.sandbox import DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT_S
 from strategies.payloads import ATTACK_REGISTRY, Attack, attack
 
-# The one builder of hand-written pickle opcodes: a bare pickle stream of a pickle-level
-# attack splices its node into a plain pickle the same way the carriers splice it into a
-# checkpoint's data.pkl.
-from strategies.payloads import _emit as _pickle_opcodes
-
 try:
     import resource
 except ImportError:  # not a POSIX system
@@ -471,16 +466,27 @@ SAFETENSORS_ATTACKS: tuple[Attack, ...] = (
 
 
 def _bare_pickle(record: Attack, sentinel: str) -> bytes:
-    """A plain pickle (protocol 2, as ``pickle.dump`` of a checkpoint dictionary writes) whose
-    ``model_config`` entry is the attack's payload."""
-    entry = record.entry(sentinel)
+    return record.pickle_stream(sentinel)
+
+
+def _torch_read(path: str) -> Any:
+    """``torch.load`` as a safe loader would call it, and without ``weights_only`` for files
+    of objects it refuses (the checkpointer's own files, read in a forked child)."""
     try:
-        node = _pickle_opcodes(entry)
-    except TypeError:  # an object that pickles itself (a PickledCall, a numpy array)
-        return pickle.dumps({"epoch": 1, "model_config": entry}, protocol=2)
-    marker = "model-config-goes-here"
-    template = pickle.dumps({"epoch": 1, "model_config": marker}, protocol=2)
-    return template.replace(_pickle_opcodes(marker), node, 1)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _safetensors_read(path: str) -> Any:
+    from safetensors.torch import load_file  # an optional library, only for its own files
+
+    return load_file(path)
+
+
+def _pickle_read(path: str) -> Any:
+    with open(path, "rb") as file:
+        return pickle.load(file)
 
 
 def _in_carrier(carrier: str) -> Callable[[Attack, str], bytes]:
@@ -514,6 +520,8 @@ class FileKind:
             empty for a kind that is not attacked.
         build: ``build(record, sentinel)``, the bytes of the hostile file of this kind for an
             attack of :attr:`attacks`; None when there are none.
+        read: ``read(path)``, the kind's own reader (what tells whether the format itself
+            notices a damage: it raises on a file it cannot read); None for ``other``.
     """
 
     name: str
@@ -521,6 +529,7 @@ class FileKind:
     detect: Callable[[str], bool]
     attacks: tuple[Attack, ...] = ()
     build: Callable[[Attack, str], bytes] | None = None
+    read: Callable[[str], Any] | None = None
 
     def hostile_file(self, record: Attack, sentinel: str) -> bytes:
         """The hostile file of this kind for ``record`` (one of :attr:`attacks`), whose code,
@@ -551,6 +560,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
         _is_torchscript,
         _TORCHSCRIPT_ATTACKS,
         _in_carrier("zip"),
+        lambda path: torch.jit.load(path, map_location="cpu"),
     ),
     FileKind(
         "torch_zip",
@@ -559,6 +569,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
         _is_torch_zip,
         ATTACK_REGISTRY,
         _in_carrier("zip"),
+        _torch_read,
     ),
     FileKind(
         "legacy_torch",
@@ -567,6 +578,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
         _is_legacy_torch,
         tuple(record for record in ATTACK_REGISTRY if "legacy" in record.carriers),
         _in_carrier("legacy"),
+        _torch_read,
     ),
     FileKind(
         "safetensors",
@@ -574,6 +586,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
         _is_safetensors,
         SAFETENSORS_ATTACKS,
         _in_carrier("zip"),
+        _safetensors_read,
     ),
     FileKind(
         "plain_pickle",
@@ -582,6 +595,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
         _is_plain_pickle,
         tuple(r for r in ATTACK_REGISTRY if r.entry is not None and r.group == "code"),
         _bare_pickle,
+        _pickle_read,
     ),
     FileKind(
         "other",
@@ -1031,6 +1045,12 @@ class DamageTrial:
         where: which variant of the damage (e.g. ``"bit 0 of byte 812 (data)"``).
         error: one line: the exception or why the child ended (other outcomes).
         seconds: wall-clock time of the trial, fork included.
+        format_noticed: for a silently wrong trial, whether the file kind's own reader
+            (:attr:`FileKind.read`) refuses the damaged file: True means the checkpointer
+            had an error to see and did not (a deleted file always counts as noticed);
+            False that the format itself cannot tell (torch does not check the CRC-32 of
+            zip records: a bit flipped in tensor data loads as another value); None where
+            not asked (not silently wrong, or a kind without a reader).
     """
 
     file: str
@@ -1040,6 +1060,7 @@ class DamageTrial:
     where: str = ""
     error: str = ""
     seconds: float = 0.0
+    format_noticed: bool | None = None
 
     @property
     def silently_wrong(self) -> bool:
@@ -1082,6 +1103,23 @@ class DamageResult:
         )
 
 
+def _format_notices(
+    file: WrittenFile, damaged: bytes | None, path: str, timeout: float, memory_bytes: int
+) -> bool | None:
+    """Whether the kind's own reader refuses the damaged file now at ``path``."""
+    if damaged is None:
+        return True
+    read = file_kind(file.kind).read
+    if read is None:
+        return None
+    isolated = run_isolated(
+        functools.partial(_returning_nothing, functools.partial(read, path)),
+        timeout=timeout,
+        memory_bytes=memory_bytes,
+    )
+    return isolated.outcome != "returned"
+
+
 def damage_written_files(
     root: str | os.PathLike,
     trial: Callable[[], Any],
@@ -1120,6 +1158,9 @@ def damage_written_files(
                         else:
                             _write(path, damaged)
                         isolated = run_isolated(trial, timeout=timeout, memory_bytes=memory_bytes)
+                        noticed = None
+                        if isolated.outcome == "returned" and isolated.value is not None:
+                            noticed = _format_notices(file, damaged, path, timeout, memory_bytes)
                         trials.append(
                             DamageTrial(
                                 file.path,
@@ -1129,6 +1170,7 @@ def damage_written_files(
                                 where,
                                 isolated.error,
                                 isolated.seconds,
+                                noticed,
                             )
                         )
         finally:

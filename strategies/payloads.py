@@ -484,6 +484,17 @@ class Attack:
             return _carried(self.entry(sentinel), legacy=carrier == "legacy")
         return self.archive(sentinel)
 
+    def pickle_stream(self, sentinel: str) -> bytes:
+        """A plain pickle (protocol 2, what ``pickle.dump`` of a checkpoint dictionary
+        writes) whose ``model_config`` entry is this pickle-level class's payload."""
+        if self.entry is None:
+            raise InvalidArgument(f"attack {self.name!r} is not pickle-level: no pickle stream")
+        entry = self.entry(sentinel)
+        if isinstance(entry, _Global | _StackGlobal | _Apply | _Opcode):
+            template = pickle.dumps({"epoch": 1, "model_config": _MARKER}, protocol=2)
+            return template.replace(_unicode(_MARKER), _emit(entry), 1)
+        return pickle.dumps({"epoch": 1, "model_config": entry}, protocol=2)
+
 
 def _code(name: str, description: str, **fields: Any) -> Attack:
     return Attack(name, "code", description, _CODE_HARM, **fields)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -37,6 +39,8 @@ def test_training_checkpoint_passes():
         "save_changes_nothing",
         "cuda_tagged_round_trip",
         "hostile_file_runs_nothing",
+        "written_files_run_nothing",
+        "damaged_files_detected",
     ]
 
 
@@ -424,7 +428,7 @@ def test_an_exception_in_user_code_names_its_line(user_module):
 @pytest.mark.parametrize("name", ["RaisesBaseException", "Exits"])
 def test_a_base_exception_in_user_code_is_a_failure_not_a_crash(user_module, name):
     report = check_checkpointer(getattr(user_module, name)(), max_examples=3, seed=0, shrink=False)
-    assert not report.ok and len(report.results) == 5
+    assert not report.ok and len(report.results) == 7
     assert all(
         "raised CheckpointException: collective failed" in f.message
         or "save raised SystemExit: 3" in f.message
@@ -532,3 +536,116 @@ def test_exclusions_given_as_a_generator_are_read_once():
     )
     assert report.excluded == ["dropout", "hostile_file_runs_nothing"]
     assert "hostile_file_runs_nothing" not in [result.name for result in report.results]
+
+
+class FolderCheckpointer:
+    """A folder at the path: the model and optimizer with torch.save, the RNG state and the
+    extra entries with pickle, loaded back with weights_only=True and pickle.load."""
+
+    strict = True
+    mmap = False
+
+    def save(self, state, path):
+        os.makedirs(path)
+        torch.save(state.model.state_dict(), os.path.join(path, "model.pt"))
+        torch.save(state.optimizer.state_dict(), os.path.join(path, "optimizer.pt"))
+        if state.scheduler is not None:
+            torch.save(state.scheduler.state_dict(), os.path.join(path, "scheduler.pt"))
+        with open(os.path.join(path, "rng.pkl"), "wb") as file:
+            pickle.dump({"rng": torch.get_rng_state(), "extra": state.extra}, file)
+
+    def _load(self, path, map_location):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=self.mmap)
+
+    def load(self, path, into, map_location=None):
+        into.model.load_state_dict(self._load(os.path.join(path, "model.pt"), map_location))
+        optimizer = os.path.join(path, "optimizer.pt")
+        if self.strict or os.path.exists(optimizer):
+            into.optimizer.load_state_dict(self._load(optimizer, map_location))
+        if into.scheduler is not None:
+            into.scheduler.load_state_dict(
+                self._load(os.path.join(path, "scheduler.pt"), map_location)
+            )
+        with open(os.path.join(path, "rng.pkl"), "rb") as file:
+            saved = pickle.load(file)
+        torch.set_rng_state(saved["rng"])
+        into.extra.update(saved["extra"])
+
+
+class SafeFolderCheckpointer(FolderCheckpointer):
+    """The same folder, the RNG state and extra entries saved with torch.save as well."""
+
+    def save(self, state, path):
+        super().save(state, path)
+        os.remove(os.path.join(path, "rng.pkl"))
+        extra = {"rng": torch.get_rng_state(), "extra": state.extra}
+        torch.save(extra, os.path.join(path, "rng.pt"))
+
+    def load(self, path, into, map_location=None):
+        saved = self._load(os.path.join(path, "rng.pt"), map_location)
+        with open(os.path.join(path, "rng.pkl"), "wb") as file:
+            pickle.dump(saved, file)  # (the parent's load, unchanged, reads it from here)
+        try:
+            super().load(path, into, map_location)
+        finally:
+            os.remove(os.path.join(path, "rng.pkl"))
+
+
+class LenientFolderCheckpointer(SafeFolderCheckpointer):
+    """Goes on without the optimizer state when its file is missing."""
+
+    strict = False
+
+
+class MappingFolderCheckpointer(SafeFolderCheckpointer):
+    """Memory-maps every file it loads (torch.load(weights_only=True, mmap=True))."""
+
+    mmap = True
+
+
+def _folder_report(checkpointer, invariants):
+    return check_checkpointer(
+        checkpointer,
+        max_examples=5,
+        seed=0,
+        invariants=invariants,
+        shrink=False,
+        exclude=["LBFGS", "SparseAdam"],  # (one closure optimizer, one sparse: not needed)
+    )
+
+
+def test_a_plain_pickle_in_a_folder_checkpoint_is_attacked():
+    # The one hostile file at the path is refused (the path is a folder): only attacking
+    # every written file finds the pickle.load.
+    report = _folder_report(
+        FolderCheckpointer(), ["hostile_file_runs_nothing", "written_files_run_nothing"]
+    )
+    assert failed(report) == {"written_files_run_nothing"}
+    message = report.failures[0].message
+    assert "rng.pkl (plain_pickle) replaced by" in message
+    assert "model.pt" not in message and "optimizer.pt" not in message
+
+
+def test_every_file_of_a_safe_folder_checkpoint_is_attacked_and_damaged():
+    report = _folder_report(
+        SafeFolderCheckpointer(), ["written_files_run_nothing", "damaged_files_detected"]
+    )
+    assert report.ok, [f.message for f in report.failures]
+    attacked = report.results[0].observations
+    assert any(text.startswith("3 written file(s), 78 hostile files tried") for text in attacked)
+
+
+def test_a_missing_file_that_load_goes_on_without_is_silently_wrong():
+    report = _folder_report(LenientFolderCheckpointer(), ["damaged_files_detected"])
+    assert failed(report) == {"damaged_files_detected"}
+    message = report.failures[0].message
+    assert "optimizer.pt deleted (removed): returned restored" in message
+    assert "model.pt deleted" not in message
+
+
+def test_a_memory_mapped_load_that_accepts_a_short_storage_record_is_caught():
+    # docs/findings.md, finding 21: torch.load(weights_only=True, mmap=True) accepts a
+    # storage record shorter than the storage it declares.
+    report = _folder_report(MappingFolderCheckpointer(), ["written_files_run_nothing"])
+    assert failed(report) == {"written_files_run_nothing"}
+    assert "replaced by storage_record_short (memory)" in report.failures[0].message
