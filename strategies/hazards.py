@@ -526,7 +526,7 @@ HAZARD_REGISTRY: tuple[Hazard, ...] = (
         "reduce_lr_on_plateau",
         "ReduceLROnPlateau's state (best, num_bad_epochs, cooldown_counter) follows the "
         "metrics it was given: a scheduler restored by replaying its steps "
-        "(scheduler.step() last_epoch times) cannot be.",
+        "(scheduler.step() once per epoch trained) cannot be.",
         ("resume",),
         _scheduled(_PLATEAU),
         _has(families=("linear",), optimizers=("SGD",), schedulers=("ReduceLROnPlateau",)),
