@@ -29,6 +29,7 @@ __all__ = [
     "OptimizerConstraints",
     "cyclic_lr_cycles_betas",
     "cyclic_lr_state_pickles",
+    "grad_scaler_on_cpu",
     "multihead_attention_without_bias_runs",
     "optimizer_constraints",
     "optimizer_flags_that_run",
@@ -310,6 +311,31 @@ def cyclic_lr_state_pickles() -> bool:
     except TypeError:
         return False
     return True
+
+
+@functools.cache
+def grad_scaler_on_cpu() -> bool:
+    """Whether ``torch.amp.GradScaler("cpu")`` trains a CPU parameter: it scales a loss,
+    unscales the gradient for ``scaler.step(optimizer)``, which steps, and ``update`` grows
+    the scale. False where ``torch.amp`` has no ``GradScaler`` (before 2.3; the older
+    ``torch.cuda.amp.GradScaler`` disables itself without CUDA) or where any of it fails."""
+    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if scaler_class is None:
+        return False
+    parameter = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([parameter], lr=0.5)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scaler = scaler_class("cpu", init_scale=4.0, growth_interval=1)
+            scaler.scale(parameter.sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    except Exception:  # any failure means "no GradScaler on CPU here"
+        return False
+    # The gradient of the sum is 1 once unscaled: one step of 0.5 leaves 0.5 everywhere.
+    stepped = torch.equal(parameter.detach(), torch.full((2,), 0.5))
+    return scaler.is_enabled() and stepped and scaler.get_scale() == 8.0
 
 
 @functools.cache

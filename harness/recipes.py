@@ -1,7 +1,8 @@
 """Reference checkpointers: the common practices for saving, written out so they pass.
 
 :class:`TrainingCheckpoint` is the full training checkpoint (model, optimizer, scheduler,
-epoch, loss and the other counters, RNG state); :class:`InferencePackage` is the lean
+gradient scaler, position in the data stream, epoch, loss and the other counters, and the
+states of torch's, Python's and numpy's global RNGs); :class:`InferencePackage` is the lean
 package for deployment (state_dict, model configuration, preprocessing statistics, class
 names, metadata, and a JSON sidecar). Both load with ``weights_only=True`` and honour
 ``map_location``. They are what :func:`harness.check_checkpointer` is measured against, and
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from harness.state import TrainingState
+from harness.state import TrainingState, global_rng_state, set_global_rng_state
 
 __all__ = ["InferencePackage", "TrainingCheckpoint"]
 
@@ -24,7 +25,11 @@ _STATE_KEYS = (
     "model_state_dict",
     "optimizer_state_dict",
     "scheduler_state_dict",
+    "scaler_state_dict",
+    "data_state_dict",
     "rng_state",
+    "python_rng_state",
+    "numpy_rng_state",
     "torch_version",
 )
 
@@ -33,8 +38,12 @@ class TrainingCheckpoint:
     """A checkpoint to resume training from: everything training state holds.
 
     The file is a dictionary with ``model_state_dict``, ``optimizer_state_dict``,
-    ``scheduler_state_dict`` (when there is a scheduler), the CPU ``rng_state``, the torch
-    version, and every entry of ``state.extra`` (epoch, loss, ...) at the top level.
+    ``scheduler_state_dict`` (when there is a scheduler), ``scaler_state_dict`` (when there
+    is a GradScaler), ``data_state_dict`` (the data stream's position, when there is one),
+    the global RNG states of :func:`harness.state.global_rng_state` (torch's CPU
+    ``rng_state``, ``python_rng_state``, ``numpy_rng_state``: tensors and ints, not numpy
+    arrays, so the file loads with ``weights_only=True``), the torch version, and every entry
+    of ``state.extra`` (epoch, loss, ...) at the top level.
     """
 
     def save(self, state: TrainingState, path: str) -> None:
@@ -47,8 +56,18 @@ class TrainingCheckpoint:
             checkpoint["optimizer_state_dict"] = state.optimizer.state_dict()
         if state.scheduler is not None:
             checkpoint["scheduler_state_dict"] = state.scheduler.state_dict()
-        # Dropout and other random layers continue exactly only from the same RNG state.
-        checkpoint["rng_state"] = torch.get_rng_state()
+        # Without the scaler's state a resumed run starts again from the initial loss scale
+        # (huggingface/transformers#11663); without the data position it sees other batches.
+        if state.scaler is not None:
+            checkpoint["scaler_state_dict"] = state.scaler.state_dict()
+        if state.data is not None:
+            checkpoint["data_state_dict"] = state.data.state_dict()
+        # Dropout, random augmentations and other random draws continue exactly only from
+        # the same RNG states.
+        rng = global_rng_state()
+        checkpoint["rng_state"] = rng["torch"]
+        checkpoint["python_rng_state"] = rng["python"]
+        checkpoint["numpy_rng_state"] = rng["numpy"]
         checkpoint["torch_version"] = str(torch.__version__)
         torch.save(checkpoint, path)
 
@@ -60,7 +79,17 @@ class TrainingCheckpoint:
             _restore_saved_dtypes(into.optimizer, checkpoint["optimizer_state_dict"])
         if into.scheduler is not None:
             into.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-        torch.set_rng_state(checkpoint["rng_state"].cpu())
+        if into.scaler is not None:
+            into.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+        if into.data is not None:
+            into.data.load_state_dict(checkpoint["data_state_dict"])
+        set_global_rng_state(
+            {
+                "torch": checkpoint["rng_state"],
+                "python": checkpoint["python_rng_state"],
+                "numpy": checkpoint["numpy_rng_state"],
+            }
+        )
         into.extra.update({k: v for k, v in checkpoint.items() if k not in _STATE_KEYS})
         into.model.train()
 

@@ -12,8 +12,11 @@ casts every floating-point state tensor but ``step`` to its parameter's dtype
 float64 or bfloat16 parameters (ASGD's ``eta`` and ``mu``, NAdam's ``mu_product``, LBFGS's
 flat buffers). Each class puts the saved dtypes back in its own way.
 
-Training checkpointers also restore the global CPU RNG state, so that dropout draws the
-same masks after resuming as it would have without the interruption.
+Training checkpointers also restore the gradient scaler and the position in the data
+stream where the state has them, and the global RNG states (torch's CPU generator, Python's
+``random``, numpy's global ``RandomState``), so that dropout and random augmentations draw
+the same numbers after resuming as they would have without the interruption. Each keeps
+numpy's state in a form ``weights_only=True`` loads (no numpy array), its own way.
 
 The module is plain Python, not a test module: ``tests/test_no_false_alarms.py`` checks
 every class in :data:`RESUME_CHECKPOINTERS` and :data:`INFERENCE_CHECKPOINTERS`.
@@ -29,6 +32,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import numpy
 import torch
 
 from harness.state import TrainingState
@@ -66,10 +70,12 @@ class FileSetCheckpointer:
     """One file per component, the layout of trainer frameworks' checkpoint folders.
 
     ``path`` holds the model's state_dict; beside it ``<stem>.optimizer.pt``,
-    ``<stem>.scheduler.pt``, ``<stem>.trainer_state.pt`` (the extra entries) and
-    ``<stem>.rng_state.pt`` (the torch CPU and Python RNG states). Every file is loaded with
-    ``weights_only=True``; the RNG file without ``map_location``, as such code usually does,
-    since RNG states are CPU tensors wherever the run was.
+    ``<stem>.scheduler.pt``, ``<stem>.scaler.pt``, ``<stem>.data.pt`` (the data stream's
+    position), ``<stem>.trainer_state.pt`` (the extra entries) and ``<stem>.rng_state.pt``
+    (the torch CPU, Python and numpy RNG states; numpy's in its dict form, the key as a list
+    of ints). Every file is loaded with ``weights_only=True``; the RNG file without
+    ``map_location``, as such code usually does, since RNG states are CPU tensors wherever
+    the run was.
 
     The optimizer is restored with ``load_state_dict``, and then every state entry is
     replaced by the one in the file (moved to its parameter's device): the file, not the
@@ -79,7 +85,7 @@ class FileSetCheckpointer:
     @staticmethod
     def _files(path: str) -> dict[str, str]:
         stem, _ = os.path.splitext(path)
-        names = ("optimizer", "scheduler", "trainer_state", "rng_state")
+        names = ("optimizer", "scheduler", "scaler", "data", "trainer_state", "rng_state")
         return {"model": path, **{name: f"{stem}.{name}.pt" for name in names}}
 
     def save(self, state: TrainingState, path: str) -> None:
@@ -89,8 +95,18 @@ class FileSetCheckpointer:
             torch.save(state.optimizer.state_dict(), files["optimizer"])
         if state.scheduler is not None:
             torch.save(state.scheduler.state_dict(), files["scheduler"])
+        if state.scaler is not None:
+            torch.save(state.scaler.state_dict(), files["scaler"])
+        if state.data is not None:
+            torch.save(state.data.state_dict(), files["data"])
         torch.save(dict(state.extra), files["trainer_state"])
-        rng = {"torch_cpu": torch.get_rng_state(), "python": random.getstate()}
+        numpy_state = numpy.random.get_state(legacy=False)
+        numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+        rng = {
+            "torch_cpu": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": numpy_state,
+        }
         torch.save(rng, files["rng_state"])
 
     def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
@@ -109,10 +125,18 @@ class FileSetCheckpointer:
         if into.scheduler is not None:
             saved = torch.load(files["scheduler"], map_location=map_location, weights_only=True)
             into.scheduler.load_state_dict(saved)
+        if into.scaler is not None:
+            into.scaler.load_state_dict(torch.load(files["scaler"], weights_only=True))
+        if into.data is not None:
+            saved = torch.load(files["data"], map_location=map_location, weights_only=True)
+            into.data.load_state_dict(saved)
         into.extra.update(torch.load(files["trainer_state"], weights_only=True))
         rng = torch.load(files["rng_state"], weights_only=True)
         torch.set_rng_state(rng["torch_cpu"])
         random.setstate(rng["python"])
+        numpy_state = rng["numpy"]
+        numpy_state["state"]["key"] = numpy.array(numpy_state["state"]["key"], dtype=numpy.uint32)
+        numpy.random.set_state(numpy_state)
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,8 +161,10 @@ class NestedProtocol2Checkpointer:
 
         {"format": 1,
          "model": {"state_dict": ...},
-         "training": {"optimizer": ..., "scheduler": ... or None},
-         "random": {"torch": <CPU RNG state>},
+         "training": {"optimizer": ..., "scheduler": ... or None,
+                      "scaler": ... or None, "data": ... or None},
+         "random": {"torch": <CPU RNG state>, "python": (version, [ints], gauss),
+                    "numpy": ("MT19937", <key as int64 tensor>, pos, has_gauss, gauss)},
          "meta": {"extra": {...}, "torch": "<version>"}}
 
     It is loaded with ``weights_only=True`` and, where the installed torch has it,
@@ -154,11 +180,27 @@ class NestedProtocol2Checkpointer:
             "training": {
                 "optimizer": None if state.optimizer is None else state.optimizer.state_dict(),
                 "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
+                "scaler": None if state.scaler is None else state.scaler.state_dict(),
+                "data": None if state.data is None else state.data.state_dict(),
             },
-            "random": {"torch": torch.get_rng_state()},
+            "random": {
+                "torch": torch.get_rng_state(),
+                "python": self._python_rng(),
+                "numpy": self._numpy_rng(),
+            },
             "meta": {"extra": dict(state.extra), "torch": str(torch.__version__)},
         }
         torch.save(checkpoint, path, pickle_protocol=2)
+
+    @staticmethod
+    def _python_rng() -> tuple[int, list[int], float | None]:
+        version, internal, gauss = random.getstate()
+        return version, list(internal), gauss
+
+    @staticmethod
+    def _numpy_rng() -> tuple[str, torch.Tensor, int, int, float]:
+        name, key, pos, has_gauss, gauss = numpy.random.get_state(legacy=True)
+        return name, torch.tensor(key.astype(numpy.int64)), int(pos), int(has_gauss), float(gauss)
 
     def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
         options: dict[str, Any] = {"map_location": map_location, "weights_only": True}
@@ -173,7 +215,16 @@ class NestedProtocol2Checkpointer:
             self._load_optimizer(into.optimizer, training["optimizer"])
         if into.scheduler is not None:
             into.scheduler.load_state_dict(training["scheduler"])
-        torch.set_rng_state(checkpoint["random"]["torch"].cpu())
+        if into.scaler is not None:
+            into.scaler.load_state_dict(training["scaler"])
+        if into.data is not None:
+            into.data.load_state_dict(training["data"])
+        saved_random = checkpoint["random"]
+        torch.set_rng_state(saved_random["torch"].cpu())
+        version, internal, gauss = saved_random["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, key, *rest = saved_random["numpy"]
+        numpy.random.set_state((name, key.cpu().numpy().astype(numpy.uint32), *rest))
         into.extra.update(checkpoint["meta"]["extra"])
 
     @staticmethod
@@ -197,7 +248,9 @@ class InMemoryBytesCheckpointer:
     """``torch.save`` into an ``io.BytesIO``; the bytes are written by the checkpointer.
 
     The layout is that of a Lightning-style checkpoint: ``state_dict``,
-    ``optimizer_states`` and ``lr_schedulers`` as lists, ``rng_states``, and the extra
+    ``optimizer_states`` and ``lr_schedulers`` as lists, ``native_amp_scaling_state`` (the
+    GradScaler's, when there is one), ``data_loader_state`` (the data stream's position),
+    ``rng_states`` (torch, Python, and numpy's with the key as raw bytes), and the extra
     entries under ``user_state``. The bytes go to a temporary file beside ``path`` that is
     flushed, synced and renamed over ``path``, so a crash never leaves half a checkpoint;
     loading reads the whole file and gives ``torch.load`` an ``io.BytesIO`` of it.
@@ -211,9 +264,17 @@ class InMemoryBytesCheckpointer:
             "state_dict": state.model.state_dict(),
             "optimizer_states": [] if state.optimizer is None else [state.optimizer.state_dict()],
             "lr_schedulers": [] if state.scheduler is None else [state.scheduler.state_dict()],
-            "rng_states": {"torch": torch.get_rng_state()},
+            "rng_states": {
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+                "numpy": _numpy_rng_as_bytes(),
+            },
             "user_state": dict(state.extra),
         }
+        if state.scaler is not None:
+            checkpoint["native_amp_scaling_state"] = state.scaler.state_dict()
+        if state.data is not None:
+            checkpoint["data_loader_state"] = state.data.state_dict()
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         temporary = f"{path}.partial"
@@ -234,7 +295,14 @@ class InMemoryBytesCheckpointer:
         if into.scheduler is not None:
             (saved,) = checkpoint["lr_schedulers"]
             into.scheduler.load_state_dict(saved)
-        torch.set_rng_state(checkpoint["rng_states"]["torch"].cpu())
+        if into.scaler is not None:
+            into.scaler.load_state_dict(checkpoint["native_amp_scaling_state"])
+        if into.data is not None:
+            into.data.load_state_dict(checkpoint["data_loader_state"])
+        rng_states = checkpoint["rng_states"]
+        torch.set_rng_state(rng_states["torch"].cpu())
+        random.setstate(rng_states["python"])
+        _set_numpy_rng_from_bytes(rng_states["numpy"])
         into.extra.update(checkpoint["user_state"])
 
     @staticmethod
@@ -265,6 +333,17 @@ class InMemoryBytesCheckpointer:
                 handle.remove()
 
 
+def _numpy_rng_as_bytes() -> dict[str, Any]:
+    """numpy's global RNG state with its key as the bytes of the uint32 array."""
+    name, key, pos, has_gauss, gauss = numpy.random.get_state(legacy=True)
+    return {"name": name, "key": key.astype("<u4").tobytes(), "rest": (pos, has_gauss, gauss)}
+
+
+def _set_numpy_rng_from_bytes(saved: dict[str, Any]) -> None:
+    key = numpy.frombuffer(saved["key"], dtype="<u4").astype(numpy.uint32)
+    numpy.random.set_state((saved["name"], key, *saved["rest"]))
+
+
 def _dtypes(value: Any) -> tuple[torch.dtype, ...]:
     if isinstance(value, torch.Tensor):
         return (value.dtype,)
@@ -293,8 +372,10 @@ class SafetensorsWeightsCheckpointer:
 
     The common split of published checkpoints: weights in safetensors (no pickle at all;
     ``safetensors.torch.save_model`` drops the duplicate names of tied weights and
-    ``load_model`` ties them again), optimizer, scheduler, RNG state and extra entries in a
-    ``weights_only`` torch file. The optimizer's state is not passed through
+    ``load_model`` ties them again), optimizer, scheduler, scaler, data position, torch's
+    RNG state and extra entries in a ``weights_only`` torch file, and the Python and numpy
+    RNG states in a JSON file ``<stem>.host_rng.json`` (plain numbers, as tools without
+    torch read them). The optimizer's state is not passed through
     ``Optimizer.load_state_dict`` at all: the param groups are loaded with an empty state,
     and each parameter's saved state is put in place as it was saved.
 
@@ -305,6 +386,11 @@ class SafetensorsWeightsCheckpointer:
     def weights_path(path: str) -> str:
         stem, _ = os.path.splitext(path)
         return f"{stem}.safetensors"
+
+    @staticmethod
+    def host_rng_path(path: str) -> str:
+        stem, _ = os.path.splitext(path)
+        return f"{stem}.host_rng.json"
 
     def save(self, state: TrainingState, path: str) -> None:
         from safetensors.torch import save_model
@@ -318,10 +404,26 @@ class SafetensorsWeightsCheckpointer:
         training = {
             "optimizer": None if state.optimizer is None else state.optimizer.state_dict(),
             "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
+            "scaler": None if state.scaler is None else state.scaler.state_dict(),
+            "data": None if state.data is None else state.data.state_dict(),
             "cpu_rng_state": torch.get_rng_state(),
             "extra": dict(state.extra),
         }
         torch.save(training, path)
+        version, internal, gauss = random.getstate()
+        name, key, pos, has_gauss, cached = numpy.random.get_state(legacy=True)
+        host_rng = {
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss},
+            "numpy": {
+                "bit_generator": name,
+                "key": key.tolist(),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+        }
+        with open(self.host_rng_path(path), "w", encoding="utf-8") as handle:
+            json.dump(host_rng, handle)
 
     def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
         from safetensors.torch import load_model
@@ -339,7 +441,25 @@ class SafetensorsWeightsCheckpointer:
                 }
         if into.scheduler is not None:
             into.scheduler.load_state_dict(training["scheduler"])
+        if into.scaler is not None:
+            into.scaler.load_state_dict(training["scaler"])
+        if into.data is not None:
+            into.data.load_state_dict(training["data"])
         torch.set_rng_state(training["cpu_rng_state"].cpu())
+        with open(self.host_rng_path(path), encoding="utf-8") as handle:
+            host_rng = json.load(handle)
+        python = host_rng["python"]
+        random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+        generator = host_rng["numpy"]
+        numpy.random.set_state(
+            (
+                generator["bit_generator"],
+                numpy.array(generator["key"], dtype=numpy.uint32),
+                generator["pos"],
+                generator["has_gauss"],
+                generator["cached_gaussian"],
+            )
+        )
         into.extra.update(training["extra"])
 
 

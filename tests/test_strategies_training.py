@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import find, given, settings
 from hypothesis.errors import InvalidArgument
 
 from harness import TrainingState, assert_identical
-from harness.capabilities import sgd_state_without_momentum
+from harness.capabilities import (
+    grad_scaler_on_cpu,
+    optimizer_constraints,
+    sgd_state_without_momentum,
+)
+from harness.state import global_rng_state, set_global_rng_state, snapshot
 from strategies.models import build_model
 from strategies.training import ScaledOutput, optimizer_fits, training_cases, training_states
 
@@ -40,15 +45,45 @@ def test_what_the_draw_reads_from_the_spec_holds_for_the_built_model(case):
 
 
 @given(training_cases())
+def test_a_scaler_is_drawn_only_where_it_can_train(case):
+    spec = case.spec
+    state = case.build(0)
+    assert (state.scaler is not None) == spec.scaler
+    assert (state.data is not None) == spec.data
+    if spec.scaler:
+        constraints = optimizer_constraints(spec.optimizer.name)
+        assert grad_scaler_on_cpu()
+        assert not constraints.needs_closure and not constraints.sparse_gradients_only
+        assert not spec.model.has_sparse_gradients and torch.float16 not in spec.model.dtypes
+
+
+_FLAGS = ("scaler", "data")
+
+
+@pytest.mark.parametrize("flag", _FLAGS)
+def test_each_flag_is_drawn_and_shrinks_alone(flag):
+    if flag == "scaler" and not grad_scaler_on_cpu():
+        pytest.skip("torch.amp.GradScaler does not run on CPU here")
+    case = find(
+        training_cases(),
+        lambda case: getattr(case.spec, flag),
+        settings=settings(database=None, derandomize=True, max_examples=200),
+    )
+    # The minimal case with the flag has every other flag False.
+    assert [name for name in _FLAGS if getattr(case.spec, name)] == [flag]
+    assert not case.spec.host_rng
+
+
+@given(training_cases())
 def test_building_and_training_are_reproducible(case):
     first, second = case.build(0), case.build(0)
-    assert_identical(first.model.state_dict(), second.model.state_dict())
+    assert_identical(snapshot(first), snapshot(second))
+    start = global_rng_state()
     for state in (first, second):
-        torch.manual_seed(0)
+        set_global_rng_state(start)  # torch's, Python's and numpy's: dropout, augmentation
         for _ in range(case.steps):
             case.train_step(state)
-    assert_identical(first.optimizer.state_dict(), second.optimizer.state_dict())
-    assert_identical(first.model.state_dict(), second.model.state_dict())
+    assert_identical(snapshot(first), snapshot(second))
 
 
 @given(training_states())
