@@ -40,6 +40,9 @@ factory giving a fresh path in a fresh directory per call, for ``@given`` tests 
 session-scoped, so Hypothesis's function-scoped-fixture health check passes);
 ``checkpoint_path``, one path per test, for tests without ``@given``.
 ``--harness-keep-checkpoints DIR`` keeps what both write under ``DIR/<test name>/``.
+``check_checkpointer``: :func:`harness.check_checkpointer` inside a test of yours (on your
+own models, optimizers and schedulers with ``models=``, ``optimizers=``, ``schedulers=``),
+failing the test with the report and the pytest command that reruns it with the same seed.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,3 +243,55 @@ def checkpoint_paths(
             return directory / name
 
     return checkpoint_paths
+
+
+def _seed_and_rerun(config: pytest.Config, nodeid: str, seed: int | None) -> tuple[int, str]:
+    """The seed of a ``check_checkpointer`` call and the pytest command that repeats it: the
+    given one; else ``--hypothesis-seed``; else, with the harness's profile in use, its seed
+    (0 when it is derandomized); else a random one."""
+    in_use = config.stash.get(_PROFILE_IN_USE, None)
+    if seed is not None:
+        return seed, in_use.reproduction(nodeid) if in_use else f"pytest '{nodeid}'"
+    if in_use is not None:
+        chosen = in_use.seed if in_use.seed is not None else 0
+        if not isinstance(chosen, int):
+            raise pytest.UsageError(f"{_SEED_OPTION}={chosen} must be an integer here")
+        return chosen, in_use.reproduction(nodeid)
+    option = config.getoption(_SEED_OPTION, None)
+    try:
+        chosen = int(option) if option is not None else random.SystemRandom().randrange(2**32)
+    except ValueError:
+        raise pytest.UsageError(
+            f"{_SEED_OPTION}={option} must be an integer for check_checkpointer"
+        ) from None
+    return chosen, f"pytest '{nodeid}' {_SEED_OPTION}={chosen}"
+
+
+@pytest.fixture
+def check_checkpointer(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """:func:`harness.check_checkpointer` for this test: ``check_checkpointer(checkpointer,
+    purpose="resume", **options)`` takes the same arguments (``models=``, ``optimizers=``,
+    ``schedulers=`` for your own), returns the :class:`~harness.report.Report`, and fails the
+    test with the report when an invariant does not hold.
+
+    The seed is ``seed=`` when given, else ``--hypothesis-seed``, else the harness's profile's
+    when one is in use (0 for the derandomized ``ci``), else a random one; every failure names
+    the pytest command that reruns the test with it. ``max_examples`` is yours, else the
+    harness's profile's when one is in use, else ``check_checkpointer``'s default.
+    """
+    config, nodeid = request.config, request.node.nodeid
+
+    def check(checkpointer: Any, purpose: str = "resume", **options: Any):
+        from hypothesis import settings
+
+        from harness.checkpointer import check_checkpointer as run
+
+        seed, rerun = _seed_and_rerun(config, nodeid, options.pop("seed", None))
+        if "max_examples" not in options and config.stash.get(_PROFILE_IN_USE, None):
+            options["max_examples"] = settings.default.max_examples
+        report = run(checkpointer, purpose, seed=seed, reproduce=rerun, **options)
+        if not report.ok:
+            pytest.fail(report.to_markdown(), pytrace=False)
+        return report
+
+    return check

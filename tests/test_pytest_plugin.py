@@ -4,9 +4,12 @@ asked, refuses unknown profiles in one line, and its fixtures work under ``@give
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
+
+from harness.checkpointer import check_checkpointer
 
 pytest_plugins = ["pytester"]
 
@@ -330,3 +333,113 @@ def test_checkpoint_path_is_kept_when_asked(pytester, tmp_path):
     result = pytester.runpytest_subprocess(f"--harness-keep-checkpoints={keep}")
     result.assert_outcomes(passed=1)
     assert [p.name for p in keep.rglob("*.pt")] == ["checkpoint.pt"]
+
+
+# --- check_checkpointer in a user's own tests -----------------------------------------------
+
+USERS_CHECKPOINTERS = """
+import json
+
+import harness
+
+
+class ForgetsExtra(harness.TrainingCheckpoint):
+    def load(self, path, into, map_location=None):
+        super().load(path, into, map_location)
+        into.extra.clear()
+
+
+def test_reference(check_checkpointer):
+    report = check_checkpointer(
+        harness.TrainingCheckpoint(), max_examples=2, invariants=["state_restored"]
+    )
+    assert report.ok
+    with open("seed.json", "w") as handle:
+        json.dump(report.seed, handle)
+
+
+def test_forgets(check_checkpointer):
+    check_checkpointer(ForgetsExtra(), max_examples=2, invariants=["state_restored"])
+"""
+
+
+def _reproduction(result) -> str:
+    (line,) = [line for line in result.outlines if line.startswith("Reproduce: ")]
+    return line.removeprefix("Reproduce: `").removesuffix("`")
+
+
+def _minimal(result) -> str:
+    (line,) = [line for line in result.outlines if line.startswith("Minimal example: ")]
+    return line
+
+
+def test_check_checkpointer_fixture_fails_the_test_with_the_report(pytester):
+    pytester.makepyfile(test_users=USERS_CHECKPOINTERS)
+    result = pytester.runpytest_subprocess("--hypothesis-seed=5")
+    result.assert_outcomes(passed=1, failed=1)
+    assert json.loads((pytester.path / "seed.json").read_text()) == 5
+    result.stdout.fnmatch_lines(["*likely cause (extra_not_restored)*"])
+    assert _reproduction(result) == "pytest 'test_users.py::test_forgets' --hypothesis-seed=5"
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_check_checkpointer_fixture_reruns_with_the_seed_it_names(pytester):
+    pytester.makepyfile(test_users=USERS_CHECKPOINTERS)
+    first = pytester.runpytest_subprocess("test_users.py::test_forgets")
+    first.assert_outcomes(failed=1)
+    command = _reproduction(first)
+    assert command.startswith("pytest 'test_users.py::test_forgets' --hypothesis-seed=")
+    seed = command.split("=")[-1]
+    again = pytester.runpytest_subprocess(
+        "test_users.py::test_forgets", f"--hypothesis-seed={seed}"
+    )
+    again.assert_outcomes(failed=1)
+    assert _reproduction(again) == command and _minimal(again) == _minimal(first)
+
+
+USERS_MODELS = """
+import functools
+
+import torch
+
+import harness
+from harness.user_models import UserModel
+
+MODEL = UserModel(
+    lambda: torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)),
+    example_input=(torch.randn(5, 3),),
+    name="LinearNorm",
+)
+SGD = functools.partial(torch.optim.SGD, lr=0.1)
+
+
+class ForgetsBuffers(harness.TrainingCheckpoint):
+    def load(self, path, into, map_location=None):
+        buffers = {name: b.clone() for name, b in into.model.named_buffers()}
+        super().load(path, into, map_location)
+        for name, buffer in into.model.named_buffers():
+            buffer.data.copy_(buffers[name])
+
+
+def test_reference(check_checkpointer):
+    check_checkpointer(harness.TrainingCheckpoint(), models=MODEL, optimizers=SGD, max_examples=3)
+
+
+def test_forgets(check_checkpointer):
+    check_checkpointer(
+        ForgetsBuffers(), models=MODEL, optimizers=SGD, max_examples=3,
+        invariants=["state_restored"],
+    )
+"""
+
+
+@pytest.mark.skipif(
+    "models" not in inspect.signature(check_checkpointer).parameters,
+    reason="check_checkpointer does not take models= yet",
+)
+def test_check_checkpointer_fixture_on_the_users_own_model(pytester):
+    pytester.makepyfile(test_models=USERS_MODELS)
+    result = pytester.runpytest_subprocess("--hypothesis-seed=0")
+    result.assert_outcomes(passed=1, failed=1)
+    assert _minimal(result).startswith("Minimal example: `UserTrainingCase(model=LinearNorm, ")
+    result.stdout.fnmatch_lines(["*running_mean*", "*likely cause (model_not_restored)*"])
