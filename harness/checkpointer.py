@@ -53,6 +53,7 @@ from harness.files import (
 from harness.report import Finding, Report
 from harness.state import TrainingState, snapshot
 from harness.suite import Invariant, Unshrinkable, run_suite
+from strategies.hazards import HAZARD_REGISTRY, hazard_cases
 from strategies.model_specs import available_families
 from strategies.models import models
 from strategies.payloads import hostile_payloads
@@ -839,6 +840,18 @@ class _Draws:
     families: tuple[str, ...] | None
     optimizers: tuple[str, ...] | None
     schedulers: tuple[str, ...] | None
+    hazards_excluded: tuple[str, ...] = ()
+
+    def explicit(self) -> tuple[Any, ...]:
+        """The known hazards' cases (:data:`strategies.hazards.HAZARD_REGISTRY`), checked
+        first at every seed and budget."""
+        return hazard_cases(
+            self.purpose,
+            self.families,
+            self.optimizers,
+            self.schedulers,
+            exclude=self.hazards_excluded,
+        )
 
     def cases(self) -> st.SearchStrategy:
         if self.purpose == "inference":
@@ -960,13 +973,14 @@ def _exclusions(names: frozenset[str], purpose: str) -> tuple[set[str], _Draws]:
         "families": list(available_families()),
         "optimizers": list(caps.optimizers),
         "schedulers": list(caps.schedulers),
+        "hazards": [hazard.name for hazard in HAZARD_REGISTRY],
     }
     unknown = sorted(names - {name for known in kinds.values() for name in known})
     if unknown:
         listing = "; ".join(f"{kind}: {', '.join(known)}" for kind, known in kinds.items())
         raise InvalidArgument(
             f"exclude names {unknown}, which is no invariant, model family, optimizer or "
-            f"scheduler class of the installed torch ({listing})"
+            f"scheduler class of the installed torch, nor known hazard ({listing})"
         )
 
     def kept(kind: str) -> tuple[str, ...] | None:
@@ -976,7 +990,11 @@ def _exclusions(names: frozenset[str], purpose: str) -> tuple[set[str], _Draws]:
     if kept("families") == () or kept("optimizers") == ():
         raise InvalidArgument(f"exclude={sorted(names)} leaves no model family or no optimizer")
     return names & set(kinds["invariants"]), _Draws(
-        purpose, kept("families"), kept("optimizers"), kept("schedulers")
+        purpose,
+        kept("families"),
+        kept("optimizers"),
+        kept("schedulers"),
+        tuple(sorted(names & set(kinds["hazards"]))),
     )
 
 
@@ -1001,6 +1019,8 @@ def checkpointer_invariants(
             functools.partial(record.check, _Layouts(), calls, purpose)
             if record.exhaustive
             else functools.partial(record.check, calls, purpose),
+            # A hostile example pairs a case with a payload: the hazards are not hostile.
+            tuple if record.hostile else draws.explicit,
         )
         for record in CHECKPOINTER_INVARIANTS
         if purpose in record.purposes and record.name not in left_out

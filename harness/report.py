@@ -102,6 +102,8 @@ class InvariantResult:
         upstream: for findings whose upstream issue is known, observation text -> issue.
         warnings: the Python warnings raised during the invariant (captured, not printed),
             ``"Category: first line of the message"`` -> how many times.
+        explicit: how many explicit examples (the known hazards of
+            ``strategies.hazards``) were checked first, on top of ``examples``.
     """
 
     name: str
@@ -114,6 +116,7 @@ class InvariantResult:
     observations: dict[str, int] = field(default_factory=dict)
     upstream: dict[str, str] = field(default_factory=dict)
     warnings: dict[str, int] = field(default_factory=dict)
+    explicit: int = 0
 
     @property
     def message(self) -> str | None:
@@ -360,6 +363,7 @@ def _result_data(result: InvariantResult) -> dict[str, Any]:
         "description": result.description,
         "passed": result.passed,
         "examples": result.examples,
+        "explicit": result.explicit,
         "shrinking": result.shrinking,
         "seconds": result.seconds,
         "failures": [

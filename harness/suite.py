@@ -165,13 +165,16 @@ def run_invariant(
     """
     calls = 0
     failing_calls = 0
+    explicit: tuple[Any, ...] = ()
+    explicit_calls = 0
     observations: Counter[str] = Counter()
     upstream: dict[str, str] = {}
     statistics: dict[str, Any] = {}
 
     def check(example):
-        nonlocal calls, failing_calls
+        nonlocal calls, failing_calls, explicit_calls
         calls += 1
+        explicit_calls += any(example is chosen for chosen in explicit)
         try:
             # list(): a check may be a generator that yields observations as it goes.
             seen = list(invariant.check(example) or ())
@@ -211,7 +214,8 @@ def run_invariant(
         with _Heartbeat(progress_interval, say) if progress else contextlib.nullcontext():
             try:
                 test = given(invariant.examples())(check)
-                for chosen in reversed(invariant.explicit()):
+                explicit = tuple(invariant.explicit())
+                for chosen in reversed(explicit):
                     test = example(chosen)(test)
                 property_ = settings(settings_ or settings.default, report_multiple_bugs=True)(test)
                 if random_seed is not None:
@@ -223,7 +227,8 @@ def run_invariant(
             except BaseException as error:  # the invariant failed; report it, go on with the next
                 failure = error
     seconds = time.perf_counter() - started
-    examples = min(calls, _searched(statistics)) if statistics else calls
+    searched = calls - explicit_calls
+    examples = min(searched, _searched(statistics)) if statistics else searched
     failures = _failures(failure, reproduction) if failure is not None else []
     return InvariantResult(
         name=invariant.name,
@@ -232,10 +237,11 @@ def run_invariant(
         passed=failure is None,
         seconds=seconds,
         failures=failures,
-        shrinking=calls - examples,
+        shrinking=calls - explicit_calls - examples,
         observations=dict(observations),
         upstream=upstream,
         warnings=dict(Counter(_warning_key(message) for message in captured)),
+        explicit=len(explicit),
     )
 
 
@@ -332,8 +338,9 @@ def run_suite(
             say(f"{prefix} {invariant.name}: interrupted")
             return report
         say(
-            f"{prefix} {invariant.name}: {result.verdict}, {result.examples} examples, "
-            f"{result.seconds:.1f}s"
+            f"{prefix} {invariant.name}: {result.verdict}, {result.examples} examples"
+            + (f" and {result.explicit} known hazards" if result.explicit else "")
+            + f", {result.seconds:.1f}s"
         )
         report.results.append(result)
     return report

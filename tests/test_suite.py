@@ -332,3 +332,28 @@ def test_every_report_field_is_documented_and_every_documented_field_exists(tmp_
     documented = set(re.findall(r"^\| `([a-z_\[\].]+)` \|", REPORT_FORMAT.read_text(), re.M))
     assert actual - documented == set(), "fields missing from docs/report-format.md"
     assert documented - actual == set(), "docs/report-format.md documents fields no report has"
+
+
+def test_explicit_examples_run_first_on_every_run_and_are_counted_apart():
+    seen = []
+
+    def check(value):
+        seen.append(value)
+
+    invariant = Invariant("i", "d", lambda: st.integers(0, 10), check, explicit=lambda: (-7, -3))
+    result = run_invariant(invariant, settings_=settings(max_examples=5, database=None))
+    assert seen[:2] == [-7, -3] and len(seen) == 7
+    assert (result.examples, result.explicit, result.shrinking) == (5, 2, 0)
+
+
+def test_a_failing_explicit_example_fails_the_invariant_whatever_the_seed():
+    def check(value):
+        assert value != -7, "minus seven"
+
+    invariant = Invariant("i", "d", lambda: st.integers(0, 10), check, explicit=lambda: (-7,))
+    for chosen in (0, 1):
+        result = run_invariant(
+            invariant, settings_=settings(max_examples=5, database=None), random_seed=chosen
+        )
+        assert not result.passed and "minus seven" in result.failures[0].message
+        assert result.failures[0].minimal_example == "-7"
