@@ -25,12 +25,13 @@ file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import random
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ from hypothesis.errors import InvalidArgument
 from torch import nn
 
 from harness.capabilities import optimizer_constraints, probe
-from harness.state import TrainingState
+from harness.state import TrainingState, global_rng_state, seed_global_rngs, set_global_rng_state
 from strategies.model_specs import ModelSpec, model_specs
 from strategies.models import ModelCase, _loss, build_model
 from strategies.optim import (
@@ -129,6 +130,18 @@ def _raised(what: str, error: BaseException, function: Any) -> InvalidArgument:
     return InvalidArgument(f"{what} raised {_first_line(error)}{located}")
 
 
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's, Python's and numpy's global RNGs seeded with ``seed``, and
+    set them back as they were after it."""
+    before = global_rng_state()
+    seed_global_rngs(seed)
+    try:
+        yield
+    finally:
+        set_global_rng_state(before)
+
+
 def _check_callable(value: Any, name: str, example: str) -> None:
     if not callable(value):
         raise InvalidArgument(f"{name}={value!r} is not callable; pass e.g. {name}={example}")
@@ -208,7 +221,8 @@ class UserModel:
     Attributes:
         build: returns a new module at every call: a class (``SmallCNN``), a
             ``functools.partial(MyTransformer, config)`` or a function. The harness calls
-            ``torch.manual_seed(seed)`` and then ``build(seed)`` when ``build`` has one
+            ``torch.manual_seed(seed)`` (and seeds Python's ``random`` and numpy's global RNG
+            with it) and then ``build(seed)`` when ``build`` has one
             required positional parameter, ``build()`` when it has none; the original state
             and the fresh state it is loaded into get different seeds, so that their
             parameters differ. The global RNG is left as it was.
@@ -250,11 +264,11 @@ class UserModel:
         return f"UserModel({self.label!r})"
 
     def module(self, init_seed: int) -> nn.Module:
-        """A new module from ``build``, with ``torch.manual_seed(init_seed)`` before it; the
+        """A new module from ``build``, with ``torch.manual_seed(init_seed)`` (and Python's and
+        numpy's global RNGs seeded) before it; the
         global RNG is left as it was."""
         call = f"build({init_seed})" if _takes_seed(self.build) else "build()"
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with _seeded(init_seed):
             try:
                 module = self.build(init_seed) if _takes_seed(self.build) else self.build()
             except Exception as error:
@@ -272,8 +286,7 @@ class UserModel:
         """The example input (called once, under a fixed seed, when it is a function)."""
         if isinstance(self.example_input, tuple):
             return self.example_input
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_INPUT_SEED)
+        with _seeded(_INPUT_SEED):
             try:
                 inputs = self.example_input()
             except Exception as error:
@@ -296,8 +309,7 @@ class UserModel:
         """Build with seed 0 and run one train-mode forward and loss, checking each step."""
         module = self.module(0)
         inputs = self.inputs
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with _seeded(0):
             module.train()
             before, host_before = torch.get_rng_state(), _host_rng_state()
             try:
@@ -592,8 +604,7 @@ class UserModelCase:
         if not self.trained or not trainable:
             return module
         optimizer = torch.optim.SGD(trainable, lr=_INFERENCE_LEARNING_RATE)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.init_seed)
+        with _seeded(self.init_seed):
             for _ in range(_INFERENCE_TRAINING_STEPS):
                 optimizer.zero_grad()
                 loss = self.loss(module(*self.example_input))

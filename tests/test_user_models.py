@@ -141,6 +141,24 @@ def test_the_same_seed_builds_the_same_parameters_and_leaves_the_global_rng():
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
+def test_build_runs_with_python_and_numpy_seeded_too_and_leaves_them_as_they_were():
+    import random
+
+    import numpy
+
+    drawn = []
+
+    def build():
+        drawn.append((random.random(), float(numpy.random.random())))
+        return nn.Linear(2, 2)
+
+    model = UserModel(build, example_input=(torch.ones(1, 2),))
+    state = random.getstate(), numpy.random.get_state()[1].tobytes()
+    model.module(4), model.module(4), model.module(5)
+    assert (random.getstate(), numpy.random.get_state()[1].tobytes()) == state
+    assert drawn[0] == drawn[1] != drawn[2]
+
+
 def test_build_is_given_the_seed_when_it_takes_one():
     seen = []
 
