@@ -152,3 +152,20 @@ def test_the_foundation_imports_only_the_standard_library_torch_numpy_and_hypoth
         name for name in _all_imported_names(module) if name.split(".")[0] not in allowed
     )
     assert not outside, f"{module} imports {', '.join(outside)}"
+
+
+def test_lazy_exports_imports_only_the_standard_library():
+    # lazy_exports.py sits below harness and strategies: both packages import it.
+    tree = ast.parse((ROOT / "lazy_exports.py").read_text())
+    names = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    names |= {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+    }
+    assert names and {name.split(".")[0] for name in names} <= set(sys.stdlib_module_names)

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = (
     "bundles",
     "catalog",
+    "hazards",
     "model_specs",
     "models",
     "optim",
