@@ -11,7 +11,7 @@ spec builds a model that runs, without filtering. :mod:`strategies.models` build
 Everything known about a family of layers is one :class:`Family` record in
 :data:`FAMILY_REGISTRY`: what data it accepts, how a layer is drawn and built, and what the
 built layer holds (trainable parameter ranks, dropout, sparse gradients, ...). The table of
-families in ``docs/catalog.md`` is generated from it (``python -m strategies.catalog``).
+families in ``docs/catalog.md`` is generated from it (``python -m harness.catalog``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ payloads, memory attacks, allocation bombs), what the file holds, how it is writ
 which carriers (every pickle-level class also in the legacy non-zip format that
 ``_use_new_zipfile_serialization=False`` writes), what a loader that accepts it has let
 happen, and the advisory it stands for. The table of attack classes in ``docs/catalog.md``
-is generated from the registry (``python -m strategies.catalog``); memory attacks and
+is generated from the registry (``python -m harness.catalog``); memory attacks and
 allocation bombs create no sentinel: loading them at all is what goes wrong.
 """
 

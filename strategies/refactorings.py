@@ -7,7 +7,7 @@ what loading the pickle does. Each refactoring is one :class:`Refactoring` recor
 :data:`REFACTORING_REGISTRY`: what it changes, how the source is rendered after it, what
 happens to the module file, whether the state_dict keeps its names and forward its function,
 and what loading the whole-model pickle does afterwards. The table of refactorings in
-``docs/catalog.md`` is generated from it (``python -m strategies.catalog``).
+``docs/catalog.md`` is generated from it (``python -m harness.catalog``).
 """
 
 from __future__ import annotations

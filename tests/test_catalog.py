@@ -1,4 +1,4 @@
-"""docs/catalog.md is what ``python -m strategies.catalog`` writes from the registries: a
+"""docs/catalog.md is what ``python -m harness.catalog`` writes from the registries: a
 record added, changed or removed without writing the file again fails here, so the tables
 cannot drift from the code."""
 
@@ -10,7 +10,7 @@ import os
 import pytest
 
 from harness.capabilities import OPTIMIZER_REGISTRY
-from strategies.catalog import DEFAULT_PATH, catalog, main
+from harness.catalog import DEFAULT_PATH, catalog, main
 from strategies.model_specs import FAMILY_REGISTRY
 from strategies.payloads import ATTACK_REGISTRY
 from strategies.refactorings import REFACTORING_REGISTRY
@@ -38,7 +38,7 @@ def test_the_committed_catalog_is_what_the_generator_writes():
         )
     )
     assert not difference, (
-        f"{DEFAULT_PATH} is stale: run python -m strategies.catalog\n{difference}"
+        f"{DEFAULT_PATH} is stale: run python -m harness.catalog\n{difference}"
     )
 
 

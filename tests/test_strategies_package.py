@@ -20,7 +20,6 @@ import strategies
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = (
     "bundles",
-    "catalog",
     "hazards",
     "model_specs",
     "models",

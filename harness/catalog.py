@@ -1,13 +1,16 @@
 """The catalog of what the project knows, written from its registries.
 
-``python -m strategies.catalog`` (from the repository root) writes ``docs/catalog.md``: one
+``python -m harness.catalog`` (from the repository root) writes ``docs/catalog.md``: one
 table per registry, each row one record, in registry order:
 
 - model families: :data:`strategies.model_specs.FAMILY_REGISTRY`;
 - attack classes: :data:`strategies.payloads.ATTACK_REGISTRY`;
 - optimizers: :data:`harness.capabilities.OPTIMIZER_REGISTRY`, with what
   :mod:`strategies.optim` draws for each;
-- refactorings: :data:`strategies.refactorings.REFACTORING_REGISTRY`.
+- refactorings: :data:`strategies.refactorings.REFACTORING_REGISTRY`;
+- known hazards: :data:`strategies.hazards.HAZARD_REGISTRY`;
+- kinds of written files and damages: :data:`harness.files.FILE_KINDS`,
+  :data:`harness.files.SAFETENSORS_ATTACKS`, :data:`harness.files.DAMAGES`.
 
 ``--out PATH`` writes another file; ``--check`` writes nothing and exits 1 when the file
 differs from what would be written. ``tests/test_catalog.py`` fails when the committed file
@@ -22,6 +25,8 @@ import sys
 from collections.abc import Iterable, Sequence
 
 from harness.capabilities import OPTIMIZER_FLAGS, OPTIMIZER_REGISTRY, OptimizerConstraints
+from harness.files import DAMAGES, FILE_KINDS, SAFETENSORS_ATTACKS
+from strategies.hazards import HAZARD_REGISTRY
 from strategies.model_specs import FAMILY_REGISTRY, Family, layer_kind
 from strategies.optim import drawn_hyperparameters
 from strategies.payloads import ATTACK_GROUPS, ATTACK_REGISTRY, CARRIERS, Attack
@@ -29,7 +34,7 @@ from strategies.refactorings import REFACTORING_REGISTRY, Refactoring
 
 __all__ = ["DEFAULT_PATH", "catalog", "main"]
 
-#: Where ``python -m strategies.catalog`` writes, relative to the repository root.
+#: Where ``python -m harness.catalog`` writes, relative to the repository root.
 DEFAULT_PATH = "docs/catalog.md"
 
 # Each attack group, in a table cell and counted in prose.
@@ -224,17 +229,81 @@ def _refactorings() -> list[str]:
     ]
 
 
+def _hazards() -> list[str]:
+    rows = [
+        (f"`{record.name}`", ", ".join(record.purposes), record.defect, record.needs or "-")
+        for record in HAZARD_REGISTRY
+    ]
+    return [
+        "## Known hazards",
+        "",
+        f"{len(HAZARD_REGISTRY)} hazards, one `Hazard` record each in "
+        "`strategies.hazards.HAZARD_REGISTRY`: cases that real checkpoint code gets wrong, "
+        "checked first by `check_checkpointer` at every seed and budget (where the installed "
+        "torch has what the case needs), before the random draws. `exclude=` takes their "
+        "names.",
+        "",
+        *_table(("hazard", "purposes", "what checkpoint code gets wrong", "also needs"), rows),
+    ]
+
+
+def _file_kinds() -> list[str]:
+    total = sum(len(kind.attacks) for kind in FILE_KINDS)
+    kinds = [
+        (
+            f"`{kind.name}`",
+            kind.description,
+            str(len(kind.attacks)) if kind.attacks else "not attacked",
+            _code(record.name for record in kind.attacks) or "-",
+        )
+        for kind in FILE_KINDS
+    ]
+    safetensors = [
+        (f"`{record.name}`", _GROUP_NAMES[record.group], record.description, record.harm)
+        for record in SAFETENSORS_ATTACKS
+    ]
+    damages = [(f"`{damage.name}`", damage.description) for damage in DAMAGES]
+    return [
+        "## Kinds of written files",
+        "",
+        f"{len(FILE_KINDS)} kinds, one `FileKind` record each in `harness.files.FILE_KINDS`, "
+        "in the order a file's kind is decided (the first that claims it). The invariant "
+        "`written_files_run_nothing` replaces each file a checkpointer writes by every "
+        f"hostile file of its kind in turn ({total} hostile files over all kinds); a file of "
+        "kind `other` is reported as not attacked.",
+        "",
+        *_table(("kind", "the file", "hostile files", "attacks"), kinds),
+        "",
+        f"The {len(SAFETENSORS_ATTACKS)} hostile safetensors files are built by hand "
+        "(`harness.files.SAFETENSORS_ATTACKS`); they run no code.",
+        "",
+        *_table(("attack", "group", "the file", "if accepted"), safetensors),
+        "",
+        "The invariant `damaged_files_detected` damages each written file in each way of "
+        f"`harness.files.DAMAGES` ({len(DAMAGES)}):",
+        "",
+        *_table(("damage", "what is done to the file"), damages),
+    ]
+
+
 def catalog() -> str:
     """The text of ``docs/catalog.md``."""
     lines = [
-        "# Catalog: what the strategies know",
+        "# Catalog: what the project knows",
         "",
-        "Written by `python -m strategies.catalog` from the registries; do not edit by hand "
+        "Written by `python -m harness.catalog` from the registries; do not edit by hand "
         "(`tests/test_catalog.py` fails when this file differs from what the generator "
         "writes). How to add a record: [extending.md](extending.md).",
         "",
     ]
-    for section in (_families(), _attacks(), _optimizers(), _refactorings()):
+    for section in (
+        _families(),
+        _attacks(),
+        _optimizers(),
+        _refactorings(),
+        _hazards(),
+        _file_kinds(),
+    ):
         lines += [*section, ""]
     return "\n".join(lines)
 
@@ -242,7 +311,7 @@ def catalog() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the catalog (or, with ``--check``, compare it); the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m strategies.catalog", description=__doc__.split("\n")[0]
+        prog="python -m harness.catalog", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", default=DEFAULT_PATH, help=f"default: {DEFAULT_PATH}")
     parser.add_argument(
@@ -257,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileNotFoundError:
             current = None
         if current != text:
-            print(f"{arguments.out} is stale: run python -m strategies.catalog", file=sys.stderr)
+            print(f"{arguments.out} is stale: run python -m harness.catalog", file=sys.stderr)
             return 1
         print(f"{arguments.out} is up to date")
         return 0
