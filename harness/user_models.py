@@ -400,7 +400,9 @@ def _build_optimizer(factory: Callable[..., Any], model: nn.Module) -> torch.opt
     """``factory(model.parameters())`` for a torch.optim class or a functools.partial of one,
     ``factory(model)`` for any other callable."""
     by_class = _is_optimizer_class(factory)
-    call = "(model.parameters())" if by_class else "(model)"
+    what = f"optimizer {describe_callable(factory)}, called with " + (
+        "model.parameters()," if by_class else "the model,"
+    )
     try:
         optimizer = factory(model.parameters() if by_class else model)
     except Exception as error:
@@ -410,29 +412,26 @@ def _build_optimizer(factory: Callable[..., Any], model: nn.Module) -> torch.opt
             else "; a function is given the model: lambda model: "
             "torch.optim.AdamW(model.parameters())"
         )
-        failure = _raised(f"optimizer {describe_callable(factory)}{call}", error, factory)
-        raise InvalidArgument(f"{failure}{advice}") from error
+        raise InvalidArgument(f"{_raised(what, error, factory)}{advice}") from error
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise InvalidArgument(
-            f"optimizer {describe_callable(factory)}{call} returned a value of type "
-            f"{type(optimizer).__name__}, not a torch.optim.Optimizer"
+            f"{what} returned a value of type {type(optimizer).__name__}, not a "
+            "torch.optim.Optimizer"
         )
     return optimizer
 
 
 def _build_scheduler(factory: Callable[..., Any], optimizer: torch.optim.Optimizer) -> Any:
+    """``factory(optimizer)``, checked to be a scheduler."""
+    what = f"scheduler {describe_callable(factory)}, called with the optimizer,"
     try:
         scheduler = factory(optimizer)
     except Exception as error:
-        raise _raised(
-            f"scheduler {describe_callable(factory)}(optimizer)", error, factory
-        ) from error
-    if not callable(getattr(scheduler, "state_dict", None)) or not callable(
-        getattr(scheduler, "step", None)
-    ):
+        raise _raised(what, error, factory) from error
+    if not all(callable(getattr(scheduler, name, None)) for name in ("step", "state_dict")):
         raise InvalidArgument(
-            f"scheduler {describe_callable(factory)}(optimizer) returned a value of type "
-            f"{type(scheduler).__name__}, which has no step and state_dict methods"
+            f"{what} returned a value of type {type(scheduler).__name__}, which has no step "
+            "and state_dict methods"
         )
     return scheduler
 
