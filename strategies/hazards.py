@@ -29,6 +29,7 @@ from hypothesis.errors import InvalidArgument
 from harness.capabilities import (
     OPTIMIZER_REGISTRY,
     cyclic_lr_state_pickles,
+    grad_scaler_on_cpu,
     probe,
     sgd_state_without_momentum,
     weight_parametrizations,
@@ -139,10 +140,13 @@ def _training(
     optimizer: OptimizerSpec = _SGD_MOMENTUM,
     scheduler: SchedulerSpec | None = None,
     steps: int = 2,
+    **how: bool,
 ) -> TrainingCase:
     # A model with nothing to train gets a learnable output scale, as the strategies do.
     scaled = not model.trainable_parameter_ranks
-    return TrainingCase(TrainingSpec(model, optimizer, scheduler, steps, scaled_output=scaled))
+    return TrainingCase(
+        TrainingSpec(model, optimizer, scheduler, steps, scaled_output=scaled, **how)
+    )
 
 
 def _model_case(model: ModelSpec) -> Callable[[str], TrainingCase | ModelCase]:
@@ -160,8 +164,11 @@ def _resume_case(
     optimizer: OptimizerSpec = _SGD_MOMENTUM,
     scheduler: SchedulerSpec | None = None,
     steps: int = 2,
+    **how: bool,
 ) -> Callable[[str], TrainingCase]:
-    return lambda purpose: _training(model, optimizer, scheduler, steps)
+    """A build function: ``model`` trained ``steps`` steps, ``how`` the
+    :class:`~strategies.training.TrainingSpec` flags (``scaler``, ``data``) to set."""
+    return lambda purpose: _training(model, optimizer, scheduler, steps, **how)
 
 
 def _scheduled(scheduler: SchedulerSpec, steps: int = 3) -> Callable[[str], TrainingCase]:
@@ -586,6 +593,27 @@ HAZARD_REGISTRY: tuple[Hazard, ...] = (
             cyclic_lr_state_pickles,
         ),
         "a CyclicLR state_dict that torch.save can pickle (cyclic_lr_state_pickles)",
+    ),
+    Hazard(
+        "data_stream_position",
+        "Where a run is in its data (the epoch, the position in its shuffled order, the "
+        "generator of the next order) is training state: a checkpoint without the data "
+        "stream's state_dict starts the epoch over and resumes on other batches.",
+        ("resume",),
+        # Three steps of a four-batch epoch: resuming crosses into the next epoch.
+        _resume_case(_LINEAR_MODEL, steps=3, data=True),
+        _has(families=("linear",), optimizers=("SGD",)),
+    ),
+    Hazard(
+        "grad_scaler",
+        "A GradScaler's scale and growth tracker change as training goes (the scale doubles "
+        "after growth_interval steps without inf or NaN): a checkpoint without "
+        "scaler.state_dict() resumes from the initial scale.",
+        ("resume",),
+        # The case's scaler starts at 2**8 and doubles every 2 steps.
+        _resume_case(_LINEAR_MODEL, steps=3, scaler=True),
+        _both(_has(families=("linear",), optimizers=("SGD",)), grad_scaler_on_cpu),
+        "torch.amp.GradScaler training on CPU (grad_scaler_on_cpu)",
     ),
 )
 

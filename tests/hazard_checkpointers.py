@@ -24,13 +24,10 @@ import numpy
 import torch
 
 from harness.capabilities import OPTIMIZER_REGISTRY
-from harness.state import TrainingState
+from harness.state import TrainingState, global_rng_state, set_global_rng_state
 from tests.correct_checkpointers import _on_device, _parameters
 
 __all__ = ["PLANTED", "HazardCheckpoint", "Planted"]
-
-# Parts of a training state besides model, optimizer and scheduler that have a state_dict.
-_OTHER_PARTS = ("scaler", "data")
 
 
 class HazardCheckpoint:
@@ -39,8 +36,13 @@ class HazardCheckpoint:
     The file holds the model's state_dict, the optimizer's (its saved state tensors put
     back after ``load_state_dict``, which casts them to the parameters' dtypes,
     pytorch/pytorch#43706), the scheduler's, those of the other parts of the state that
-    have one, the extra entries and (to resume) the CPU RNG state.
+    have one (:attr:`parts`), the extra entries and (to resume) the global RNG states
+    (torch's, Python's and numpy's).
     """
+
+    #: Parts of a training state besides model, optimizer and scheduler that it saves
+    #: (each has a state_dict).
+    parts = ("scaler", "data")
 
     def __init__(self, purpose: str = "resume") -> None:
         self.purpose = purpose
@@ -56,8 +58,8 @@ class HazardCheckpoint:
     def scheduler_state(self, state: TrainingState) -> Any:
         return state.scheduler.state_dict()
 
-    def rng_state(self) -> torch.Tensor | None:
-        return torch.get_rng_state()
+    def rng_state(self) -> dict[str, Any] | None:
+        return global_rng_state()
 
     def write(self, checkpoint: dict[str, Any], path: str) -> None:
         torch.save(checkpoint, path)
@@ -81,9 +83,9 @@ class HazardCheckpoint:
     def load_scheduler(self, into: TrainingState, saved: Any) -> None:
         into.scheduler.load_state_dict(saved)
 
-    def load_rng(self, saved: torch.Tensor | None) -> None:
+    def load_rng(self, saved: dict[str, Any] | None) -> None:
         if saved is not None:
-            torch.set_rng_state(saved.cpu())
+            set_global_rng_state(saved)
 
     # The checkpointer.
 
@@ -96,7 +98,7 @@ class HazardCheckpoint:
             checkpoint["optimizer"] = self.optimizer_state(state.optimizer)
         if state.scheduler is not None:
             checkpoint["scheduler"] = self.scheduler_state(state)
-        for part in _OTHER_PARTS:
+        for part in self.parts:
             value = getattr(state, part, None)
             if value is not None:
                 checkpoint[part] = value.state_dict()
@@ -114,7 +116,7 @@ class HazardCheckpoint:
             self.load_scheduler(into, checkpoint["scheduler"])
         if into.optimizer is not None:
             self.load_optimizer(into.optimizer, checkpoint["optimizer"])
-        for part in _OTHER_PARTS:
+        for part in self.parts:
             value = getattr(into, part, None)
             if value is not None:
                 value.load_state_dict(checkpoint[part])
@@ -211,6 +213,22 @@ class NumpyArchive(HazardCheckpoint):
         with numpy.load(f"{path}.npz") as archive:
             tensors = {name: torch.from_numpy(archive[name]) for name in archive.files}
         return {**super().read(path, map_location), "model": tensors}
+
+
+# --- the other parts of the state ------------------------------------------------------------
+
+
+class NoScalerState(HazardCheckpoint):
+    """Saves model, optimizer, scheduler and data position, as it did before training used
+    mixed precision: the GradScaler's state is not kept."""
+
+    parts = ("data",)
+
+
+class NoDataPosition(HazardCheckpoint):
+    """Saves everything but where the run is in its data: the epoch starts over."""
+
+    parts = ("scaler",)
 
 
 # --- the optimizer -----------------------------------------------------------------------
@@ -417,4 +435,6 @@ PLANTED: dict[str, Planted] = {
     "chained_scheduler": Planted(SchedulerCounters),
     "one_cycle_lr": Planted(LearningRatesOnly),
     "cyclic_lr": Planted(LearningRatesOnly),
+    "data_stream_position": Planted(NoDataPosition),
+    "grad_scaler": Planted(NoScalerState),
 }

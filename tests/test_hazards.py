@@ -174,6 +174,14 @@ _HOLDS = {
     ),
     "one_cycle_lr": lambda: len(_momenta("one_cycle_lr")) > 1,
     "cyclic_lr": lambda: len(_momenta("cyclic_lr")) > 1,
+    "data_stream_position": lambda: (
+        _trained("data_stream_position")[1].data.state_dict()["position"]
+        == hazard("data_stream_position").case("resume").steps
+    ),
+    "grad_scaler": lambda: (
+        _trained("grad_scaler")[1].scaler.get_scale()
+        > _trained("grad_scaler", steps=0)[1].scaler.get_scale()
+    ),
 }
 
 
