@@ -422,7 +422,10 @@ class ForgetsBuffers(harness.TrainingCheckpoint):
 
 
 def test_reference(check_checkpointer):
-    check_checkpointer(harness.TrainingCheckpoint(), models=MODEL, optimizers=SGD, max_examples=3)
+    check_checkpointer(
+        harness.TrainingCheckpoint(), models=MODEL, optimizers=SGD, max_examples=3,
+        invariants=["resume_equivalence"],
+    )
 
 
 def test_forgets(check_checkpointer):
