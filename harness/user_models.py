@@ -63,6 +63,7 @@ __all__ = [
     "UserModelCase",
     "UserTrainingCase",
     "UserTrainingSpec",
+    "default_loss",
     "describe_callable",
     "user_cases",
 ]
