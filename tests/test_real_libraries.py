@@ -309,6 +309,39 @@ def test_verdict(verdict: Verdict):
             assert text in messages, messages
 
 
+@_needs("accelerate")
+def test_accelerate_runs_code_from_its_registered_objects_files_only(tmp_path):
+    """Which of accelerate's files a code payload in its place runs from (every hostile file
+    of each file's kind, harness.files.attack_written_files): each
+    ``custom_checkpoint_<i>.pkl`` (read with ``weights_only=False``), and none of
+    ``model.safetensors``, ``optimizer.bin`` and ``random_states_0.pkl`` (read with
+    safetensors and ``weights_only=True``)."""
+    from harness.files import attack_written_files
+
+    def state() -> harness.TrainingState:
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+        return harness.TrainingState(model, optimizer, scheduler, extra={"epoch": 1})
+
+    path = str(tmp_path / "checkpoint")
+    real.AccelerateCheckpoint().save(state(), path)
+    result = attack_written_files(tmp_path, lambda: real.AccelerateCheckpoint().load(path, state()))
+    ran = {trial.file for trial in result.trials if trial.ran}
+    written = {file.path for file in result.files}
+    assert written == {
+        f"checkpoint/{name}"
+        for name in (
+            "custom_checkpoint_0.pkl",
+            "custom_checkpoint_1.pkl",
+            "model.safetensors",
+            "optimizer.bin",
+            "random_states_0.pkl",
+        )
+    }
+    assert ran == {"checkpoint/custom_checkpoint_0.pkl", "checkpoint/custom_checkpoint_1.pkl"}
+
+
 # --- Standalone reproductions: plain Python, no harness -----------------------------------
 
 
@@ -344,6 +377,29 @@ def test_reproduction_dcp_unpickles_values_with_weights_only_false(tmp_path):
     assert sentinel.exists()
 
 
+def test_reproduction_dcp_loads_a_flipped_bit_of_tensor_data_silently(tmp_path):
+    """DCP keeps no checksum of what it writes, and each tensor is a torch.save record
+    whose CRC-32 torch does not check (pytorch/pytorch#126952): one flipped bit in
+    ``__0_0.distcp`` loads as another value, without an error."""
+    import torch.distributed.checkpoint as dcp
+
+    weight = torch.arange(16, dtype=torch.float32)
+    checkpoint = tmp_path / "checkpoint"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"weight": weight}, checkpoint_id=checkpoint)
+        data = checkpoint / "__0_0.distcp"
+        raw = bytearray(data.read_bytes())
+        at = raw.find(weight.numpy().tobytes())
+        assert at >= 0
+        raw[at + 4 * 5] ^= 1  # the lowest bit of weight[5]
+        data.write_bytes(bytes(raw))
+        loaded = {"weight": torch.zeros(16)}
+        dcp.load(loaded, checkpoint_id=checkpoint)
+    assert loaded["weight"][5].item() == torch.tensor(5.0).nextafter(torch.tensor(6.0)).item()
+    assert torch.equal(loaded["weight"][:5], weight[:5])
+
+
 def test_reproduction_dcp_cannot_set_what_it_got_from_a_partly_stateful_optimizer():
     """SGD keeps a momentum buffer only in groups with momentum; get_state_dict saves that,
     and set_state_dict (strict by default) refuses it: 'Missing optimizer state for
@@ -376,9 +432,9 @@ def test_reproduction_dcp_cannot_set_what_it_got_from_a_partly_stateful_optimize
     ids=["SparseAdam", "LBFGS"],
 )
 def test_reproduction_dcp_get_state_dict_of_a_fresh_optimizer_steps_it(make, error):
-    """get_state_dict initializes a fresh optimizer's state by stepping it on zero dense
-    gradients without a closure, which SparseAdam and LBFGS refuse: DCP cannot load into
-    either (its load asks the fresh state for its state_dict first)."""
+    """get_state_dict (and set_state_dict) initialize a fresh optimizer's state by stepping
+    it on dense zero gradients without a closure, which SparseAdam and LBFGS refuse: DCP
+    cannot load into either (its load asks the fresh state for its state_dict first)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     module = make()
