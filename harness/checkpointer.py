@@ -51,7 +51,13 @@ from harness.files import (
     written_files,
 )
 from harness.report import Finding, Report
-from harness.state import TrainingState, snapshot
+from harness.state import (
+    TrainingState,
+    global_rng_state,
+    seed_global_rngs,
+    set_global_rng_state,
+    snapshot,
+)
 from harness.suite import Invariant, Unshrinkable, run_suite
 from strategies.hazards import HAZARD_REGISTRY, hazard_cases
 from strategies.model_specs import available_families
@@ -255,8 +261,9 @@ class _Evidence:
     """What a check knows when an example fails, for :data:`CAUSES` to read.
 
     ``saved`` is the original state's snapshot taken before ``save``; ``loaded`` the fresh
-    state's right after ``load`` (None when load did not return); ``rng_restored`` whether
-    the global RNG state after ``load`` is the one at ``save`` (None: not measured).
+    state's right after ``load`` (None when load did not return); ``rng_restored``, for
+    each global RNG (``torch``, ``python``, ``numpy``), whether its state after ``load`` is
+    the one at ``save`` (None: not measured).
     """
 
     invariant: str
@@ -266,7 +273,7 @@ class _Evidence:
     restored: TrainingState
     extra_saved: dict[str, Any] = field(default_factory=dict)
     loaded: dict[str, Any] | None = None
-    rng_restored: bool | None = None
+    rng_restored: dict[str, bool] | None = None
     error: BaseException | None = None
 
 
@@ -417,7 +424,10 @@ CAUSES: tuple[Cause, ...] = (
     Cause(
         "rng_not_restored",
         lambda e: (
-            e.invariant == "resume_equivalence" and e.case.has_dropout and e.rng_restored is False
+            e.invariant == "resume_equivalence"
+            and e.case.has_dropout
+            and e.rng_restored is not None
+            and not e.rng_restored["torch"]
         ),
         "The model draws random numbers in training (dropout) and load did not restore the "
         "global RNG state of save time: save torch.get_rng_state() with the checkpoint and "
@@ -432,6 +442,33 @@ CAUSES: tuple[Cause, ...] = (
         "as they were. Building an optimizer state dict can itself step the optimizer "
         "(torch.distributed.checkpoint's get_optimizer_state_dict on an optimizer without "
         "state, pytorch/pytorch#164929).",
+    ),
+    Cause(
+        "host_rng_not_restored",
+        lambda e: (
+            e.invariant == "resume_equivalence"
+            and e.case.uses_host_rng
+            and e.rng_restored is not None
+            and not (e.rng_restored["python"] and e.rng_restored["numpy"])
+        ),
+        "The training step draws from Python's random and numpy's global RNG (augmentation, "
+        "sampling) and load did not restore their states of save time: save random.getstate() "
+        "and numpy.random.get_state() with the checkpoint and set them back in load (as "
+        "tensors and ints they load with weights_only=True: harness.state.global_rng_state).",
+    ),
+    Cause(
+        "scaler_not_restored",
+        _part_differs("scaler"),
+        "The GradScaler's state right after load differs from the saved one (its scale and "
+        "growth tracker decide the next steps): save scaler.state_dict() and call "
+        "scaler.load_state_dict() on it in load.",
+    ),
+    Cause(
+        "data_not_restored",
+        _part_differs("data"),
+        "The position in the data stream right after load differs from the saved one, so the "
+        "resumed run sees other batches: save the sampler's or loader's state_dict() and load "
+        "it back (state.data).",
     ),
     Cause(
         "left_in_training_mode",
@@ -483,7 +520,7 @@ def _trained(case: Any) -> TrainingState:
     """The original training state: built from one seed and trained ``case.steps`` steps
     from a seeded RNG, so that building it twice gives the same state twice."""
     original = case.build(_ORIGINAL_SEED)
-    torch.manual_seed(_ORIGINAL_SEED)  # dropout draws the same masks on every run
+    seed_global_rngs(_ORIGINAL_SEED)  # dropout draws the same masks on every run
     losses = [case.train_step(original) for _ in range(case.steps)]
     original.extra.update(epoch=case.steps, loss=losses[-1], train_loss=losses)
     return original
@@ -517,14 +554,22 @@ def _keeps_caller_rng(check):
 
     @functools.wraps(check)
     def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
+        callers = global_rng_state()
+        try:
             yield from check(*args, **kwargs)
+        finally:
+            set_global_rng_state(callers)
 
     return wrapper
 
 
 def _disturb_global_rng() -> None:
-    torch.manual_seed(_DISTURBING_SEED)
+    seed_global_rngs(_DISTURBING_SEED)
+
+
+def _rng_restored(at_save: dict[str, Any]) -> dict[str, bool]:
+    now = global_rng_state()
+    return {name: not _differs(state, now[name]) for name, state in at_save.items()}
 
 
 def _gpu_resident(state: TrainingState) -> list[torch.Tensor]:
@@ -604,12 +649,12 @@ def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
     with _explained(_evidence("resume_equivalence", purpose, case, original, fresh)) as evidence:
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "checkpoint.pt")
-            rng_at_save = torch.get_rng_state()
+            rng_at_save = global_rng_state()
             calls.save(original, path)
             _disturb_global_rng()
             calls.load(path, fresh)
             evidence.loaded = snapshot(fresh)
-            evidence.rng_restored = torch.equal(torch.get_rng_state(), rng_at_save)
+            evidence.rng_restored = _rng_restored(rng_at_save)
             try:
                 for _ in range(RESUME_STEPS):
                     case.train_step(fresh)
