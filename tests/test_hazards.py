@@ -396,7 +396,7 @@ def test_excluding_hazards_from_check_checkpointer_leaves_their_cases_unchecked(
         PLANTED[kept].checkpointer("resume"),
         "resume",
         max_examples=1,
-        seed=2,  # a seed whose one drawn example has no cast (the draws alone miss it)
+        seed=0,
         invariants=["state_restored"],
         exclude=left_out,
         shrink=False,
