@@ -368,8 +368,10 @@ def _save_changed(evidence: _Evidence) -> bool:
 
 
 def _in_training_mode(evidence: _Evidence) -> bool:
-    return evidence.purpose == "inference" and any(
-        module.training for module in evidence.restored.model.modules()
+    return (
+        evidence.purpose == "inference"
+        and evidence.loaded is not None
+        and any(module.training for module in evidence.restored.model.modules())
     )
 
 
@@ -841,7 +843,10 @@ def damaged_files_detected(
     original, fresh = _prepare(purpose, case)
 
     def trial() -> str | None:
+        _disturb_global_rng()
         calls.checkpointer.load(path, fresh)
+        if _differs(expected_rng, global_rng_state()):
+            return "the global RNG states differ from those the undamaged files restore"
         return _what_differs(expected, expected_extra, fresh)
 
     with tempfile.TemporaryDirectory() as directory:
@@ -853,20 +858,29 @@ def damaged_files_detected(
         # What load restores from the undamaged files is the reference: whether that is the
         # original state is state_restored's concern, not this invariant's.
         undamaged = _fresh(purpose, case)
+        _disturb_global_rng()
         calls.load(path, undamaged)
         expected, expected_extra = snapshot(undamaged), copy.deepcopy(undamaged.extra)
+        expected_rng = global_rng_state()
         result = damage_written_files(directory, trial, timeout=_trial_limit(calls))
     yield f"{len(result.files)} written file(s), {len(result.trials)} damaged versions tried"
     kinds = {file.path: file.kind for file in result.files}
     for trial_ in result.silently_wrong:
+        kind = kinds[trial_.file]
         if trial_.format_noticed is False:
-            kind = kinds[trial_.file]
             yield Finding(
                 f"a {kind} file {trial_.damage} ({trial_.where.split(' (')[-1].rstrip(')')}) "
                 "loads without an error, with other contents: the format does not notice",
                 "pytorch/pytorch#126952" if kind in ("torch_zip", "legacy_torch") else None,
             )
-    blamed = [t for t in result.silently_wrong if t.format_noticed is not False]
+        elif trial_.format_noticed is None:
+            yield (
+                f"a {kind} file {trial_.damage} loads with other contents, and its format's "
+                "reader cannot tell whether the damage is noticeable"
+            )
+    # Blamed only where there was something to notice: a missing file, or a damage the
+    # file's own reader refuses (an error swallowed, a default used).
+    blamed = [t for t in result.silently_wrong if t.format_noticed is True]
     broken = blamed + list(result.failures)
     if broken:
         lines = "\n".join(_damage_line(trial_) for trial_ in broken)

@@ -820,6 +820,11 @@ def _judged(record: Attack, isolated: Isolated, ran: bool, read: bool | None) ->
     if record.group == "memory" and outcome == "returned":
         if read is False:
             return False, "load returned without reading the file"
+        torch_loads = isolated.value or ()
+        if torch_loads and not any(torch_loads):
+            # Every torch.load in the child raised: torch refused the file, and the
+            # checkpointer went on without it (damaged_files_detected's concern).
+            return False, "torch.load refused the file; load went on without it"
         return True, f"load accepted the file: {record.harm}"
     if record.group == "bomb" and outcome == "out_of_memory":
         return True, f"load ran out of memory: it {record.harm} ({isolated.error})"
@@ -830,6 +835,27 @@ def _judged(record: Attack, isolated: Isolated, ran: bool, read: bool | None) ->
 
 def _returning_nothing(function: Callable[[], Any]) -> None:
     function()  # what load returns (the state it loaded, perhaps) need not pickle
+
+
+def _watching_torch_load(function: Callable[[], Any]) -> list[bool]:
+    """In the forked child: call ``function()`` and say, for each ``torch.load`` it made
+    (through ``torch.load`` or ``torch.serialization.load``, looked up at call time),
+    whether it returned; what ``function`` returns is dropped."""
+    returned: list[bool] = []
+    real = torch.serialization.load
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            value = real(*args, **kwargs)
+        except BaseException:
+            returned.append(False)
+            raise
+        returned.append(True)
+        return value
+
+    torch.load = torch.serialization.load = watched
+    function()
+    return returned
 
 
 def attack_written_files(
@@ -850,7 +876,8 @@ def attack_written_files(
     - a code attack's sentinel appears (whatever load did after);
     - load crashed the process or hung, whatever the attack;
     - a memory attack's load returned normally: it accepted a file whose storage records
-      disagree with what it declares (unless the access time shows load never read it);
+      disagree with what it declares (unless the access time shows load never read it, or
+      every ``torch.load`` it made raised: torch refused the file and load went on);
     - a bomb's load ran out of memory.
 
     A load that raises is a refusal, not harm. Files of kind ``other`` are listed in
@@ -878,7 +905,7 @@ def attack_written_files(
                     if tracked:
                         _mark_unread(path)
                     isolated = run_isolated(
-                        functools.partial(_returning_nothing, load),
+                        functools.partial(_watching_torch_load, load),
                         timeout=timeout,
                         memory_bytes=memory_bytes,
                     )
@@ -1050,7 +1077,8 @@ class DamageTrial:
             had an error to see and did not (a deleted file always counts as noticed);
             False that the format itself cannot tell (torch does not check the CRC-32 of
             zip records: a bit flipped in tensor data loads as another value); None where
-            not asked (not silently wrong, or a kind without a reader).
+            not asked (not silently wrong) or where the reader cannot tell (a kind without
+            one, or a file it cannot read undamaged either).
     """
 
     file: str
@@ -1104,20 +1132,32 @@ class DamageResult:
 
 
 def _format_notices(
-    file: WrittenFile, damaged: bytes | None, path: str, timeout: float, memory_bytes: int
+    file: WrittenFile,
+    damaged: bytes | None,
+    path: str,
+    pristine: str,
+    timeout: float,
+    memory_bytes: int,
 ) -> bool | None:
-    """Whether the kind's own reader refuses the damaged file now at ``path``."""
+    """Whether the kind's own reader refuses the damaged file now at ``path``: None where it
+    cannot tell (no reader, or one that refuses the undamaged file too)."""
     if damaged is None:
         return True
     read = file_kind(file.kind).read
     if read is None:
         return None
-    isolated = run_isolated(
-        functools.partial(_returning_nothing, functools.partial(read, path)),
-        timeout=timeout,
-        memory_bytes=memory_bytes,
-    )
-    return isolated.outcome != "returned"
+
+    def refuses(where: str) -> bool:
+        isolated = run_isolated(
+            functools.partial(_returning_nothing, functools.partial(read, where)),
+            timeout=timeout,
+            memory_bytes=memory_bytes,
+        )
+        return isolated.outcome != "returned"
+
+    if refuses(pristine):
+        return None
+    return refuses(path)
 
 
 def damage_written_files(
@@ -1160,7 +1200,14 @@ def damage_written_files(
                         isolated = run_isolated(trial, timeout=timeout, memory_bytes=memory_bytes)
                         noticed = None
                         if isolated.outcome == "returned" and isolated.value is not None:
-                            noticed = _format_notices(file, damaged, path, timeout, memory_bytes)
+                            noticed = _format_notices(
+                                file,
+                                damaged,
+                                path,
+                                os.path.join(pristine.copy, file.path),
+                                timeout,
+                                memory_bytes,
+                            )
                         trials.append(
                             DamageTrial(
                                 file.path,

@@ -522,3 +522,23 @@ def test_every_trial_starts_from_the_tree_save_wrote(tmp_path):
         assert damaged != saved[entry.file]
     assert _contents(root) == saved
     assert not (root / "left-behind").exists()
+
+
+def test_a_refusal_that_load_swallows_is_no_accepted_memory_attack(tmp_path):
+    # torch.load refuses each memory attack; a loader that catches the error and goes on has
+    # accepted nothing (that it goes on is damaged_files_detected's concern).
+    path = tmp_path / "rng.pt"
+    torch.save({"rng": torch.get_rng_state()}, path)
+
+    def swallowing():
+        try:
+            torch.load(path, weights_only=True)
+        except Exception:
+            pass
+
+    def accepting():
+        torch.load(path, weights_only=True, mmap=True)
+
+    assert not attack_written_files(tmp_path, swallowing).harmful
+    accepted = {trial.attack for trial in attack_written_files(tmp_path, accepting).harmful}
+    assert "storage_record_short" in accepted
