@@ -56,8 +56,9 @@ __all__ = [
     "training_states",
 ]
 
-#: Batches in one epoch of a case's data stream: fewer than the steps of a checkpoint and a
-#: resume together, so that a resumed run crosses an epoch boundary.
+#: Batches in one epoch of a case's data stream: no more than the steps before and after a
+#: checkpoint together (4 to 6), so that a resumed run reaches the end of an epoch, and goes
+#: on into the next from 2 steps before the checkpoint on.
 DATA_BATCHES = 4
 # The data stream's batches depend on the spec only, never on init_seed.
 _DATA_SEED = 20261201
@@ -287,7 +288,7 @@ def _training_specs(
     steps = draw(st.integers(1, 3))
     scaler = _scaler_fits(optimizer, model_spec) and draw(st.booleans())
     data = draw(st.booleans())
-    host_rng = False
+    host_rng = draw(st.booleans())
     event(f"training: {optimizer.name} + {scheduler.name if scheduler else 'no scheduler'}")
     for name, drawn in (("GradScaler", scaler), ("data stream", data), ("host RNG", host_rng)):
         if drawn:

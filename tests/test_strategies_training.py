@@ -14,7 +14,7 @@ from harness.capabilities import (
     optimizer_constraints,
     sgd_state_without_momentum,
 )
-from harness.state import global_rng_state, set_global_rng_state, snapshot
+from harness.state import global_rng_state, set_global_rng_state
 from strategies.models import build_model
 from strategies.training import ScaledOutput, optimizer_fits, training_cases, training_states
 
@@ -57,7 +57,7 @@ def test_a_scaler_is_drawn_only_where_it_can_train(case):
         assert not spec.model.has_sparse_gradients and torch.float16 not in spec.model.dtypes
 
 
-_FLAGS = ("scaler", "data")
+_FLAGS = ("scaler", "data", "host_rng")
 
 
 @pytest.mark.parametrize("flag", _FLAGS)
@@ -71,19 +71,26 @@ def test_each_flag_is_drawn_and_shrinks_alone(flag):
     )
     # The minimal case with the flag has every other flag False.
     assert [name for name in _FLAGS if getattr(case.spec, name)] == [flag]
-    assert not case.spec.host_rng
 
 
 @given(training_cases())
 def test_building_and_training_are_reproducible(case):
     first, second = case.build(0), case.build(0)
-    assert_identical(snapshot(first), snapshot(second))
+    assert_identical(_trained_parts(first), _trained_parts(second))
     start = global_rng_state()
     for state in (first, second):
         set_global_rng_state(start)  # torch's, Python's and numpy's: dropout, augmentation
         for _ in range(case.steps):
             case.train_step(state)
-    assert_identical(snapshot(first), snapshot(second))
+    assert_identical(_trained_parts(first), _trained_parts(second))
+
+
+def _trained_parts(state: TrainingState) -> dict:
+    """The state_dicts of what a step changes (not deep-copied, as harness.state.snapshot
+    does: on 1.13.1 a CyclicLR or OneCycleLR state holds a WeakMethod, which cannot be)."""
+    parts = {"model": state.model, "optimizer": state.optimizer}
+    parts.update(scaler=state.scaler, data=state.data)
+    return {name: part.state_dict() for name, part in parts.items() if part is not None}
 
 
 @given(training_states())

@@ -258,6 +258,24 @@ class DropsDataPosition(harness.TrainingCheckpoint):
         into.data = data
 
 
+class DropsPythonRng(harness.TrainingCheckpoint):
+    """Restores everything but Python's ``random``, which load leaves as it finds it."""
+
+    def load(self, path, into, map_location=None):
+        kept = random.getstate()
+        super().load(path, into, map_location)
+        random.setstate(kept)
+
+
+class DropsNumpyRng(harness.TrainingCheckpoint):
+    """Restores everything but numpy's global RNG, which load leaves as it finds it."""
+
+    def load(self, path, into, map_location=None):
+        kept = numpy.random.get_state()
+        super().load(path, into, map_location)
+        numpy.random.set_state(kept)
+
+
 def _resume_failure(checkpointer, case: TrainingCase) -> str | None:
     (invariant,) = [
         i for i in checkpointer_invariants(checkpointer, "resume") if i.name == "resume_equivalence"
@@ -270,16 +288,21 @@ def _resume_failure(checkpointer, case: TrainingCase) -> str | None:
 
 
 @pytest.mark.parametrize(
-    ("checkpointer", "flag"),
+    ("checkpointer", "flag", "cause"),
     [
-        pytest.param(DropsScaler(), "scaler", marks=needs_scaler, id="scaler"),
-        pytest.param(DropsDataPosition(), "data", id="data"),
+        pytest.param(
+            DropsScaler(), "scaler", "scaler_not_restored", marks=needs_scaler, id="scaler"
+        ),
+        pytest.param(DropsDataPosition(), "data", "data_not_restored", id="data"),
+        pytest.param(DropsPythonRng(), "host_rng", "host_rng_not_restored", id="python-rng"),
+        pytest.param(DropsNumpyRng(), "host_rng", "host_rng_not_restored", id="numpy-rng"),
     ],
 )
-def test_a_checkpointer_that_drops_a_part_fails_resume_equivalence(checkpointer, flag):
+def test_a_checkpointer_that_drops_a_part_fails_resume_equivalence(checkpointer, flag, cause):
     with_part, without_part = _case(**{flag: True}), _case()
     message = _resume_failure(checkpointer, with_part)
     assert message is not None and "after 3 steps" in message
+    assert f"likely cause ({cause})" in message
     # The part is the cause: the reference restores it, and without the part the same
     # checkpointer resumes exactly.
     assert _resume_failure(harness.TrainingCheckpoint(), with_part) is None
