@@ -57,7 +57,8 @@ class TrainingCheckpoint:
         if state.scheduler is not None:
             checkpoint["scheduler_state_dict"] = state.scheduler.state_dict()
         # Without the scaler's state a resumed run starts again from the initial loss scale
-        # (huggingface/transformers#11663); without the data position it sees other batches.
+        # (huggingface/transformers#11663); without the data position it sees other batches
+        # than the uninterrupted run would (huggingface/accelerate#2016).
         if state.scaler is not None:
             checkpoint["scaler_state_dict"] = state.scaler.state_dict()
         if state.data is not None:
