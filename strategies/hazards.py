@@ -595,6 +595,15 @@ HAZARD_REGISTRY: tuple[Hazard, ...] = (
         "a CyclicLR state_dict that torch.save can pickle (cyclic_lr_state_pickles)",
     ),
     Hazard(
+        "host_rng_augmentation",
+        "A step that augments its input with Python's random and numpy's global RNG "
+        "resumes exactly only if those generators are restored too: a checkpoint that keeps "
+        "torch.get_rng_state() alone resumes with other augmentations.",
+        ("resume",),
+        _resume_case(_LINEAR_MODEL, host_rng=True),
+        _has(families=("linear",), optimizers=("SGD",)),
+    ),
+    Hazard(
         "data_stream_position",
         "Where a run is in its data (the epoch, the position in its shuffled order, the "
         "generator of the next order) is training state: a checkpoint without the data "

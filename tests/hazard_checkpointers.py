@@ -137,6 +137,17 @@ class NoRngState(HazardCheckpoint):
         return None
 
 
+class TorchRngOnly(HazardCheckpoint):
+    """Keeps torch's RNG state only: augmentations drawn from Python's ``random`` and
+    numpy's global RNG differ after resuming."""
+
+    def rng_state(self) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    def load_rng(self, saved: torch.Tensor) -> None:
+        torch.set_rng_state(saved.cpu())
+
+
 class ParametersOnly(HazardCheckpoint):
     """Saves the model's parameters only, loaded with ``strict=False``: buffers are lost."""
 
@@ -435,6 +446,7 @@ PLANTED: dict[str, Planted] = {
     "chained_scheduler": Planted(SchedulerCounters),
     "one_cycle_lr": Planted(LearningRatesOnly),
     "cyclic_lr": Planted(LearningRatesOnly),
+    "host_rng_augmentation": Planted(TorchRngOnly, "resume_equivalence"),
     "data_stream_position": Planted(NoDataPosition),
     "grad_scaler": Planted(NoScalerState),
 }

@@ -8,8 +8,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import random
 import re
 
+import numpy
 import pytest
 import torch
 from hypothesis import Phase, settings
@@ -109,6 +111,17 @@ def _momenta(name: str) -> set[float]:
     return seen
 
 
+def _draws_from_host_rngs(name: str) -> bool:
+    """Whether a training step of the case draws from both Python's and numpy's RNGs."""
+    case = hazard(name).case("resume")
+    state = case.build(0)
+    python, numpy_key = random.getstate(), numpy.random.get_state()[1].copy()
+    case.train_step(state)
+    return random.getstate() != python and not numpy.array_equal(
+        numpy.random.get_state()[1], numpy_key
+    )
+
+
 # What each hazard's case must hold, read from the built and trained state (not from the
 # spec the case was written with).
 _HOLDS = {
@@ -174,6 +187,7 @@ _HOLDS = {
     ),
     "one_cycle_lr": lambda: len(_momenta("one_cycle_lr")) > 1,
     "cyclic_lr": lambda: len(_momenta("cyclic_lr")) > 1,
+    "host_rng_augmentation": lambda: _draws_from_host_rngs("host_rng_augmentation"),
     "data_stream_position": lambda: (
         _trained("data_stream_position")[1].data.state_dict()["position"]
         == hazard("data_stream_position").case("resume").steps
