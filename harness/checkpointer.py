@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import inspect
 import os
@@ -59,9 +60,10 @@ from harness.state import (
     snapshot,
 )
 from harness.suite import Invariant, Unshrinkable, run_suite
+from harness.user_models import user_cases
 from strategies.hazards import HAZARD_REGISTRY, hazard_cases
 from strategies.model_specs import available_families
-from strategies.models import models
+from strategies.models import models as generated_models
 from strategies.payloads import hostile_payloads
 from strategies.training import training_cases
 
@@ -900,10 +902,14 @@ class _Draws:
     optimizers: tuple[str, ...] | None
     schedulers: tuple[str, ...] | None
     hazards_excluded: tuple[str, ...] = ()
+    user: tuple[Any, Any, Any] | None = None
 
     def explicit(self) -> tuple[Any, ...]:
         """The known hazards' cases (:data:`strategies.hazards.HAZARD_REGISTRY`), checked
-        first at every seed and budget."""
+        first at every seed and budget; none when the cases are built from the user's own
+        models, optimizers or schedulers (the hazards are the harness's own models)."""
+        if self.user is not None:
+            return ()
         return hazard_cases(
             self.purpose,
             self.families,
@@ -913,10 +919,21 @@ class _Draws:
         )
 
     def cases(self) -> st.SearchStrategy:
+        if self.user is not None:
+            models, optimizers, schedulers = self.user
+            return user_cases(
+                self.purpose,
+                models,
+                optimizers,
+                schedulers,
+                families=self.families,
+                optimizer_names=self.optimizers,
+                scheduler_names=self.schedulers,
+            )
         if self.purpose == "inference":
             # An uninitialized lazy module holds UninitializedParameters, which no
             # weights_only=True loader can read and no trained model has.
-            return models(self.families, allow_uninitialized=False)
+            return generated_models(self.families, allow_uninitialized=False)
         return training_cases(self.families, self.optimizers, self.schedulers)
 
     def hostile(self) -> st.SearchStrategy:
@@ -1063,12 +1080,18 @@ def checkpointer_invariants(
     *,
     exclude: Iterable[str] = (),
     timeout: float | None = DEFAULT_TIMEOUT,
+    models: Any = None,
+    optimizers: Any = None,
+    schedulers: Any = None,
 ) -> list[Invariant]:
     """The invariants a checkpointer for ``purpose`` (``"resume"`` or ``"inference"``) must
     keep, as :class:`~harness.suite.Invariant` objects; see :func:`check_checkpointer` for
-    ``exclude`` and ``timeout``."""
+    ``exclude``, ``timeout``, ``models``, ``optimizers`` and ``schedulers``."""
     _check_arguments(checkpointer, purpose, timeout)
     left_out, draws = _exclusions(_exclude_names(exclude), purpose)
+    if (models, optimizers, schedulers) != (None, None, None):
+        draws = dataclasses.replace(draws, user=(models, optimizers, schedulers))
+        draws.cases()  # the user's factories are checked now, with InvalidArgument
     calls = _Calls(checkpointer, timeout)
     return [
         Invariant(
@@ -1113,6 +1136,9 @@ def check_checkpointer(
     timeout: float | None = DEFAULT_TIMEOUT,
     shrink: bool = True,
     progress: Callable[[str], None] = lambda line: None,
+    models: Any = None,
+    optimizers: Any = None,
+    schedulers: Any = None,
 ) -> Report:
     """Check your checkpoint code against every invariant for ``purpose``.
 
@@ -1134,6 +1160,11 @@ def check_checkpointer(
         shrink: whether to shrink a failing example to a minimal one (False: report the
             first failing example as found, for a quicker verdict).
         progress: called with a line before and after each invariant, and while one runs.
+        models, optimizers, schedulers: your own factories instead of the generated models,
+            optimizers and schedulers (:func:`harness.user_models.user_cases`: a
+            :class:`~harness.user_models.UserModel`, an optimizer factory, a scheduler
+            factory, a strategy or a sequence of them; the parts left None are generated).
+            The known hazards are the harness's own models, so they are not checked then.
 
     Returns:
         a :class:`~harness.report.Report`: ``report.ok``, and ``report.failures``, each
@@ -1147,7 +1178,15 @@ def check_checkpointer(
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise InvalidArgument(f"seed={seed!r} must be an int, or None for a random one")
     exclude = _exclude_names(exclude)
-    checks = checkpointer_invariants(checkpointer, purpose, exclude=exclude, timeout=timeout)
+    checks = checkpointer_invariants(
+        checkpointer,
+        purpose,
+        exclude=exclude,
+        timeout=timeout,
+        models=models,
+        optimizers=optimizers,
+        schedulers=schedulers,
+    )
     if invariants is not None:
         known = [check.name for check in checks]
         unknown = sorted(set(invariants) - set(known))
