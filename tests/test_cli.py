@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -14,8 +13,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from harness.checkpointer import check_checkpointer
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds any one command may take before the test fails
@@ -319,13 +316,8 @@ def test_ctrl_c_writes_the_partial_report_and_exits_130(project):
 # --- the user's own models, optimizers and schedulers ---------------------------------------
 
 EXAMPLES = ROOT / "docs" / "examples" / "my_models.py"
-wired = pytest.mark.skipif(
-    "models" not in inspect.signature(check_checkpointer).parameters,
-    reason="check_checkpointer does not take models= yet",
-)
 
 
-@wired
 def test_a_reference_that_is_no_model_is_a_usage_error(project):
     result = harness(
         "check-checkpointer",
@@ -339,7 +331,6 @@ def test_a_reference_that_is_no_model_is_a_usage_error(project):
     assert "models holds 3, which is no harness.UserModel" in result.stderr
 
 
-@wired
 def test_the_users_models_reach_the_report_and_its_reproduction_command(project):
     options = [
         "--models",

@@ -4,12 +4,9 @@ asked, refuses unknown profiles in one line, and its fixtures work under ``@give
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
-
-from harness.checkpointer import check_checkpointer
 
 pytest_plugins = ["pytester"]
 
@@ -436,10 +433,6 @@ def test_forgets(check_checkpointer):
 """
 
 
-@pytest.mark.skipif(
-    "models" not in inspect.signature(check_checkpointer).parameters,
-    reason="check_checkpointer does not take models= yet",
-)
 def test_check_checkpointer_fixture_on_the_users_own_model(pytester):
     pytester.makepyfile(test_models=USERS_MODELS)
     result = pytester.runpytest_subprocess("--hypothesis-seed=0")

@@ -351,12 +351,6 @@ def test_the_docs_show_the_examples_code():
     assert module in (EXAMPLES / "check_my_models.py").read_text()
 
 
-wired = pytest.mark.skipif(
-    "models" not in inspect.signature(harness.check_checkpointer).parameters,
-    reason="check_checkpointer does not take models= yet",
-)
-
-
 class ForgetsBuffers(harness.TrainingCheckpoint):
     """Restores the parameters only: the batch-norm statistics stay the fresh model's."""
 
@@ -368,7 +362,6 @@ class ForgetsBuffers(harness.TrainingCheckpoint):
                 buffer.copy_(buffers[name])
 
 
-@wired
 def test_the_docs_example_passes_the_reference_checkpointers_on_both_models():
     import check_my_models  # docs/examples, on the path above
 
@@ -379,7 +372,6 @@ def test_the_docs_example_passes_the_reference_checkpointers_on_both_models():
         assert report.ok, [f.message for result in report.failures for f in result.failures]
 
 
-@wired
 def test_the_docs_command_line_runs(tmp_path):
     (command,) = _blocks("bash")
     arguments = shlex.split(command.removeprefix("python -m harness "))
@@ -396,7 +388,6 @@ def test_the_docs_command_line_runs(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
 
 
-@wired
 def test_a_checkpointer_that_forgets_buffers_fails_on_the_users_model():
     report = harness.check_checkpointer(
         ForgetsBuffers(),
