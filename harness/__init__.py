@@ -24,15 +24,18 @@ if TYPE_CHECKING:
     from harness.compare import assert_identical
     from harness.recipes import InferencePackage, TrainingCheckpoint
     from harness.report import Report
-    from harness.state import TrainingState
+    from harness.state import DataStream, TrainingState
+    from harness.user_models import UserModel
 
 __all__ = [
     "Capabilities",
     "Checkpointer",
+    "DataStream",
     "InferencePackage",
     "Report",
     "TrainingCheckpoint",
     "TrainingState",
+    "UserModel",
     "assert_identical",
     "check_checkpointer",
     "probe",
@@ -57,6 +60,8 @@ _MODULES = {
     "TrainingCheckpoint": "harness.recipes",
     "Report": "harness.report",
     "TrainingState": "harness.state",
+    "DataStream": "harness.state",
+    "UserModel": "harness.user_models",
 }
 
 

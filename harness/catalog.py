@@ -230,9 +230,13 @@ def _refactorings() -> list[str]:
 
 
 def _hazards() -> list[str]:
+    # Hazards with the same defect (one per optimizer and dtype) share a row.
+    grouped: dict[tuple[str, tuple[str, ...], str], list[str]] = {}
+    for record in HAZARD_REGISTRY:
+        grouped.setdefault((record.defect, record.purposes, record.needs), []).append(record.name)
     rows = [
-        (f"`{record.name}`", ", ".join(record.purposes), record.defect, record.needs or "-")
-        for record in HAZARD_REGISTRY
+        (_code(names), ", ".join(purposes), defect, needs or "-")
+        for (defect, purposes, needs), names in grouped.items()
     ]
     return [
         "## Known hazards",

@@ -126,7 +126,13 @@ def snapshot(state: TrainingState) -> dict[str, Any]:
     """Everything a restored state must agree on, copied so later training cannot change it:
     ``model``, ``optimizer``, ``scheduler``, ``scaler`` and ``data`` (each one's
     ``state_dict()``, those that are not None) and ``learning_rates`` (of each param group,
-    with an optimizer)."""
+    with an optimizer).
+
+    The scheduler's lists and dicts are copied without their sharing: a scheduler's
+    ``state_dict()`` may hold one list in two places (SequentialLR's ``_last_lr`` and its
+    child's) that a checkpointer writing JSON restores as two equal lists, and no scheduler
+    behaves differently for it.
+    """
     taken: dict[str, Any] = {"model": state.model.state_dict()}
     if state.optimizer is not None:
         taken["optimizer"] = state.optimizer.state_dict()
@@ -137,7 +143,19 @@ def snapshot(state: TrainingState) -> dict[str, Any]:
         taken["scaler"] = state.scaler.state_dict()
     if state.data is not None:
         taken["data"] = state.data.state_dict()
-    return copy.deepcopy(taken)
+    taken = copy.deepcopy(taken)
+    if "scheduler" in taken:
+        taken["scheduler"] = _unshared(taken["scheduler"])
+    return taken
+
+
+def _unshared(value: Any) -> Any:
+    """``value`` with every list, tuple and dict in it a new object of its own."""
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_unshared(item) for item in value)
+    return value
 
 
 def _float(value: float) -> torch.Tensor:

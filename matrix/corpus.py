@@ -83,10 +83,17 @@ _REBUILD_SEED = 1
 
 
 def to_plain(value: Any) -> Any:
-    """A spec (frozen dataclasses of the strategies, tuples, scalars) as JSON-able data."""
+    """A spec (frozen dataclasses of the strategies, tuples, scalars) as JSON-able data.
+
+    A field marked ``metadata={"optional": True}`` is left out at its default, so that a
+    field added to a spec leaves the committed manifests as they were."""
     if dataclasses.is_dataclass(value):
         kind = type(value)
-        fields = {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        fields = {
+            f.name: to_plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.metadata.get("optional") and getattr(value, f.name) == f.default)
+        }
         return {"class": f"{kind.__module__}.{kind.__qualname__}", "fields": fields}
     if isinstance(value, tuple):
         return {"tuple": [to_plain(item) for item in value]}

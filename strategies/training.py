@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy
 import torch
@@ -100,9 +100,9 @@ class TrainingSpec:
     scheduler: SchedulerSpec | None
     steps: int
     scaled_output: bool = False
-    scaler: bool = False
-    data: bool = False
-    host_rng: bool = False
+    scaler: bool = field(default=False, metadata={"optional": True})
+    data: bool = field(default=False, metadata={"optional": True})
+    host_rng: bool = field(default=False, metadata={"optional": True})
 
 
 class ScaledOutput(torch.nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import json
 import os
 import random
 
@@ -22,6 +23,7 @@ from harness.capabilities import grad_scaler_on_cpu
 from harness.checkpointer import checkpointer_invariants
 from harness.state import (
     DataStream,
+    TrainingState,
     global_rng_state,
     seed_global_rngs,
     set_global_rng_state,
@@ -315,3 +317,25 @@ def test_a_dropped_scaler_shows_in_its_state():
     # the scaler's own state (scale, growth tracker) is what differs.
     message = _resume_failure(DropsScaler(), _case(scaler=True))
     assert "['scaler']" in message
+
+
+def test_a_scheduler_restored_from_json_is_identical_in_the_snapshot():
+    # SequentialLR's state_dict holds one _last_lr list in two places; JSON gives two equal
+    # lists back, which no scheduler behaves differently for.
+    def built():
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        children = [
+            torch.optim.lr_scheduler.ConstantLR(optimizer),
+            torch.optim.lr_scheduler.StepLR(optimizer, 1),
+        ]
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, children, milestones=[2])
+        return TrainingState(model, optimizer, scheduler)
+
+    saved, restored = built(), built()
+    saved.optimizer.step()
+    saved.scheduler.step()
+    state_dict = saved.scheduler.state_dict()
+    assert state_dict["_schedulers"][0]["_last_lr"] is state_dict["_last_lr"]
+    restored.scheduler.load_state_dict(json.loads(json.dumps(state_dict)))
+    harness.assert_identical(snapshot(saved)["scheduler"], snapshot(restored)["scheduler"])
