@@ -13,10 +13,12 @@ strategies, by the probe of optimizer flags and by the matrix's corpus.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import inspect
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -238,12 +240,33 @@ def weights_only_samples() -> tuple[object, ...]:
     )
 
 
+@contextlib.contextmanager
+def _only_torchs_allowlist() -> Iterator[None]:
+    """Within this context ``torch.load(weights_only=True)`` allows only torch's own list:
+    the globals a library or the user added (``add_safe_globals``; accelerate adds
+    ``codecs.encode`` and numpy's during its loads) are set aside and put back after, so a
+    probe fact is the same whenever it is first asked."""
+    serialization = torch.serialization
+    if not hasattr(serialization, "get_safe_globals"):
+        yield
+        return
+    added = serialization.get_safe_globals()
+    serialization.clear_safe_globals()
+    try:
+        yield
+    finally:
+        serialization.clear_safe_globals()
+        if added:
+            serialization.add_safe_globals(added)
+
+
 def _round_trips_weights_only(value: object) -> bool:
     buffer = io.BytesIO()
     try:
         torch.save(value, buffer)
         buffer.seek(0)
-        loaded = torch.load(buffer, weights_only=True)
+        with _only_torchs_allowlist():
+            loaded = torch.load(buffer, weights_only=True)
     except Exception:  # any refusal means "not loadable with weights_only=True"
         return False
     if isinstance(value, torch.Tensor):
