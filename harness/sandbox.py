@@ -1,29 +1,36 @@
 """Loading untrusted files in a child process, so that a crash, a hang or a memory bomb is
 observed and named instead of taking the harness down.
 
-:func:`load_requests_in_child` runs ``torch.load`` on several files in one fresh Python
-process (importing torch costs seconds, so loads are batched) under an address-space limit,
-with a wall-clock limit per file. The child reports each file before it loads it, so a crash
-is pinned on the file being loaded; the files after it are loaded in a new child. A child that
-dies after its last load (a corrupted heap often crashes only at exit) has its files loaded
-again one per child, to find the one that kills it; a request marked ``alone`` (a file known
-to corrupt memory, whose damage could crash the next load) gets a child of its own from the
-start. Each load ends as a :class:`LoadOutcome`; the parent judges nothing else (sentinels
-are the caller's).
+:func:`load_requests_in_child` runs each ``torch.load`` in a child process of its own, under
+an address-space limit and a wall-clock limit. The children are forked from a small server
+process, started once per harness process, that has imported torch and nothing of the
+harness (importing torch costs a second or more; a fork of a process that has done it costs
+milliseconds). The server keeps one child forked ahead, waiting for its request, so the fork
+is paid while the previous load runs. Each child loads one file and ends: it reports how the
+load ended, then collects garbage and runs the ``atexit`` hooks, as an interpreter does when
+it exits (a corrupted heap often crashes only then), and dies; a child killed by a signal
+after its report is ``crashed`` although ``torch.load`` returned. A request marked ``alone``
+(a file known to corrupt memory) ends its child with the interpreter's whole shutdown
+(module teardown and the C++ destructors included), as a fresh interpreter would. The server
+watches each child's time limit itself and reports how the child ended; the caller judges
+everything else (sentinels are the caller's). Each load ends as a :class:`LoadOutcome`.
 """
 
 from __future__ import annotations
 
-import itertools
+import atexit
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness.persistence import explain_error
 
@@ -38,23 +45,47 @@ __all__ = [
     "load_requests_in_child",
 ]
 
-# Address space a load may use beyond what the child holds once torch is imported.
+# Address space a load may use beyond what the child maps when it is forked.
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 DEFAULT_TIMEOUT_S = 30.0
-# Importing torch in the child is not counted against a file's timeout, but has its own.
+# Importing torch in the server is not counted against a file's timeout, but has its own.
 _STARTUP_TIMEOUT_S = 180.0
-_POLL_S = 0.02
+# How long beyond a load's own time limit the server may take to answer (the whole shutdown
+# of an ``alone`` child, killing and reaping a child that ran out of time) before the server
+# itself counts as broken.
+_ANSWER_GRACE_S = 120.0
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Run with ``python -c``: a fresh interpreter with only torch (and what payloads import).
-# The limit is set after importing torch, from the address space the import left mapped.
-_CHILD = r"""
-import json, os, resource, sys, time, warnings
-job = json.load(open(sys.argv[1]))
-sys.path.insert(0, job["root"])
+# The server, run with ``python -c``: a fresh interpreter with only torch (and what payloads
+# import). It reads one request per line on stdin and answers one line on stdout. Its
+# objects are frozen out of the garbage collector's reach after the import, so that a
+# child's collection walks only what its load made.
+_SERVER = r"""
+import atexit, ctypes, gc, json, os, resource, select, signal, sys, time, warnings, weakref
+sys.path.insert(0, sys.argv[1])
+libc = ctypes.CDLL(None)
 import torch
 warnings.simplefilter("ignore")
-progress = open(job["progress"], "a", buffering=1)
+torch.set_num_threads(1)
+protocol_in, protocol_out = os.fdopen(0, "r"), os.fdopen(os.dup(1), "w", buffering=1)
+null = os.open(os.devnull, os.O_RDWR)
+os.dup2(null, 1)
+# One save and the loads a request may ask for, so that what torch sets up on first use
+# (its unpicklers' tables, lazy imports) is done once here, not in every child.
+torch.save({"weight": torch.ones(2)}, "warm-up.pt")
+for options in ({"weights_only": True}, {"weights_only": False}, {"mmap": True}):
+    try:
+        torch.load("warm-up.pt", map_location="cpu", **options)
+    except Exception:
+        pass
+os.unlink("warm-up.pt")
+# torch's own finalizers run at exit (unregistering its operator libraries: 60 ms a child);
+# a child runs only those its load made, unless it shuts down whole.
+torch_finalizers = [f for f in list(weakref.finalize._registry) if f.atexit]
+for finalizer in torch_finalizers:
+    finalizer.atexit = False
+gc.freeze()
+
 def mapped():
     try:
         for line in open("/proc/self/status"):
@@ -63,13 +94,30 @@ def mapped():
     except OSError:
         pass
     return 4 * 1024**3
-limit = mapped() + job["memory_bytes"]
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-progress.write(json.dumps({"ready": limit}) + "\n")
-for index, request in job["requests"]:
-    progress.write(json.dumps({"start": index}) + "\n")
+
+def run(requests, reports, server_fds, server):
+    # The forked child: wait for its request, load, report, end as an interpreter ends.
+    os.setpgid(0, 0)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: it dies with the server
+    if os.getppid() != server:
+        os._exit(0)
+    for fd in server_fds:
+        os.dup2(null, fd)  # not closed: the file objects that own them close them at exit
+    line = os.fdopen(requests, "r").readline()
+    if not line:
+        os._exit(0)
+    request = json.loads(line)
+    log = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.chdir(request["cwd"])
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    limit = mapped() + request["memory_bytes"]
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    out = os.fdopen(reports, "w", buffering=1)
+    out.write(json.dumps({"start": True}) + "\n")
     started = time.perf_counter()
-    report = {"done": index, "kind": "loaded", "error_type": None, "message": ""}
+    report = {"kind": "loaded", "error_type": None, "message": ""}
     try:
         keywords = {"weights_only": request["weights_only"]}
         if request["mmap"]:
@@ -88,12 +136,121 @@ for index, request in job["requests"]:
         else:
             report["kind"] = "refused"
     report["seconds"] = time.perf_counter() - started
-    progress.write(json.dumps(report) + "\n")
+    out.write(json.dumps(report) + "\n")
+    if request["alone"]:
+        for finalizer in torch_finalizers:
+            finalizer.atexit = True
+        gc.unfreeze()
+        raise SystemExit(0)  # the whole shutdown of an interpreter
+    gc.collect()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+def spawn(held=()):
+    # A child forked ahead: (pid, the pipe its request goes to, the pipe its report comes on).
+    # ``held``: the server's descriptors for the child running now, which the new one must
+    # not keep open.
+    request_read, request_write = os.pipe()
+    report_read, report_write = os.pipe()
+    sys.stderr.flush()
+    server = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        inherited = [request_write, report_read, *held]
+        run(request_read, report_write, [0, protocol_out.fileno(), *inherited], server)
+    os.close(request_read)
+    os.close(report_write)
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass
+    os.set_blocking(report_read, False)
+    return pid, request_write, report_read
+
+def exited(pid, pidfd, deadline):
+    # Wait until the child has exited (still unreaped) or the deadline; whether it did.
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if pidfd is None:
+            time.sleep(min(remaining, 0.002))
+        else:
+            select.select([pidfd], [], [], remaining)
+
+def drain(fd, chunks):
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        chunks.append(chunk)
+
+def answer(request, child):
+    pid, request_write, report_read = child
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    dispatched = time.monotonic()
+    os.write(request_write, (json.dumps(request) + "\n").encode())
+    os.close(request_write)
+    spare = spawn([report_read] + ([pidfd] if pidfd is not None else []))
+    chunks = []
+    deadline = None
+    while deadline is None:
+        # The time limit runs from the child's start line, as the load begins.
+        wait = dispatched + request["timeout_s"] + 60 - time.monotonic()
+        select.select([report_read] + ([pidfd] if pidfd is not None else []), [], [],
+                      max(0.0, min(wait, 0.05) if pidfd is None else wait))
+        drain(report_read, chunks)
+        if b"\n" in b"".join(chunks):
+            deadline = time.monotonic() + request["timeout_s"]
+        elif os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            deadline = time.monotonic()
+        elif time.monotonic() - dispatched > request["timeout_s"] + 60:
+            deadline = time.monotonic()
+    started = deadline - request["timeout_s"]
+    timed_out = not exited(pid, pidfd, deadline)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the child if it ran out of time; what it started
+    except (ProcessLookupError, PermissionError):
+        pass
+    _, status = os.waitpid(pid, 0)
+    drain(report_read, chunks)
+    os.close(report_read)
+    if pidfd is not None:
+        os.close(pidfd)
+    lines = [json.loads(line) for line in b"".join(chunks).decode().splitlines()
+             if line.endswith("}")]
+    reports = [line for line in lines if "kind" in line]
+    signalled = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    return spare, {
+        "started": any("start" in line for line in lines),
+        "report": reports[0] if reports else None,
+        "signal": None if timed_out else signalled,
+        "exit_status": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        "timeout": timed_out,
+        "seconds": time.monotonic() - started,
+    }
+
+child = spawn()
+protocol_out.write(json.dumps({"ready": True}) + "\n")
+for line in protocol_in:
+    child, reply = answer(json.loads(line), child)
+    protocol_out.write(json.dumps(reply) + "\n")
 """
 
 
 class SandboxError(RuntimeError):
-    """The sandbox itself failed (the child could not start or import torch)."""
+    """The sandbox itself failed (the server could not start or import torch, or a child
+    died before it began to load)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +263,8 @@ class LoadRequest:
         mmap: load with ``mmap=True``.
         save_to: where the child saves what it loaded with ``torch.save`` (for comparing it
             in the parent), or ``None``.
-        alone: load it in a child of its own, so that memory it corrupts harms no other load
-            and a crash at the child's exit is pinned on it.
+        alone: the file may corrupt memory: its child ends with the interpreter's whole
+            shutdown, so that a crash the damage causes at exit is pinned on it.
     """
 
     path: str
@@ -149,131 +306,156 @@ def _explained(error_type: str, message: str) -> str:
     return explain_error(type(error_type, (Exception,), {})(message))
 
 
-def _read_progress(path: str) -> list[dict]:
-    with open(path) as file:
-        return [json.loads(line) for line in file.read().splitlines() if line.endswith("}")]
-
-
 def _last_stderr_line(path: str) -> str:
-    with open(path, errors="replace") as file:
-        lines = [line.strip() for line in file.read().splitlines() if line.strip()]
+    try:
+        with open(path, errors="replace") as file:
+            lines = [line.strip() for line in file.read().splitlines() if line.strip()]
+    except OSError:
+        return ""
     return lines[-1][:300] if lines else ""
 
 
-def _signal_name(code: int) -> str | None:
-    return signal.Signals(-code).name if code < 0 else None
-
-
-def _kill(process: subprocess.Popen) -> None:
+def _signal_name(number: int) -> str:
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
-def _run_child(
-    pending: list[tuple[int, LoadRequest]],
-    directory: str,
-    *,
-    timeout_s: float,
-    memory_bytes: int,
-) -> tuple[dict[int, LoadOutcome], tuple[str, str] | None]:
-    """Load ``pending`` in one child until all are done or the child dies; the outcomes of
-    the files it got to, by index, and, when a signal killed the child after its last load,
-    the signal's name and the last line of its stderr (else ``None``)."""
-    job_path = os.path.join(directory, "job.json")
-    progress_path = os.path.join(directory, "progress.jsonl")
-    stderr_path = os.path.join(directory, "stderr.txt")
-    open(progress_path, "w").close()
-    job = {
-        "root": _PROJECT_ROOT,
-        "memory_bytes": memory_bytes,
-        "progress": progress_path,
-        "requests": [
-            [
-                index,
-                {
-                    "path": r.path,
-                    "weights_only": r.weights_only,
-                    "mmap": r.mmap,
-                    "save_to": r.save_to,
-                },
-            ]
-            for index, r in pending
-        ],
-    }
-    with open(job_path, "w") as file:
-        json.dump(job, file)
-    paths = dict((index, request.path) for index, request in pending)
-    outcomes: dict[int, LoadOutcome] = {}
-    with open(stderr_path, "w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, job_path],
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            cwd=directory,
-            start_new_session=True,
+class _Server:
+    """The server process of this harness process: started on first use, stopped at exit."""
+
+    def __init__(self) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="sandbox-server-")
+        self._stderr = os.path.join(self._directory.name, "server-stderr.txt")
+        with open(self._stderr, "w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _SERVER, _PROJECT_ROOT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                cwd=self._directory.name,
+                start_new_session=True,
+            )
+        self.owner = os.getpid()
+        self._lines = b""
+        try:
+            self._reply(time.monotonic() + _STARTUP_TIMEOUT_S, "import torch")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _reply(self, deadline: float, doing: str) -> dict[str, Any]:
+        """The server's next line, or SandboxError once ``deadline`` passes or it dies."""
+        out = self.process.stdout.fileno()
+        while b"\n" not in self._lines:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stop()
+                raise SandboxError(f"the sandbox server did not {doing} in time")
+            ready, _, _ = select.select([out], [], [], remaining)
+            if ready:
+                chunk = os.read(out, 1 << 16)
+                if not chunk:
+                    status = self.process.wait()
+                    self.stop()
+                    raise SandboxError(
+                        f"the sandbox server exited with status {status} before it could "
+                        f"{doing}: {_last_stderr_line(self._stderr)}"
+                    )
+                self._lines += chunk
+        line, self._lines = self._lines.split(b"\n", 1)
+        return json.loads(line)
+
+    def load(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request; the server's account of how its child ended."""
+        try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        except OSError as error:
+            self.stop()
+            raise SandboxError(f"the sandbox server is gone: {error}") from error
+        deadline = time.monotonic() + request["timeout_s"] + _ANSWER_GRACE_S
+        try:
+            return self._reply(deadline, "answer")
+        except KeyboardInterrupt:
+            self.stop()  # the child it was watching dies with it
+            raise
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server runs and belongs to this process (not a forked copy's)."""
+        return self.owner == os.getpid() and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Kill the server and its children; remove its folder."""
+        if self.owner == os.getpid():
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.process.wait()
+            for stream in (self.process.stdin, self.process.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            self._directory.cleanup()
+
+
+_server: _Server | None = None
+_server_lock = threading.Lock()
+
+
+def _running_server() -> _Server:
+    global _server
+    if _server is None or not _server.alive:
+        if _server is not None and _server.owner == os.getpid():
+            _server.stop()
+        _server = _Server()
+    return _server
+
+
+@atexit.register
+def _stop_server() -> None:
+    if _server is not None:
+        _server.stop()
+
+
+def _outcome(request: LoadRequest, reply: dict[str, Any], stderr: str, timeout_s: float):
+    """The :class:`LoadOutcome` of the server's account of one child."""
+    report = reply["report"]
+    seconds = reply["seconds"]
+    if reply["timeout"]:
+        detail = f"no result after {timeout_s:g} s"
+        if report is not None:
+            detail = f"{report['kind']}, then the child did not end within {timeout_s:g} s"
+        return LoadOutcome(request.path, "timeout", detail=detail, seconds=seconds)
+    if report is None:
+        if not reply["started"]:
+            raise SandboxError(f"the child exited before loading: {_last_stderr_line(stderr)}")
+        if reply["signal"] is not None:
+            name = _signal_name(reply["signal"])
+            why = f"killed by {name}"
+        else:
+            name, why = None, f"exited with status {reply['exit_status']}"
+        detail = f"{why}; stderr: {_last_stderr_line(stderr)}"
+        return LoadOutcome(request.path, "crashed", name, detail, seconds)
+    if reply["signal"] is not None:
+        name = _signal_name(reply["signal"])
+        detail = (
+            f"{report['kind']}, then the child was killed by {name}; stderr: "
+            f"{_last_stderr_line(stderr)}"
         )
-    launched = time.monotonic()
-    current: int | None = None
-    current_since = launched
-    ready = False
-    while True:
-        exited = process.poll() is not None
-        for report in _read_progress(progress_path):
-            if "ready" in report:
-                ready = True
-            elif "start" in report and report["start"] not in outcomes:
-                if current != report["start"]:
-                    current, current_since = report["start"], time.monotonic()
-            elif "done" in report and report["done"] not in outcomes:
-                index = report["done"]
-                error_type = report["error_type"]
-                outcomes[index] = LoadOutcome(
-                    path=paths[index],
-                    kind=report["kind"],
-                    error_type=error_type,
-                    detail=_explained(error_type, report["message"]) if error_type else "",
-                    seconds=report["seconds"],
-                )
-                if current == index:
-                    current = None
-        if len(outcomes) == len(pending):
-            name = _signal_name(process.wait())
-            return outcomes, (name, _last_stderr_line(stderr_path)) if name else None
-        now = time.monotonic()
-        if current is not None and now - current_since > timeout_s:
-            _kill(process)
-            outcomes[current] = LoadOutcome(
-                paths[current],
-                "timeout",
-                detail=f"no result after {timeout_s:g} s",
-                seconds=now - current_since,
-            )
-            return outcomes, None
-        if current is None and not ready and now - launched > _STARTUP_TIMEOUT_S:
-            _kill(process)
-            raise SandboxError(f"the child did not import torch in {_STARTUP_TIMEOUT_S:g} s")
-        if exited:
-            if current is None:
-                raise SandboxError(
-                    f"the child exited with status {process.returncode} before loading: "
-                    f"{_last_stderr_line(stderr_path)}"
-                )
-            code = process.returncode
-            name = _signal_name(code)
-            why = f"killed by {name}" if name else f"exited with status {code}"
-            outcomes[current] = LoadOutcome(
-                paths[current],
-                "crashed",
-                error_type=name,
-                detail=f"{why}; stderr: {_last_stderr_line(stderr_path)}",
-                seconds=now - current_since,
-            )
-            return outcomes, None
-        time.sleep(_POLL_S)
+        return LoadOutcome(request.path, "crashed", name, detail, report["seconds"])
+    error_type = report["error_type"]
+    return LoadOutcome(
+        path=request.path,
+        kind=report["kind"],
+        error_type=error_type,
+        detail=_explained(error_type, report["message"]) if error_type else "",
+        seconds=report["seconds"],
+    )
 
 
 def load_requests_in_child(
@@ -282,39 +464,36 @@ def load_requests_in_child(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> list[LoadOutcome]:
-    """Run each request in a fresh child process, in order, and say how each ended.
+    """Run each request in a child process of its own, in order, and say how each ended.
 
-    One child loads the files one after another; when it crashes or a load runs past
-    ``timeout_s`` seconds, that file gets the outcome and the files after it go to a new
-    child. A child killed by a signal after its last load has its files loaded again, one
-    per child; a file whose own child dies so is ``crashed`` although ``torch.load``
-    returned. Requests marked ``alone`` always get a child of their own. The child may map
-    ``memory_bytes`` bytes of address space beyond what importing torch took. Raises
-    :class:`SandboxError` when a child cannot even import torch.
+    Each child is forked from the sandbox server (a process that has imported torch, started
+    on the first call and kept until this process exits). It may map ``memory_bytes`` bytes
+    of address space beyond what it maps when forked, writes no core file, and is killed
+    with its process group when its load runs past ``timeout_s`` seconds (``timeout``) or
+    when it ends (whatever it started). After its load the child collects garbage and runs
+    the ``atexit`` hooks; one killed by a signal then is ``crashed`` although
+    ``torch.load`` returned. Requests marked ``alone`` end with the interpreter's whole
+    shutdown. Raises :class:`SandboxError` when the server cannot import torch or a child
+    dies before it begins to load.
     """
-    pending = list(enumerate(requests))
-    alone = {index for index, request in pending if request.alone}
-    outcomes: dict[int, LoadOutcome] = {}
-    with tempfile.TemporaryDirectory(prefix="sandbox-") as directory:
-        while pending:
-            if pending[0][0] in alone:
-                batch = pending[:1]
-            else:
-                batch = list(itertools.takewhile(lambda item: item[0] not in alone, pending))
-            done, death = _run_child(
-                batch, directory, timeout_s=timeout_s, memory_bytes=memory_bytes
-            )
-            if death is not None and len(batch) > 1:
-                alone.update(index for index, _ in batch)
-                continue
-            if death is not None:
-                (index, request), (name, stderr) = batch[0], death
-                first = done[index]
-                detail = f"{first.kind}, then the child was killed by {name}; stderr: {stderr}"
-                done[index] = LoadOutcome(request.path, "crashed", name, detail, first.seconds)
-            outcomes.update(done)
-            pending = [(index, request) for index, request in pending if index not in outcomes]
-    return [outcomes[index] for index in range(len(requests))]
+    outcomes = []
+    with _server_lock, tempfile.TemporaryDirectory(prefix="sandbox-") as directory:
+        stderr = os.path.join(directory, "stderr.txt")
+        for request in requests:
+            message = {
+                "path": request.path,
+                "weights_only": request.weights_only,
+                "mmap": request.mmap,
+                "save_to": request.save_to,
+                "alone": request.alone,
+                "timeout_s": timeout_s,
+                "memory_bytes": memory_bytes,
+                "cwd": directory,
+                "stderr": stderr,
+            }
+            reply = _running_server().load(message)
+            outcomes.append(_outcome(request, reply, stderr, timeout_s))
+    return outcomes
 
 
 def load_many_in_child(
@@ -325,8 +504,8 @@ def load_many_in_child(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> list[LoadOutcome]:
-    """``torch.load`` each of ``paths`` with the same options, batched in as few child
-    processes as crashes allow; see :func:`load_requests_in_child`."""
+    """``torch.load`` each of ``paths`` with the same options, each in a child of its own;
+    see :func:`load_requests_in_child`."""
     requests = [LoadRequest(os.fspath(path), weights_only, mmap) for path in paths]
     return load_requests_in_child(requests, timeout_s=timeout_s, memory_bytes=memory_bytes)
 
@@ -339,7 +518,7 @@ def load_in_child(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> LoadOutcome:
-    """``torch.load(path)`` in a fresh child process; see :func:`load_requests_in_child`."""
+    """``torch.load(path)`` in a child process; see :func:`load_requests_in_child`."""
     return load_many_in_child(
         [path],
         weights_only=weights_only,

@@ -7,6 +7,7 @@ import ctypes
 import io
 import os
 import pickletools
+import sys
 import tarfile
 import time
 import zipfile
@@ -101,6 +102,33 @@ def test_a_child_dying_after_its_last_load_is_pinned_on_the_file_that_killed_it(
         "loaded",
     ]
     assert outcomes[1].detail.startswith("loaded, then the child was killed by SIGABRT")
+
+
+def test_each_load_has_a_child_of_its_own(tmp_path):
+    # A file that breaks the process it is loaded in (here: a recursion limit no unpickler
+    # can work under) harms no later load.
+    good = tmp_path / "good.pt"
+    torch.save({"weight": torch.ones(2)}, good)
+    breaks = tmp_path / "breaks.pt"
+    torch.save({"x": PickledCall(sys.setrecursionlimit, 8)}, breaks)
+    requests = [
+        LoadRequest(str(breaks), weights_only=False),
+        LoadRequest(str(good), weights_only=False),
+        LoadRequest(str(good), weights_only=True),
+    ]
+    outcomes = load_requests_in_child(requests)
+    assert [str(o) for o in outcomes] == ["refused (RecursionError)", "loaded", "loaded"]
+
+
+def test_a_load_past_its_time_limit_in_a_child_ending_whole_is_a_timeout(tmp_path):
+    sleeps = tmp_path / "sleeps.pt"
+    torch.save({"x": PickledCall(time.sleep, 60)}, sleeps)
+    started = time.monotonic()
+    (outcome,) = load_requests_in_child(
+        [LoadRequest(str(sleeps), weights_only=False, alone=True)], timeout_s=1
+    )
+    assert (outcome.kind, outcome.detail) == ("timeout", "no result after 1 s")
+    assert time.monotonic() - started < 30
 
 
 def test_load_in_child_refuses_a_missing_file(tmp_path):
