@@ -44,6 +44,7 @@ __all__ = [
     "weights_only_loadable_dtypes",
     "weights_only_loadable_types",
     "weights_only_loads_counter",
+    "weights_only_loads_empty_bytes",
     "weights_only_samples",
 ]
 
@@ -242,10 +243,10 @@ def weights_only_samples() -> tuple[object, ...]:
 
 @contextlib.contextmanager
 def _only_torchs_allowlist() -> Iterator[None]:
-    """Within this context ``torch.load(weights_only=True)`` allows only torch's own list:
-    the globals a library or the user added (``add_safe_globals``; accelerate adds
-    ``codecs.encode`` and numpy's during its loads) are set aside and put back after, so a
-    probe fact is the same whenever it is first asked."""
+    """Within this context ``torch.load(weights_only=True)`` allows only its built-in list:
+    the globals added with ``add_safe_globals`` (by torch's own modules, a library or the
+    user; accelerate adds ``codecs.encode`` and numpy's during its loads) are set aside and
+    put back after, so a probe fact is the same whenever it is first asked."""
     serialization = torch.serialization
     if not hasattr(serialization, "get_safe_globals"):
         yield
@@ -296,6 +297,15 @@ def weights_only_loadable_dtypes() -> tuple[torch.dtype, ...]:
     if not probe().load_weights_only:
         return ()
     return tuple(dtype for dtype in probe().dtypes if _round_trips_weights_only(dtype))
+
+
+@functools.cache
+def weights_only_loads_empty_bytes() -> bool:
+    """Whether ``torch.load(weights_only=True)`` gives back ``b""`` saved by ``torch.save``:
+    protocol 2 pickles empty bytes as a call of ``builtins.bytes``, which 2.13.0's allowlist
+    lacks, while other bytes go through the allowed ``_codecs.encode``
+    (docs/findings.md, finding 25)."""
+    return probe().load_weights_only and _round_trips_weights_only(b"")
 
 
 @functools.cache
