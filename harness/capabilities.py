@@ -36,6 +36,7 @@ __all__ = [
     "optimizer_constraints",
     "optimizer_flags_that_run",
     "optimizer_param_names",
+    "optimizer_state_cast",
     "probe",
     "sgd_state_without_momentum",
     "tensor_storage",
@@ -511,6 +512,82 @@ def optimizer_param_names() -> bool:
         return False
     group = optimizer.state_dict()["param_groups"][0]
     return group.get("param_names") == ["w"] and optimizer.param_groups[0]["params"][0] is parameter
+
+
+def _dtypes_of(value: object) -> list[torch.dtype]:
+    """The dtypes of the tensors in an optimizer state entry (a tensor, or a list of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value.dtype]
+    if isinstance(value, list | tuple):
+        return [dtype for item in value for dtype in _dtypes_of(item)]
+    return []
+
+
+def _cast_keys(optimizer_class: type, dtypes: tuple[torch.dtype, ...]) -> tuple[str, ...]:
+    """The state entries whose dtype ``load_state_dict`` changes, after two steps of an
+    optimizer (default hyperparameters) over one 2x2 parameter of each of ``dtypes``, in
+    one group; empty where it changes none or the optimizer cannot train them."""
+    parameters = [
+        torch.nn.Parameter(torch.full((2, 2), 0.5 + index, dtype=dtype))
+        for index, dtype in enumerate(dtypes)
+    ]
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = sum((p.float() * (i + 1)).square().sum() for i, p in enumerate(parameters))
+        loss.backward()
+        return loss
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer = optimizer_class(parameters)
+            for _ in range(2):
+                closure()
+                optimizer.step(closure)
+            saved = optimizer.state_dict()
+            restored = optimizer_class(parameters)
+            restored.load_state_dict(saved)
+    except Exception:  # e.g. SparseAdam, which trains only sparse gradients
+        return ()
+    loaded = restored.state_dict()["state"]
+    return tuple(
+        sorted(
+            key
+            for index, entries in saved["state"].items()
+            for key, value in entries.items()
+            if _dtypes_of(value) != _dtypes_of(loaded.get(index, {}).get(key))
+        )
+    )
+
+
+# Parameters of the dtype alone, then before and after a float32 one: LBFGS keeps its flat
+# buffers on the group's first parameter in the dtype of all its gradients concatenated.
+_ARRANGEMENTS = (("{}",), ("{}", "float32"), ("float32", "{}"))
+
+
+@functools.cache
+def optimizer_state_cast(optimizer: str, dtype: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Whether ``Optimizer.load_state_dict`` changes the dtype of state that the optimizer
+    class ``optimizer`` keeps beside parameters of ``dtype`` (``"float64"`` or
+    ``"bfloat16"``), found by trying it (pytorch/pytorch#43706).
+
+    Returns ``(arrangement, keys)``: the dtypes of the parameters, in order, with which the
+    cast shows (the dtype alone, or before or after a float32 parameter, tried in that
+    order) and the state entries it changes there; ``((), ())`` where it changes none, or
+    the installed torch lacks the class or the dtype. The probe's answer for each class of
+    :data:`OPTIMIZER_REGISTRY` is its record's ``own_dtype_state`` (tests check the two
+    agree).
+    """
+    optimizer_class = probe().optimizers.get(optimizer)
+    if optimizer_class is None or getattr(torch, dtype, None) not in probe().dtypes:
+        return (), ()
+    for pattern in _ARRANGEMENTS:
+        arrangement = tuple(name.format(dtype) for name in pattern)
+        keys = _cast_keys(optimizer_class, tuple(getattr(torch, name) for name in arrangement))
+        if keys:
+            return arrangement, keys
+    return (), ()
 
 
 @functools.cache

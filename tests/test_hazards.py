@@ -18,7 +18,7 @@ from hypothesis import Phase, settings
 from hypothesis.errors import InvalidArgument
 
 import harness
-from harness.capabilities import OPTIMIZER_REGISTRY, probe
+from harness.capabilities import OPTIMIZER_REGISTRY, optimizer_state_cast, probe
 from harness.checkpointer import CHECKPOINTER_INVARIANTS, checkpointer_invariants
 from harness.suite import run_invariant
 from strategies.hazards import (
@@ -27,7 +27,6 @@ from strategies.hazards import (
     Hazard,
     hazard,
     hazard_cases,
-    optimizer_state_cast,
 )
 from strategies.models import ModelCase
 from strategies.training import TrainingCase
