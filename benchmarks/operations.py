@@ -1,4 +1,4 @@
-"""The timed operations: torch save/load, safetensors, the harness, and the machine's limits.
+"""The timed operations: torch save/load, safetensors, and the machine's limits.
 
 Operations *under test* (everything but the limits) honour :data:`SLOWDOWN_VARIABLE`: with
 ``HARNESS_BENCH_SLOWDOWN=0.25`` each of them does busy work for a quarter of its own duration
@@ -27,8 +27,6 @@ __all__ = [
     "memory_copy",
     "raw_read",
     "raw_write",
-    "round_trip_file",
-    "run_invariant",
     "safetensors_load",
     "safetensors_load_and_read",
     "safetensors_save",
@@ -127,14 +125,6 @@ def load_buffer(data: bytes, *, weights_only: bool = True) -> Any:
     return torch.load(io.BytesIO(data), weights_only=weights_only)
 
 
-@under_test
-def round_trip_file(obj: Any, path: str) -> Any:
-    """``torch.save`` to ``path`` and ``torch.load(weights_only=True)`` back, nothing else:
-    the bare cost the harness's own checks are compared with."""
-    torch.save(obj, path)
-    return torch.load(path, weights_only=True)
-
-
 # safetensors (optional)
 
 
@@ -190,12 +180,3 @@ def raw_read(path: str, into: bytearray) -> int:
     """Read the whole file at ``path`` into the preallocated ``into``."""
     with open(path, "rb", buffering=0) as handle:
         return handle.readinto(into)
-
-
-# the harness
-
-
-@under_test
-def run_invariant(invariant: Callable[[Any], Any], example: Any) -> list[str]:
-    """Check one harness invariant on ``example``; return its observations."""
-    return list(invariant(example))

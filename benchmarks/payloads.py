@@ -1,18 +1,14 @@
-"""What the benchmarks save: state dicts of a given size, an optimizer state, harness examples."""
+"""What the benchmarks save: state dicts of a given size and an optimizer state."""
 
 from __future__ import annotations
 
 import torch
 
 from harness.capabilities import tensor_storage
-from harness.persistence import SaveOptions
-from strategies.models import InputSpec, Layer, ModelCase, ModelSpec, build_model
 
 __all__ = [
     "SIZES",
     "adam_state_dict",
-    "harness_bundle",
-    "harness_model_case",
     "size_label",
     "state_dict",
     "tensor_bytes",
@@ -77,32 +73,3 @@ def adam_state_dict(width: int = 1024, depth: int = 4) -> dict:
     model(torch.randn(8, width)).sum().backward()
     optimizer.step()
     return optimizer.state_dict()
-
-
-def harness_model_case() -> tuple[ModelCase, SaveOptions]:
-    """A fixed example for :func:`harness.invariants.state_dict_round_trip`: a two-layer MLP
-    (64 -> 64 -> 8) saved to a file with the default options."""
-    spec = ModelSpec(
-        InputSpec("vector", (4, 64)),
-        (
-            Layer("linear", (("in_features", 64), ("out_features", 64), ("bias", True))),
-            Layer("linear", (("in_features", 64), ("out_features", 8), ("bias", True))),
-        ),
-    )
-    return build_model(spec), SaveOptions()
-
-
-def harness_bundle() -> tuple[dict, SaveOptions]:
-    """A fixed example for :func:`harness.invariants.bundle_round_trip`: the MLP's state dict,
-    its Adam state and training counters, saved to a file with the default options."""
-    case, options = harness_model_case()
-    optimizer = torch.optim.Adam(case.module.parameters())
-    case.module(*case.example_input).sum().backward()
-    optimizer.step()
-    bundle = {
-        "model": case.module.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": 3,
-        "loss": 0.25,
-    }
-    return bundle, options

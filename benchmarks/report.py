@@ -7,7 +7,8 @@ Reads benchmarks in pytest-benchmark's JSON shape (``{"name", "stats": {"median"
 - ``limit``: which limit the figure is compared with (``"memory copy"``, ``"file write"``,
   ``"file read"``); a limit benchmark sets ``measures`` to its own limit instead.
 - ``file_bytes``: the bytes written, for the format overhead.
-- ``reference`` / ``relative_to``: a bare operation and the harness check compared with it.
+- ``ratio``: for the harness's own cost (``benchmarks/test_harness_ratios.py``), its time
+  over the bare work on the same examples: ``{"median", "min", "rounds"}``.
 
 Run ``python -m benchmarks.report [RUN ...]`` (default: the newest stored run of the installed
 torch) to print the table of stored runs, several combined by the median.
@@ -80,9 +81,9 @@ def load_benchmarks(path: Path) -> list[dict]:
 
 
 class Row:
-    """One benchmark's figures, with its limit and reference looked up in the same run."""
+    """One benchmark's figures, with its limit looked up in the same run."""
 
-    def __init__(self, benchmark: dict, limits: dict, references: dict):
+    def __init__(self, benchmark: dict, limits: dict):
         info = benchmark.get("extra_info", {})
         self.name: str = benchmark["name"]
         self.median: float = benchmark["stats"]["median"]
@@ -95,8 +96,8 @@ class Row:
         self.overhead: float | None = (
             file_bytes / self.bytes - 1 if file_bytes is not None and self.bytes else None
         )
-        reference = references.get(info.get("relative_to"))
-        self.times_reference: float | None = self.median / reference if reference else None
+        ratio = info.get("ratio")
+        self.times_bare: float | None = ratio["median"] if ratio else None
 
     @property
     def throughput(self) -> float | None:
@@ -108,14 +109,11 @@ def rows(benchmarks: Iterable[dict]) -> list[Row]:
     """A :class:`Row` per benchmark, in the order given."""
     benchmarks = list(benchmarks)
     limits = {}
-    references = {}
     for benchmark in benchmarks:
         info = benchmark.get("extra_info", {})
         if "measures" in info:
             limits[(info["measures"], info.get("bytes"))] = benchmark["stats"]["median"]
-        if "reference" in info:
-            references[info["reference"]] = benchmark["stats"]["median"]
-    return [Row(benchmark, limits, references) for benchmark in benchmarks]
+    return [Row(benchmark, limits) for benchmark in benchmarks]
 
 
 def median_over_runs(runs: Sequence[Sequence[dict]]) -> list[dict]:
@@ -148,8 +146,8 @@ def _cells(row: Row) -> list[str]:
         versus = "the limit"
     elif row.fraction_of_limit is not None:
         versus = f"{row.fraction_of_limit:6.1%} {bar(row.fraction_of_limit)} {row.limit_name}"
-    elif row.times_reference is not None:
-        versus = f"{row.times_reference:.2f}x the bare save+load"
+    elif row.times_bare is not None:
+        versus = f"{row.times_bare:.2f}x the bare work on the same examples"
     else:
         versus = ""
     return [

@@ -17,20 +17,16 @@ from benchmarks import operations
 from benchmarks.payloads import (
     SIZES,
     adam_state_dict,
-    harness_bundle,
-    harness_model_case,
     size_label,
     state_dict,
     tensor_bytes,
 )
 from harness.capabilities import probe
-from harness.invariants import bundle_round_trip, state_dict_round_trip
 
 MEMORY, FILE_WRITE, FILE_READ = "memory copy", "file write", "file read"
 
 # Rounds per size: enough for a stable median, few enough for ~5 minutes in all.
 _ROUNDS = {SIZES[0]: 200, SIZES[1]: 50, SIZES[2]: 10, SIZES[3]: 3}
-_HARNESS_ROUNDS = 30
 # Per-tensor overhead: the 16 MiB state dict as one tensor or as this many 4 KiB tensors.
 _OVERHEAD_SIZE, _MANY_TENSORS = 16 * 2**20, 4096
 
@@ -258,47 +254,3 @@ def test_safetensors_load_file(benchmark, size, read, directory):
     info = {"bytes": size, "limit": FILE_READ, "file_bytes": os.path.getsize(path)}
     load = operations.safetensors_load_and_read if read else operations.safetensors_load
     _measure(benchmark, load, path, rounds=_ROUNDS[size], info=info)
-
-
-# The harness's own cost per example, against a bare save and load of the same object.
-
-
-def test_bare_round_trip_state_dict(benchmark, directory):
-    case, _ = harness_model_case()
-    path = os.path.join(directory, "bare-state-dict.pt")
-    info = {"reference": "state_dict"}
-    state = case.module.state_dict()
-    _measure(benchmark, operations.round_trip_file, state, path, rounds=_HARNESS_ROUNDS, info=info)
-
-
-def test_harness_state_dict_round_trip(benchmark):
-    example = harness_model_case()
-    info = {"relative_to": "state_dict"}
-    _measure(
-        benchmark,
-        operations.run_invariant,
-        state_dict_round_trip,
-        example,
-        rounds=_HARNESS_ROUNDS,
-        info=info,
-    )
-
-
-def test_bare_round_trip_bundle(benchmark, directory):
-    bundle, _ = harness_bundle()
-    path = os.path.join(directory, "bare-bundle.pt")
-    info = {"reference": "bundle"}
-    _measure(benchmark, operations.round_trip_file, bundle, path, rounds=_HARNESS_ROUNDS, info=info)
-
-
-def test_harness_bundle_round_trip(benchmark):
-    example = harness_bundle()
-    info = {"relative_to": "bundle"}
-    _measure(
-        benchmark,
-        operations.run_invariant,
-        bundle_round_trip,
-        example,
-        rounds=_HARNESS_ROUNDS,
-        info=info,
-    )

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import operations, regression, report
+from benchmarks import operations, per_example, regression, report
 from benchmarks.payloads import size_label, state_dict, tensor_bytes
 
 
@@ -24,8 +24,7 @@ RUN = [
     _benchmark("write", 0.05, bytes=16 * MIB, measures="file write"),
     _benchmark("save_buffer", 0.02, bytes=16 * MIB, limit="memory copy", file_bytes=17 * MIB),
     _benchmark("save_file", 0.1, bytes=16 * MIB, limit="file write", file_bytes=16 * MIB),
-    _benchmark("bare", 0.002, reference="state_dict"),
-    _benchmark("harness", 0.008, relative_to="state_dict"),
+    _benchmark("harness", 0.9, ratio={"median": 4.0, "min": 3.0, "rounds": [3.0, 4.0, 5.0]}),
 ]
 
 
@@ -63,7 +62,7 @@ def test_rows_give_throughput_fraction_of_limit_overhead_and_harness_multiple():
     assert rows["save_buffer"].overhead == pytest.approx(1 / 16)
     assert rows["save_file"].fraction_of_limit == pytest.approx(0.5)
     assert rows["copy"].is_limit and rows["copy"].fraction_of_limit is None
-    assert rows["harness"].times_reference == pytest.approx(4)
+    assert rows["harness"].times_bare == 4.0 and rows["harness"].fraction_of_limit is None
 
 
 def test_median_over_runs_combines_each_benchmark_and_keeps_its_info():
@@ -83,7 +82,11 @@ def test_table_shows_every_benchmark_with_its_figures():
     table = report.format_table(RUN)
     lines = table.splitlines()
     assert len(lines) == 2 + len(RUN)
-    assert "50.0%" in table and "4.00x the bare save+load" in table and "+6.25%" in table
+    assert (
+        "50.0%" in table
+        and "4.00x the bare work on the same examples" in table
+        and "+6.25%" in table
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,21 +98,17 @@ def test_bar(fraction, expected):
 
 
 def test_figures_leave_out_the_limits_and_can_normalize():
-    assert regression.figures(RUN) == {
-        "save_buffer": 0.02,
-        "save_file": 0.1,
-        "bare": 0.002,
-        "harness": 0.008,
-    }
+    assert regression.figures(RUN) == {"save_buffer": 0.02, "save_file": 0.1, "harness": 4.0}
     normalized = regression.figures(RUN, normalize=True)
     assert normalized["save_buffer"] == pytest.approx(2)
     assert normalized["save_file"] == pytest.approx(2)
-    assert normalized["harness"] == 0.008
+    assert normalized["harness"] == 4.0
 
 
 def test_figures_take_the_statistic_asked_for():
     run = [{"name": "a", "stats": {"median": 2.0, "min": 1.0}, "extra_info": {}}]
     assert regression.figures(run, statistic="min") == {"a": 1.0}
+    assert regression.figures(RUN, statistic="min")["harness"] == 3.0
     with pytest.raises(ValueError, match="expected one of"):
         regression.figures(run, statistic="mean")
 
@@ -185,6 +184,48 @@ def test_check_command_exits_1_on_a_regression(tmp_path, capsys):
     assert regression.main(["check", str(baseline), "--run", str(baseline)]) == 0
     assert regression.main(["check", str(baseline), str(baseline), "--run", str(slower)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_a_harness_grown_slower_relative_to_torch_fails_the_check(tmp_path, capsys):
+    # Its times unchanged (torch as slow as before), its ratio to the bare work up by half.
+    baseline, slower = tmp_path / "base.json", tmp_path / "slow.json"
+    baseline.write_text(json.dumps({"benchmarks": RUN}))
+    ratio = {"median": 6.0, "min": 4.5, "rounds": [4.5, 6.0, 7.5]}
+    slowed = [dict(b, extra_info={"ratio": ratio}) if b["name"] == "harness" else b for b in RUN]
+    slower.write_text(json.dumps({"benchmarks": slowed}))
+    arguments = ["check", str(baseline), "--run", str(slower), "--suite-threshold", "0.1"]
+    assert regression.main(arguments) == 1
+    assert "harness" in capsys.readouterr().out
+
+
+def _round(workload: str, harness: float, bare: float) -> per_example.Round:
+    return per_example.Round(workload, 0, 10, harness, bare)
+
+
+def test_rounds_summarize_per_workload_in_order():
+    rounds = [_round("b", 3, 1), _round("a", 2, 1), _round("b", 5, 1), _round("b", 4, 2)]
+    (b, a) = per_example.summarize(rounds)
+    assert (b.workload, b.rounds, b.examples, b.median, b.low, b.high) == ("b", 3, 30, 3, 2, 5)
+    assert (b.harness_ms, b.bare_ms) == (400, 100)
+    assert (a.workload, a.median) == ("a", 2)
+    table = per_example.format_rounds(rounds)
+    assert table.splitlines()[2].split()[-3:] == ["3.00", "5.00", "2.00"]
+
+
+def test_a_round_runs_the_bare_work_on_the_examples_the_harness_drew():
+    record = per_example.workload("bundle_round_trip")
+    calls = []
+    bare = per_example.Workload(
+        record.name, lambda example, directory: calls.append(example), "records"
+    )
+    result = per_example.measure_round(bare, seed=3, examples=3)
+    assert result.examples == len(calls) == 3
+    assert all(isinstance(bundle, dict) for bundle, _ in calls)
+    assert result.harness_seconds > 0 and result.bare_seconds > 0
+    again = per_example.measure_round(record, seed=3, examples=3)
+    assert again.examples == 3 and again.ratio > 0
+    with pytest.raises(KeyError, match="the workloads"):
+        per_example.workload("nothing")
 
 
 def test_resolve_run_finds_a_saved_name(tmp_path):

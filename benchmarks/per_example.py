@@ -1,0 +1,370 @@
+"""The harness's cost per example against the bare work on the same drawn examples.
+
+For each :class:`Workload` (a main-job invariant, and the checkpointer invariants as the
+main job runs them on :class:`harness.recipes.TrainingCheckpoint`), one *round* runs the
+invariant through :func:`harness.suite.run_invariant` on ``examples`` examples drawn from one
+seed, as the main job does (Hypothesis's generation, the known hazards and the checks
+included), recording every example the check was called with; then it runs the bare work on
+exactly those examples: what torch does for the promise without the harness (the save and
+the load with the drawn options, the fresh instance and its ``load_state_dict`` and forward,
+the training steps before and after the checkpoint), in one folder for the round. The ratio
+of the two times is the round's figure; rounds of all workloads are interleaved, so that a
+machine busier at one moment slows both sides of a ratio alike.
+
+Run ``python -m benchmarks.per_example [--rounds N] [--examples N] [--seed S]`` for the
+table; ``benchmarks/test_harness_ratios.py`` runs the same rounds under pytest-benchmark so
+that ``python -m benchmarks.regression check`` judges the ratios with the other figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hypothesis import HealthCheck, settings
+
+from benchmarks.operations import under_test
+from harness import profiles
+from harness.checkpointer import RESUME_STEPS
+from harness.devices import storages_tagged_as
+from harness.persistence import DEFAULT_OPTIONS, UnsupportedOptions, load, round_trip, save
+from harness.recipes import TrainingCheckpoint
+from harness.state import seed_global_rngs
+from harness.suite import Invariant, run_invariant
+
+__all__ = [
+    "WORKLOADS",
+    "Round",
+    "Summary",
+    "Workload",
+    "format_rounds",
+    "measure_round",
+    "run_rounds",
+    "summarize",
+    "workload",
+]
+
+
+def _state_dict_bare(example: tuple[Any, Any], directory: str) -> None:
+    case, options = example
+    state = case.module.state_dict()
+    loaded = round_trip(state, options, directory)
+    fresh = case.rebuild(1).module
+    fresh.load_state_dict(loaded, strict=True)
+    for module in (case.module, fresh):
+        module.eval()
+        with torch.no_grad():
+            module(*case.example_input)
+
+
+def _bundle_bare(example: tuple[dict, Any], directory: str) -> None:
+    bundle, options = example
+    round_trip(bundle, options, directory)
+
+
+def _cuda_bare(bundle: dict, directory: str) -> None:
+    with storages_tagged_as("cuda:0"):
+        source = save(bundle, DEFAULT_OPTIONS, directory)
+    load(source, map_location="cpu")
+
+
+def _checkpointed(case: Any, directory: str) -> Any:
+    """Train, save with the reference checkpointer, load into a fresh state: the work a
+    training run does around one checkpoint."""
+    checkpointer = TrainingCheckpoint()
+    original = case.build(0)
+    seed_global_rngs(0)
+    for _ in range(case.steps):
+        case.train_step(original)
+    path = os.path.join(directory, "checkpoint.pt")
+    checkpointer.save(original, path)
+    fresh = case.build(1)
+    checkpointer.load(path, fresh)
+    return fresh
+
+
+def _restored_bare(case: Any, directory: str) -> None:
+    _checkpointed(case, directory)
+
+
+def _resumed_bare(case: Any, directory: str) -> None:
+    fresh = _checkpointed(case, directory)
+    for _ in range(RESUME_STEPS):
+        case.train_step(fresh)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One invariant and the bare work its examples stand for.
+
+    Attributes:
+        name: the invariant's name in :data:`harness.invariants.INVARIANTS`.
+        bare: ``bare(example, directory)``: torch's own work for one drawn example, files
+            written under ``directory``.
+        bare_work: what ``bare`` does, in words.
+    """
+
+    name: str
+    bare: Callable[[Any, str], None]
+    bare_work: str
+
+
+#: The workloads, registered once: the round trips of the main job and the checkpointer
+#: invariants (``state_restored`` is ``training_checkpoint_restored`` in the main job).
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        "state_dict_round_trip",
+        _state_dict_bare,
+        "state_dict(), save and load with the drawn options, a fresh instance, "
+        "load_state_dict(strict=True), an eval forward of both",
+    ),
+    Workload(
+        "bundle_round_trip",
+        _bundle_bare,
+        "save and load with the drawn options",
+    ),
+    Workload(
+        "cuda_checkpoint_on_cpu",
+        _cuda_bare,
+        "save with storages tagged cuda:0, load with map_location='cpu'",
+    ),
+    Workload(
+        "training_checkpoint_restored",
+        _restored_bare,
+        "build, train the drawn steps, TrainingCheckpoint.save, a fresh state, "
+        "TrainingCheckpoint.load",
+    ),
+    Workload(
+        "resume_equivalence",
+        _resumed_bare,
+        f"as training_checkpoint_restored, then {RESUME_STEPS} training steps",
+    ),
+)
+
+
+def workload(name: str) -> Workload:
+    """The :class:`Workload` named ``name``; ``KeyError`` listing the names otherwise."""
+    for record in WORKLOADS:
+        if record.name == name:
+            return record
+    raise KeyError(f"no workload {name!r}; the workloads: {[w.name for w in WORKLOADS]}")
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of one workload: the harness on ``examples`` drawn examples, then the bare
+    work on the same examples."""
+
+    workload: str
+    seed: int
+    examples: int
+    harness_seconds: float
+    bare_seconds: float
+
+    @property
+    def ratio(self) -> float:
+        """Harness time over bare time: 1.5 is half again the bare work."""
+        return self.harness_seconds / self.bare_seconds
+
+
+def _invariant(name: str) -> Invariant:
+    from harness.invariants import INVARIANTS
+
+    for invariant in INVARIANTS:
+        if invariant.name == name:
+            return invariant
+    raise KeyError(name)
+
+
+def _settings(examples: int) -> settings:
+    profiles.register_profiles()
+    return settings(
+        settings.get_profile("dev"),
+        max_examples=examples,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+@under_test
+def _harness(invariant: Invariant, settings_: settings, seed: int) -> None:
+    result = run_invariant(invariant, settings_=settings_, random_seed=seed)
+    if not result.passed:
+        raise AssertionError(f"{invariant.name} failed at seed {seed}: {result.failures}")
+
+
+def measure_round(record: Workload, seed: int, examples: int) -> Round:
+    """Time the invariant of ``record`` on ``examples`` examples drawn from ``seed``, then
+    its bare work on every example the check was called with (the known hazards too)."""
+    invariant = _invariant(record.name)
+    drawn: list[Any] = []
+
+    def recording(example: Any) -> Any:
+        drawn.append(example)
+        return invariant.check(example)
+
+    recorded = Invariant(
+        invariant.name, invariant.description, invariant.examples, recording, invariant.explicit
+    )
+    settings_ = _settings(examples)
+    started = time.perf_counter()
+    _harness(recorded, settings_, seed)
+    harness_seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="bare-") as directory, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the harness counts warnings; nothing prints them
+        started = time.perf_counter()
+        for example in drawn:
+            try:
+                record.bare(example, directory)
+            except (UnsupportedOptions, pickle.UnpicklingError):
+                pass  # options torch refuses, a lazy module's state: the harness stops too
+        bare_seconds = time.perf_counter() - started
+    return Round(record.name, seed, len(drawn), harness_seconds, bare_seconds)
+
+
+def run_rounds(
+    workloads: Sequence[Workload] = WORKLOADS,
+    *,
+    rounds: int = 5,
+    examples: int = 10,
+    seed: int = 0,
+    progress: Callable[[Round], None] | None = None,
+) -> list[Round]:
+    """``rounds`` rounds of every workload, interleaved (round 1 of each, then round 2...),
+    round ``r`` drawing from seed ``seed + r``, after one untimed warm-up round each."""
+    for record in workloads:
+        measure_round(record, seed - 1, min(examples, 2))
+    results = []
+    for index in range(rounds):
+        for record in workloads:
+            result = measure_round(record, seed + index, examples)
+            results.append(result)
+            if progress is not None:
+                progress(result)
+    return results
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The rounds of one workload: the median, lowest and highest ratio."""
+
+    workload: str
+    rounds: int
+    examples: int
+    median: float
+    low: float
+    high: float
+    harness_ms: float
+    bare_ms: float
+
+
+def summarize(rounds: Sequence[Round]) -> list[Summary]:
+    """One :class:`Summary` per workload, in the order the rounds name them; per-example
+    times are medians over the rounds."""
+    names = list(dict.fromkeys(r.workload for r in rounds))
+    summaries = []
+    for name in names:
+        mine = [r for r in rounds if r.workload == name]
+        ratios = [r.ratio for r in mine]
+        summaries.append(
+            Summary(
+                name,
+                len(mine),
+                sum(r.examples for r in mine),
+                statistics.median(ratios),
+                min(ratios),
+                max(ratios),
+                statistics.median(1000 * r.harness_seconds / r.examples for r in mine),
+                statistics.median(1000 * r.bare_seconds / r.examples for r in mine),
+            )
+        )
+    return summaries
+
+
+def format_rounds(rounds: Sequence[Round]) -> str:
+    """The table: per workload the median ratio and its range over the rounds, the harness's
+    and the bare work's milliseconds per example, and every round's ratio."""
+    header = ["workload", "x bare (median)", "range", "harness ms/ex", "bare ms/ex", "per round"]
+    body = []
+    for summary in summarize(rounds):
+        per_round = " ".join(f"{r.ratio:.2f}" for r in rounds if r.workload == summary.workload)
+        body.append(
+            [
+                summary.workload,
+                f"{summary.median:.2f}",
+                f"{summary.low:.2f}-{summary.high:.2f}",
+                f"{summary.harness_ms:.2f}",
+                f"{summary.bare_ms:.2f}",
+                per_round,
+            ]
+        )
+    widths = [max(len(line[column]) for line in [header, *body]) for column in range(6)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if column in (0, 5) else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = ["-" * width for width in widths]
+    return "\n".join([line(header), line(rule), *(line(cells) for cells in body)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the per-example ratios of every workload (or those named)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.per_example", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per workload (default: 5)")
+    parser.add_argument(
+        "--examples", type=int, default=10, help="examples per round (default: 10, as dev)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first round (default: 0)")
+    parser.add_argument(
+        "--workload",
+        action="append",
+        choices=[w.name for w in WORKLOADS],
+        help="only this workload (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads, for both sides (default: 1; two threads on examples "
+        "this small add wake-up delays of up to 0.2 s at random)",
+    )
+    arguments = parser.parse_args(argv)
+    torch.set_num_threads(arguments.threads)
+    if arguments.rounds < 1 or arguments.examples < 1:
+        parser.error("--rounds and --examples must be at least 1")
+    chosen = [workload(name) for name in arguments.workload or [w.name for w in WORKLOADS]]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), "
+        f"{arguments.rounds} rounds x {arguments.examples} examples, seeds "
+        f"{arguments.seed}..{arguments.seed + arguments.rounds - 1}"
+    )
+
+    def say(result: Round) -> None:
+        print(f"  {result.workload} seed {result.seed}: {result.ratio:.2f}x", flush=True)
+
+    results = run_rounds(
+        chosen,
+        rounds=arguments.rounds,
+        examples=arguments.examples,
+        seed=arguments.seed,
+        progress=say,
+    )
+    print(format_rounds(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
