@@ -23,6 +23,7 @@ from harness.capabilities import probe
 from harness.checkpointer import checkpointer_invariants
 from harness.compare import assert_identical, computed
 from harness.devices import CPU_MAP_LOCATIONS, storages_tagged_as
+from harness.formats import format_invariants
 from harness.persistence import (
     DEFAULT_OPTIONS,
     SaveOptions,
@@ -458,3 +459,4 @@ INVARIANTS: list[Invariant] = [
 ]
 INVARIANTS += _training_checkpoint_invariants()
 INVARIANTS += safety_invariants()
+INVARIANTS += format_invariants()
