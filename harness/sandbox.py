@@ -326,7 +326,10 @@ class _Server:
     """The server process of this harness process: started on first use, stopped at exit."""
 
     def __init__(self) -> None:
-        self._directory = tempfile.TemporaryDirectory(prefix="sandbox-server-")
+        self._directory = tempfile.TemporaryDirectory(prefix="sandbox-")
+        #: The folder of this run's loads.
+        self.directory = os.path.join(self._directory.name, "loads")
+        os.mkdir(self.directory)
         self._stderr = os.path.join(self._directory.name, "server-stderr.txt")
         with open(self._stderr, "w") as stderr:
             self.process = subprocess.Popen(
@@ -477,9 +480,11 @@ def load_requests_in_child(
     dies before it begins to load.
     """
     outcomes = []
-    with _server_lock, tempfile.TemporaryDirectory(prefix="sandbox-") as directory:
-        stderr = os.path.join(directory, "stderr.txt")
+    with _server_lock:
         for request in requests:
+            server = _running_server()  # the same one, unless it died
+            # One folder per run: each load's working directory, its stderr truncated.
+            stderr = os.path.join(server.directory, "stderr.txt")
             message = {
                 "path": request.path,
                 "weights_only": request.weights_only,
@@ -488,11 +493,10 @@ def load_requests_in_child(
                 "alone": request.alone,
                 "timeout_s": timeout_s,
                 "memory_bytes": memory_bytes,
-                "cwd": directory,
+                "cwd": server.directory,
                 "stderr": stderr,
             }
-            reply = _running_server().load(message)
-            outcomes.append(_outcome(request, reply, stderr, timeout_s))
+            outcomes.append(_outcome(request, server.load(message), stderr, timeout_s))
     return outcomes
 
 
