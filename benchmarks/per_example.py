@@ -9,7 +9,9 @@ exactly those examples: what torch does for the promise without the harness (the
 the load with the drawn options, the fresh instance and its ``load_state_dict`` and forward,
 the training steps before and after the checkpoint), in one folder for the round. The ratio
 of the two times is the round's figure; rounds of all workloads are interleaved, so that a
-machine busier at one moment slows both sides of a ratio alike.
+machine busier at one moment slows both sides of a ratio alike. The round trips are also
+measured on one fixed example of 4 KiB and (``--large``) of 256 MiB, checked in every round
+(no generation there): what the checks cost as the checkpoint grows.
 
 Run ``python -m benchmarks.per_example [--rounds N] [--examples N] [--seed S]`` for the
 table; ``benchmarks/test_harness_ratios.py`` runs the same rounds under pytest-benchmark so
@@ -19,6 +21,8 @@ that ``python -m benchmarks.regression check`` judges the ratios with the other 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import os
 import pickle
 import statistics
@@ -32,8 +36,10 @@ from typing import Any
 
 import torch
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from benchmarks.operations import under_test
+from benchmarks.payloads import size_label, state_dict
 from harness import profiles
 from harness.checkpointer import RESUME_STEPS
 from harness.devices import storages_tagged_as
@@ -41,8 +47,10 @@ from harness.persistence import DEFAULT_OPTIONS, UnsupportedOptions, load, round
 from harness.recipes import TrainingCheckpoint
 from harness.state import seed_global_rngs
 from harness.suite import Invariant, run_invariant
+from strategies.models import InputSpec, Layer, ModelSpec, build_model
 
 __all__ = [
+    "LARGE_WORKLOADS",
     "WORKLOADS",
     "Round",
     "Summary",
@@ -108,37 +116,72 @@ class Workload:
     """One invariant and the bare work its examples stand for.
 
     Attributes:
-        name: the invariant's name in :data:`harness.invariants.INVARIANTS`.
+        name: the workload's name: the invariant's, with the size of a fixed example.
+        invariant: the invariant's name in :data:`harness.invariants.INVARIANTS`.
         bare: ``bare(example, directory)``: torch's own work for one drawn example, files
             written under ``directory``.
         bare_work: what ``bare`` does, in words.
+        fixed: ``fixed()`` builds one example of a given size checked in every round instead
+            of drawn ones (no generation, no known hazards), or None: the invariant's own
+            strategy and hazards.
+        examples: examples per round for a fixed example, or None: the round's number.
     """
 
     name: str
+    invariant: str
     bare: Callable[[Any, str], None]
     bare_work: str
+    fixed: Callable[[], Any] | None = None
+    examples: int | None = None
+
+
+@functools.cache
+def _linear_case(size: int) -> Any:
+    """A model of one square float32 ``Linear`` layer without bias, ``size`` bytes in all."""
+    side = math.isqrt(size // 4)
+    spec = ModelSpec(
+        InputSpec("vector", (4, side)),
+        (Layer("linear", (("in_features", side), ("out_features", side), ("bias", False))),),
+    )
+    return build_model(spec)
+
+
+def _fixed_model(size: int) -> Callable[[], Any]:
+    return lambda: (_linear_case(size), DEFAULT_OPTIONS)
+
+
+def _fixed_bundle(size: int) -> Callable[[], dict]:
+    return functools.cache(lambda: {"model_state_dict": state_dict(size), "epoch": 3})
+
+
+def _fixed_bundle_with_options(size: int) -> Callable[[], Any]:
+    bundle = _fixed_bundle(size)
+    return lambda: (bundle(), DEFAULT_OPTIONS)
+
+
+_STATE_DICT_BARE = (
+    "state_dict(), save and load with the drawn options, a fresh instance, "
+    "load_state_dict(strict=True), an eval forward of both"
+)
+_BUNDLE_BARE = "save and load with the drawn options"
+_CUDA_BARE = "save with storages tagged cuda:0, load with map_location='cpu'"
+_SMALL, _LARGE = 4 * 2**10, 256 * 2**20
+
+
+def _sized(name: str, bare: Callable[[Any, str], None], work: str, fixed, size: int) -> Workload:
+    examples = None if size < 2**20 else 2
+    return Workload(f"{name}[{size_label(size)}]", name, bare, work, fixed(size), examples)
 
 
 #: The workloads, registered once: the round trips of the main job and the checkpointer
-#: invariants (``state_restored`` is ``training_checkpoint_restored`` in the main job).
+#: invariants (``state_restored`` is ``training_checkpoint_restored`` in the main job) on
+#: drawn examples, and the round trips on one fixed example of 4 KiB.
 WORKLOADS: tuple[Workload, ...] = (
+    Workload("state_dict_round_trip", "state_dict_round_trip", _state_dict_bare, _STATE_DICT_BARE),
+    Workload("bundle_round_trip", "bundle_round_trip", _bundle_bare, _BUNDLE_BARE),
+    Workload("cuda_checkpoint_on_cpu", "cuda_checkpoint_on_cpu", _cuda_bare, _CUDA_BARE),
     Workload(
-        "state_dict_round_trip",
-        _state_dict_bare,
-        "state_dict(), save and load with the drawn options, a fresh instance, "
-        "load_state_dict(strict=True), an eval forward of both",
-    ),
-    Workload(
-        "bundle_round_trip",
-        _bundle_bare,
-        "save and load with the drawn options",
-    ),
-    Workload(
-        "cuda_checkpoint_on_cpu",
-        _cuda_bare,
-        "save with storages tagged cuda:0, load with map_location='cpu'",
-    ),
-    Workload(
+        "training_checkpoint_restored",
         "training_checkpoint_restored",
         _restored_bare,
         "build, train the drawn steps, TrainingCheckpoint.save, a fresh state, "
@@ -146,18 +189,31 @@ WORKLOADS: tuple[Workload, ...] = (
     ),
     Workload(
         "resume_equivalence",
+        "resume_equivalence",
         _resumed_bare,
         f"as training_checkpoint_restored, then {RESUME_STEPS} training steps",
     ),
+    _sized("state_dict_round_trip", _state_dict_bare, _STATE_DICT_BARE, _fixed_model, _SMALL),
+    _sized("bundle_round_trip", _bundle_bare, _BUNDLE_BARE, _fixed_bundle_with_options, _SMALL),
+    _sized("cuda_checkpoint_on_cpu", _cuda_bare, _CUDA_BARE, _fixed_bundle, _SMALL),
+)
+
+#: The same round trips on one fixed example of 256 MiB (two examples a round, seconds
+#: each): run with ``--large``.
+LARGE_WORKLOADS: tuple[Workload, ...] = (
+    _sized("state_dict_round_trip", _state_dict_bare, _STATE_DICT_BARE, _fixed_model, _LARGE),
+    _sized("bundle_round_trip", _bundle_bare, _BUNDLE_BARE, _fixed_bundle_with_options, _LARGE),
+    _sized("cuda_checkpoint_on_cpu", _cuda_bare, _CUDA_BARE, _fixed_bundle, _LARGE),
 )
 
 
 def workload(name: str) -> Workload:
     """The :class:`Workload` named ``name``; ``KeyError`` listing the names otherwise."""
-    for record in WORKLOADS:
+    for record in WORKLOADS + LARGE_WORKLOADS:
         if record.name == name:
             return record
-    raise KeyError(f"no workload {name!r}; the workloads: {[w.name for w in WORKLOADS]}")
+    names = [w.name for w in WORKLOADS + LARGE_WORKLOADS]
+    raise KeyError(f"no workload {name!r}; the workloads: {names}")
 
 
 @dataclass(frozen=True)
@@ -206,16 +262,20 @@ def _harness(invariant: Invariant, settings_: settings, seed: int) -> None:
 def measure_round(record: Workload, seed: int, examples: int) -> Round:
     """Time the invariant of ``record`` on ``examples`` examples drawn from ``seed``, then
     its bare work on every example the check was called with (the known hazards too)."""
-    invariant = _invariant(record.name)
+    invariant = _invariant(record.invariant)
     drawn: list[Any] = []
 
     def recording(example: Any) -> Any:
         drawn.append(example)
         return invariant.check(example)
 
-    recorded = Invariant(
-        invariant.name, invariant.description, invariant.examples, recording, invariant.explicit
-    )
+    strategy, explicit = invariant.examples, invariant.explicit
+    if record.fixed is not None:
+        example = record.fixed()
+        # Distinct draws, so that Hypothesis checks the one example as often as asked.
+        strategy, explicit = (lambda: st.integers(0, 2**16).map(lambda _: example)), tuple
+        examples = record.examples or examples
+    recorded = Invariant(invariant.name, invariant.description, strategy, recording, explicit)
     settings_ = _settings(examples)
     started = time.perf_counter()
     _harness(recorded, settings_, seed)
@@ -331,8 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workload",
         action="append",
-        choices=[w.name for w in WORKLOADS],
-        help="only this workload (repeatable; default: all)",
+        choices=[w.name for w in WORKLOADS + LARGE_WORKLOADS],
+        help="only this workload (repeatable; default: all but the 256 MiB ones)",
+    )
+    parser.add_argument(
+        "--large", action="store_true", help="also the 256 MiB examples (default: off)"
     )
     parser.add_argument(
         "--threads",
@@ -345,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(arguments.threads)
     if arguments.rounds < 1 or arguments.examples < 1:
         parser.error("--rounds and --examples must be at least 1")
-    chosen = [workload(name) for name in arguments.workload or [w.name for w in WORKLOADS]]
+    default = WORKLOADS + LARGE_WORKLOADS if arguments.large else WORKLOADS
+    chosen = [workload(name) for name in arguments.workload or [w.name for w in default]]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), "
         f"{arguments.rounds} rounds x {arguments.examples} examples, seeds "

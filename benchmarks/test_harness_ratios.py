@@ -16,13 +16,14 @@ import statistics
 import pytest
 import torch
 
-from benchmarks.per_example import WORKLOADS, measure_round
+from benchmarks.per_example import LARGE_WORKLOADS, WORKLOADS, measure_round
 
 _ROUNDS = 5
 _EXAMPLES = 10
+_ALL = WORKLOADS + LARGE_WORKLOADS
 
 
-@pytest.mark.parametrize("record", WORKLOADS, ids=[w.name for w in WORKLOADS])
+@pytest.mark.parametrize("record", _ALL, ids=[w.name for w in _ALL])
 def test_harness_ratio(benchmark, record):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the main job runs small examples; both sides alike
@@ -33,7 +34,8 @@ def test_harness_ratio(benchmark, record):
         def one_round() -> None:
             ratios.append(measure_round(record, next(seeds), _EXAMPLES).ratio)
 
-        benchmark.pedantic(one_round, rounds=_ROUNDS, warmup_rounds=1, iterations=1)
+        rounds = 3 if record in LARGE_WORKLOADS else _ROUNDS  # seconds a round at 256 MiB
+        benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1, iterations=1)
     finally:
         torch.set_num_threads(threads)
     timed = ratios[1:]  # the warm-up round is not judged
@@ -42,4 +44,4 @@ def test_harness_ratio(benchmark, record):
         "min": min(timed),
         "rounds": timed,
     }
-    benchmark.extra_info["examples"] = _EXAMPLES
+    benchmark.extra_info["examples"] = record.examples or _EXAMPLES

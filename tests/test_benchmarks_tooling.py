@@ -216,7 +216,7 @@ def test_a_round_runs_the_bare_work_on_the_examples_the_harness_drew():
     record = per_example.workload("bundle_round_trip")
     calls = []
     bare = per_example.Workload(
-        record.name, lambda example, directory: calls.append(example), "records"
+        record.name, record.invariant, lambda example, directory: calls.append(example), "records"
     )
     result = per_example.measure_round(bare, seed=3, examples=3)
     assert result.examples == len(calls) == 3
@@ -226,6 +226,22 @@ def test_a_round_runs_the_bare_work_on_the_examples_the_harness_drew():
     assert again.examples == 3 and again.ratio > 0
     with pytest.raises(KeyError, match="the workloads"):
         per_example.workload("nothing")
+
+
+def test_fixed_workloads_check_one_example_of_their_size_in_every_round():
+    model, _ = per_example.workload("state_dict_round_trip[4KiB]").fixed()
+    assert tensor_bytes(model.module.state_dict()) == 4 * 2**10
+    bundle = per_example.workload("cuda_checkpoint_on_cpu[4KiB]").fixed()
+    assert tensor_bytes(bundle) == 4 * 2**10
+    assert [w.name for w in per_example.LARGE_WORKLOADS] == [
+        "state_dict_round_trip[256MiB]",
+        "bundle_round_trip[256MiB]",
+        "cuda_checkpoint_on_cpu[256MiB]",
+    ]
+    result = per_example.measure_round(
+        per_example.workload("bundle_round_trip[4KiB]"), seed=0, examples=3
+    )
+    assert result.examples == 3 and result.ratio > 0
 
 
 def test_resolve_run_finds_a_saved_name(tmp_path):
