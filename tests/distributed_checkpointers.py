@@ -11,6 +11,8 @@ breaks. Classes at module level: they are pickled to the ranks.
   own and loads its own file: right at equal world sizes, wrong when resharding.
 - :class:`OptimizerDroppedOnResize`: DCP's recipe, but when the loading world size differs
   from the saving one the optimizer state is not loaded (a fresh optimizer is kept).
+- :class:`HangsOnLastRank`: DCP's recipe, but the last rank's load waits on a barrier the
+  other ranks never reach (a collective never matched).
 - :class:`TargetDtypeWins`: each rank saves its shards with ``torch.save`` and copies them
   into the target's tensors on load, so the target's dtype silently wins (a cast).
 """
@@ -34,7 +36,13 @@ from torch.distributed.checkpoint.state_dict import (
 from harness.distributed import DistributedCheckpoint, ShardedState, _Application
 from harness.state import global_rng_state, set_global_rng_state
 
-__all__ = ["OptimizerDroppedOnResize", "OwnFilePerRank", "RankZeroOnly", "TargetDtypeWins"]
+__all__ = [
+    "HangsOnLastRank",
+    "OptimizerDroppedOnResize",
+    "OwnFilePerRank",
+    "RankZeroOnly",
+    "TargetDtypeWins",
+]
 
 
 def _local(value: Any) -> Any:
@@ -197,3 +205,12 @@ class TargetDtypeWins:
             part.load_state_dict(saved[name])
         set_global_rng_state(saved["rng"])
         into.extra.update(saved["extra"])
+
+
+class HangsOnLastRank(DistributedCheckpoint):
+    """DCP's recipe; the last rank's load first waits on a barrier no other rank enters."""
+
+    def load(self, path: str, into: ShardedState, map_location: Any = None) -> None:
+        if into.rank == into.world_size - 1:
+            dist.barrier()
+        super().load(path, into)
