@@ -7,6 +7,7 @@ table per registry, each row one record, in registry order:
 - attack classes: :data:`strategies.payloads.ATTACK_REGISTRY`;
 - optimizers: :data:`harness.capabilities.OPTIMIZER_REGISTRY`, with what
   :mod:`strategies.optim` draws for each;
+- schedulers: :data:`strategies.optim.SCHEDULER_REGISTRY`;
 - refactorings: :data:`strategies.refactorings.REFACTORING_REGISTRY`;
 - known hazards: :data:`strategies.hazards.HAZARD_REGISTRY`;
 - kinds of written files and damages: :data:`harness.files.FILE_KINDS`,
@@ -28,7 +29,12 @@ from harness.capabilities import OPTIMIZER_FLAGS, OPTIMIZER_REGISTRY, OptimizerC
 from harness.files import DAMAGES, FILE_KINDS, SAFETENSORS_ATTACKS
 from strategies.hazards import HAZARD_REGISTRY
 from strategies.model_specs import FAMILY_REGISTRY, Family, layer_kind
-from strategies.optim import drawn_hyperparameters
+from strategies.optim import (
+    SCHEDULER_REGISTRY,
+    STEPS_AT_LEAST,
+    Scheduler,
+    drawn_hyperparameters,
+)
 from strategies.payloads import ATTACK_GROUPS, ATTACK_REGISTRY, CARRIERS, Attack
 from strategies.refactorings import REFACTORING_REGISTRY, Refactoring
 
@@ -166,15 +172,16 @@ def _state(record: OptimizerConstraints) -> str:
     return "; ".join(notes) or "-"
 
 
+def _choices(name: str, choices: Iterable[object], conditional: bool) -> str:
+    return f"`{name}` {', '.join(map(repr, choices))}{' (where it applies)' if conditional else ''}"
+
+
 def _hyperparameters(name: str) -> tuple[str, str]:
     drawn = drawn_hyperparameters(name)
     if drawn is None:
         return "fractions of the default", "-"
     (_, learning_rates, _), *others = drawn
-    described = [
-        f"`{option}` {', '.join(map(repr, choices))}{' (where it applies)' if when else ''}"
-        for option, choices, when in others
-    ]
+    described = [_choices(option, choices, when) for option, choices, when in others]
     return ", ".join(map(repr, learning_rates)), "; ".join(described) or "-"
 
 
@@ -198,6 +205,56 @@ def _optimizers() -> list[str]:
         "but `step` to its parameter's dtype (pytorch/pytorch#43706).",
         "",
         *_table(("optimizer", "constraints", "state", "learning rates", "hyperparameters"), rows),
+    ]
+
+
+def _scheduler_constraints(record: Scheduler) -> str:
+    notes = []
+    if record.children[1]:
+        fewest, most = record.children
+        notes.append(f"holds {fewest} to {most} chainable schedulers, built first")
+    if record.chainable:
+        notes.append("chainable")
+    if record.needs_metric:
+        notes.append("`step` is given the metric")
+    if record.cycles_momentum:
+        notes.append(
+            "cycles momentum (or betas) with `cycle_momentum`, turned off where a group has none"
+        )
+    if record.step_limit:
+        notes.append(f"steps at most `{record.step_limit}` times")
+    return "; ".join(notes) or "-"
+
+
+def _scheduler_arguments(record: Scheduler) -> str:
+    described = [
+        _choices(option.name, option.choices, option.when is not None) for option in record.options
+    ]
+    if record.milestone_gaps[1]:
+        fewest, most = record.milestone_gaps
+        described.append(f"`milestones` between its children, {fewest} to {most} steps apart")
+    return "; ".join(described) or "-"
+
+
+def _schedulers() -> list[str]:
+    rows = [
+        (f"`{r.name}`", _scheduler_constraints(r), r.state or "-", _scheduler_arguments(r))
+        for r in SCHEDULER_REGISTRY
+    ]
+    return [
+        "## Schedulers",
+        "",
+        f"{len(SCHEDULER_REGISTRY)} learning-rate scheduler classes, one `Scheduler` record "
+        "each in `strategies.optim.SCHEDULER_REGISTRY`, in the order the strategies prefer "
+        "them (a failure shrinks toward the first that shows it): what `strategies.optim` "
+        "draws for its arguments (choices simplest first), how it is built and stepped, and "
+        "what its state holds that `torch.save` or `torch.load(weights_only=True)` refuses on "
+        "some torch. A *chainable* scheduler may be held by those that hold others. Every "
+        f"drawn scheduler can be stepped at least {STEPS_AT_LEAST} times. A torch version "
+        "lacking a class skips it; a class of a newer torch that is not recorded is drawn "
+        "without arguments.",
+        "",
+        *_table(("scheduler", "constraints", "state", "arguments"), rows),
     ]
 
 
@@ -304,6 +361,7 @@ def catalog() -> str:
         _families(),
         _attacks(),
         _optimizers(),
+        _schedulers(),
         _refactorings(),
         _hazards(),
         _file_kinds(),

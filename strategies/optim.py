@@ -9,19 +9,26 @@ scheduler class and its arguments, with child specs for ``SequentialLR`` and
 what each optimizer class requires (sparse gradients, a closure, 2-d parameters, one group:
 :data:`harness.capabilities.OPTIMIZER_REGISTRY`, whose order is the order drawn). What is
 drawn for each optimizer, its learning rates and hyperparameters, is one entry of
-``_CHOICES`` here.
+``_CHOICES`` here. Everything about a scheduler class (what is drawn for it, how it is built
+and stepped, what it requires and what its state holds) is one :class:`Scheduler` record of
+:data:`SCHEDULER_REGISTRY`, here.
 
 Every choice is ordered simplest first, so a failure shrinks toward ``SGD`` with one
-parameter group and no flags, and toward ``StepLR``.
+parameter group and no flags, and toward ``StepLR``. Hypothesis orders examples by how many
+choices they took before it compares the choices, so every optimizer class draws its groups
+and its implementation as SGD does (one choice even where there is only one), and takes at
+least as many choices as SGD: otherwise a class with fewer hyperparameters or flags (LBFGS)
+would be the simplest example.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from hypothesis import event
@@ -32,6 +39,7 @@ from harness.capabilities import (
     OPTIMIZER_REGISTRY,
     OptimizerConstraints,
     cyclic_lr_cycles_betas,
+    cyclic_lr_state_pickles,
     optimizer_constraints,
     optimizer_flags_that_run,
     optimizer_param_names,
@@ -40,9 +48,12 @@ from harness.capabilities import (
 from strategies._arguments import check_names, check_type, collection_argument
 
 __all__ = [
+    "SCHEDULER_REGISTRY",
     "ConstantFactor",
     "ExponentialFactor",
+    "Option",
     "OptimizerSpec",
+    "Scheduler",
     "SchedulerSpec",
     "WarmupFactor",
     "build_optimizer",
@@ -50,11 +61,27 @@ __all__ = [
     "drawn_hyperparameters",
     "optimizer_specs",
     "optimizer_step",
+    "scheduler_record",
     "scheduler_specs",
     "step_scheduler",
 ]
 
 Options = tuple[tuple[str, Any], ...]
+
+
+class Option(NamedTuple):
+    """What the strategies draw for one constructor argument.
+
+    Attributes:
+        name: the keyword.
+        choices: its values, simplest first.
+        when: a condition on the values drawn before it, or None; where it fails, the
+            keyword takes its first choice without a draw.
+    """
+
+    name: str
+    choices: tuple[Any, ...]
+    when: Callable[[dict[str, Any]], bool] | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -111,13 +138,8 @@ class OptimizerSpec:
         return True
 
 
-# An option is (keyword, choices simplest first, condition on the values drawn before it);
-# where the condition fails the keyword takes its first choice.
-_Option = tuple[str, tuple[Any, ...], Callable[[dict[str, Any]], bool] | None]
-
-
-def _always(name: str, *choices: Any) -> _Option:
-    return (name, choices, None)
+def _always(name: str, *choices: Any) -> Option:
+    return Option(name, choices)
 
 
 _BETAS = _always("betas", (0.9, 0.999), (0.8, 0.99))
@@ -136,7 +158,7 @@ class _Choices:
         learning_rates: the learning rates each group draws from; groups never share one.
     """
 
-    hyperparameters: tuple[_Option, ...]
+    hyperparameters: tuple[Option, ...]
     learning_rates: tuple[float, ...] = _DEFAULT_LEARNING_RATES
 
 
@@ -146,8 +168,8 @@ _CHOICES: dict[str, _Choices] = {
     "SGD": _Choices(
         (
             _always("momentum", 0.0, 0.9),
-            ("nesterov", (False, True), lambda g: g["momentum"] > 0),
-            ("dampening", (0.0, 0.1), lambda g: g["momentum"] > 0 and not g["nesterov"]),
+            Option("nesterov", (False, True), lambda g: g["momentum"] > 0),
+            Option("dampening", (0.0, 0.1), lambda g: g["momentum"] > 0 and not g["nesterov"]),
             _WEIGHT_DECAY,
         )
     ),
@@ -268,7 +290,7 @@ def _default_learning_rates(optimizer_class: type) -> tuple[Any, ...]:
     return ()
 
 
-def _draw_options(draw: st.DrawFn, options: tuple[_Option, ...]) -> Options:
+def _draw_options(draw: st.DrawFn, options: tuple[Option, ...]) -> Options:
     values: dict[str, Any] = {}
     for name, choices, condition in options:
         if condition is None or condition(values):
@@ -280,7 +302,7 @@ def _draw_options(draw: st.DrawFn, options: tuple[_Option, ...]) -> Options:
 
 @st.composite
 def _group_options(
-    draw: st.DrawFn, learning_rates: tuple[Any, ...], options: tuple[_Option, ...]
+    draw: st.DrawFn, learning_rates: tuple[Any, ...], options: tuple[Option, ...]
 ) -> Options:
     return (("lr", draw(st.sampled_from(learning_rates))), *_draw_options(draw, options))
 
@@ -296,9 +318,23 @@ def _groups(draw: st.DrawFn, name: str) -> tuple[Options, ...]:
     if not learning_rates:
         return ((),)
     group = _group_options(learning_rates, options)
-    single = optimizer_constraints(name).single_group
-    max_groups = 1 if single else min(_MAX_GROUPS, len(learning_rates))
-    return tuple(draw(st.lists(group, min_size=1, max_size=max_groups, unique_by=lambda g: g[0])))
+    groups = draw(
+        st.lists(
+            group,
+            min_size=1,
+            max_size=min(_MAX_GROUPS, len(learning_rates)),
+            unique_by=lambda g: g[0],
+        )
+    )
+    # A class that takes one group draws its groups as the others do (a list of one needs
+    # fewer choices than a list that may grow, and would make it simpler than SGD).
+    return tuple(groups[:1] if optimizer_constraints(name).single_group else groups)
+
+
+def _one_of(draw: st.DrawFn, choices: tuple[Any, ...] | list[Any]) -> Any:
+    """One of ``choices``, simplest first, drawn as one choice even where there is only one
+    (``st.sampled_from`` draws none then), so that every class takes as many choices here."""
+    return choices[draw(st.integers(0, len(choices) - 1))]
 
 
 @st.composite
@@ -309,7 +345,7 @@ def _flags(draw: st.DrawFn, name: str) -> Options:
         implementations += [(("foreach", False),), (("foreach", True),)]
     if "fused" in runs:
         implementations.append((("fused", True),))
-    flags = dict(draw(st.sampled_from(implementations)))
+    flags = dict(_one_of(draw, implementations))
     for flag in ("maximize", "decoupled_weight_decay", "capturable", "differentiable"):
         if flag == "differentiable" and "fused" in flags:
             continue
@@ -500,117 +536,244 @@ class SchedulerSpec:
     children: tuple[SchedulerSpec, ...] = ()
 
 
-_SCHEDULER_OPTIONS: dict[str, tuple[_Option, ...]] = {
-    "StepLR": (_always("step_size", 1, 2, 3), _always("gamma", 0.1, 0.5)),
-    "ExponentialLR": (_always("gamma", 0.9, 0.5),),
-    "MultiStepLR": (_always("milestones", (1,), (1, 2), (2, 4)), _always("gamma", 0.1, 0.5)),
-    "ConstantLR": (_always("factor", 1 / 3, 0.5), _always("total_iters", 5, 2)),
-    "LinearLR": (
-        _always("start_factor", 1 / 3, 0.5),
-        _always("end_factor", 1.0, 0.5),
-        _always("total_iters", 5, 2),
+def _construct(
+    scheduler_class: type,
+    optimizer: torch.optim.Optimizer,
+    children: list[Any],
+    arguments: dict[str, Any],
+) -> Any:
+    return scheduler_class(optimizer, **arguments)
+
+
+def _construct_sequential(
+    scheduler_class: type,
+    optimizer: torch.optim.Optimizer,
+    children: list[Any],
+    arguments: dict[str, Any],
+) -> Any:
+    return scheduler_class(optimizer, children, **arguments)
+
+
+def _construct_chained(
+    scheduler_class: type,
+    optimizer: torch.optim.Optimizer,
+    children: list[Any],
+    arguments: dict[str, Any],
+) -> Any:
+    if probe().chained_scheduler_optimizer:
+        return scheduler_class(children, optimizer=optimizer, **arguments)
+    return scheduler_class(children, **arguments)  # it takes the optimizer of its children
+
+
+def _state_saves() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """Everything the project knows about one learning-rate scheduler class, registered once
+    in :data:`SCHEDULER_REGISTRY`: how :func:`scheduler_specs` draws its arguments, how
+    :func:`build_scheduler` builds it and :func:`step_scheduler` steps it, what it requires
+    and what its state holds.
+
+    Attributes:
+        name: the class's name, a key of ``probe().schedulers`` (``torch.optim.lr_scheduler``,
+            and ``torch.optim.swa_utils`` for ``SWALR``).
+        options: what is drawn for its constructor arguments besides the optimizer and its
+            children, each choice simplest first.
+        children: the fewest and the most schedulers it holds, drawn from the
+            ``chainable`` records and built first on the same optimizer; ``(0, 0)`` for none.
+        milestone_gaps: for a class that hands over from one child to the next at
+            ``milestones`` (``SequentialLR``), the fewest and the most steps between two
+            milestones; ``(0, 0)`` for none.
+        chainable: a scheduler that holds children may hold it: it steps without a metric
+            and composes with the others.
+        needs_metric: ``step`` must be given the metric (``ReduceLROnPlateau``).
+        cycles_momentum: with ``cycle_momentum=True`` it sets each param group's momentum
+            (or betas) as well as its learning rate, and refuses an optimizer without;
+            :func:`build_scheduler` turns the option off where some group has neither a
+            non-zero ``momentum`` nor ``betas`` that the installed torch cycles.
+        step_limit: the option that bounds how often it can be stepped (``OneCycleLR``'s
+            ``total_steps``: ``step`` raises ``ValueError`` past it); every choice of it is
+            at least :data:`STEPS_AT_LEAST`.
+        construct: how the class is called, from the class, the optimizer, the children
+            built and the other arguments.
+        state_saves: whether ``torch.save`` accepts its ``state_dict`` on the installed
+            torch, from :mod:`harness.capabilities`.
+        state: what its ``state_dict`` holds that ``torch.save`` or
+            ``torch.load(weights_only=True)`` refuses on some torch, in words (with the
+            finding of docs/findings.md); empty when nothing.
+    """
+
+    name: str
+    options: tuple[Option, ...] = ()
+    children: tuple[int, int] = (0, 0)
+    milestone_gaps: tuple[int, int] = (0, 0)
+    chainable: bool = False
+    needs_metric: bool = False
+    cycles_momentum: bool = False
+    step_limit: str = ""
+    construct: Callable[[type, torch.optim.Optimizer, list[Any], dict[str, Any]], Any] = _construct
+    state_saves: Callable[[], bool] = _state_saves
+    state: str = ""
+
+
+#: How many times a drawn scheduler can at least be stepped: the choices of a record's
+#: ``step_limit`` option leave room for any short resume scenario.
+STEPS_AT_LEAST = 64
+
+#: Every scheduler class the project knows, in the order the strategies prefer them,
+#: simplest first, so a failure shrinks toward StepLR. Classes a torch version lacks are
+#: skipped; classes of a newer torch that are not here follow by name, drawn without
+#: arguments.
+SCHEDULER_REGISTRY: tuple[Scheduler, ...] = (
+    Scheduler(
+        "StepLR",
+        (_always("step_size", 1, 2, 3), _always("gamma", 0.1, 0.5)),
+        chainable=True,
     ),
-    "LambdaLR": (
-        _always(
-            "lr_lambda",
-            ConstantFactor(1.0),
-            ExponentialFactor(0.9),
-            WarmupFactor(4),
-            (ExponentialFactor(0.9), WarmupFactor(4)),
+    Scheduler("ExponentialLR", (_always("gamma", 0.9, 0.5),), chainable=True),
+    Scheduler(
+        "MultiStepLR",
+        (_always("milestones", (1,), (1, 2), (2, 4)), _always("gamma", 0.1, 0.5)),
+        chainable=True,
+        state="its milestones are a `collections.Counter`, which `weights_only=True` refuses "
+        "up to 2.3.1 (finding 9; probed: `weights_only_loads_counter`)",
+    ),
+    Scheduler(
+        "ConstantLR",
+        (_always("factor", 1 / 3, 0.5), _always("total_iters", 5, 2)),
+        chainable=True,
+    ),
+    Scheduler(
+        "LinearLR",
+        (
+            _always("start_factor", 1 / 3, 0.5),
+            _always("end_factor", 1.0, 0.5),
+            _always("total_iters", 5, 2),
         ),
+        chainable=True,
     ),
-    "MultiplicativeLR": (
-        _always(
-            "lr_lambda",
-            ConstantFactor(0.9),
-            ExponentialFactor(0.99),
-            (ConstantFactor(0.9), ConstantFactor(0.5)),
+    Scheduler(
+        "LambdaLR",
+        (
+            _always(
+                "lr_lambda",
+                ConstantFactor(1.0),
+                ExponentialFactor(0.9),
+                WarmupFactor(4),
+                (ExponentialFactor(0.9), WarmupFactor(4)),
+            ),
         ),
+        chainable=True,
     ),
-    "PolynomialLR": (_always("total_iters", 5, 2), _always("power", 1.0, 2.0)),
-    "CosineAnnealingLR": (_always("T_max", 10, 3), _always("eta_min", 0.0, 1e-4)),
-    "CosineAnnealingWarmRestarts": (
-        _always("T_0", 10, 2),
-        _always("T_mult", 1, 2),
-        _always("eta_min", 0.0, 1e-4),
+    Scheduler(
+        "MultiplicativeLR",
+        (
+            _always(
+                "lr_lambda",
+                ConstantFactor(0.9),
+                ExponentialFactor(0.99),
+                (ConstantFactor(0.9), ConstantFactor(0.5)),
+            ),
+        ),
+        chainable=True,
     ),
-    "ReduceLROnPlateau": (
-        _always("mode", "min", "max"),
-        _always("factor", 0.1, 0.5),
-        _always("patience", 10, 0, 1),
-        _always("threshold", 1e-4, 0.1),
-        _always("threshold_mode", "rel", "abs"),
-        _always("cooldown", 0, 1),
-        _always("min_lr", 0.0, 1e-5),
+    Scheduler(
+        "PolynomialLR",
+        (_always("total_iters", 5, 2), _always("power", 1.0, 2.0)),
+        chainable=True,
     ),
-    "CyclicLR": (
-        _always("base_lr", 0.001, 0.01),
-        _always("max_lr", 0.1, 0.05),
-        _always("step_size_up", 4, 2),
-        _always("step_size_down", None, 3),
-        _always("mode", "triangular", "triangular2", "exp_range"),
-        ("gamma", (1.0, 0.9), lambda o: o["mode"] == "exp_range"),
-        _always("cycle_momentum", False, True),
+    Scheduler(
+        "CosineAnnealingLR",
+        (_always("T_max", 10, 3), _always("eta_min", 0.0, 1e-4)),
+        chainable=True,
     ),
-    # OneCycleLR needs total_steps of at least the steps a test takes; 64 leaves room for
-    # any short resume scenario.
-    "OneCycleLR": (
-        _always("max_lr", 0.1, 0.01),
-        _always("total_steps", 64, 100),
-        _always("pct_start", 0.3, 0.1),
-        _always("anneal_strategy", "cos", "linear"),
-        _always("div_factor", 25.0, 10.0),
-        _always("final_div_factor", 1e4, 100.0),
-        _always("three_phase", False, True),
-        _always("cycle_momentum", False, True),
+    Scheduler(
+        "CosineAnnealingWarmRestarts",
+        (_always("T_0", 10, 2), _always("T_mult", 1, 2), _always("eta_min", 0.0, 1e-4)),
     ),
-    "SWALR": (
-        _always("swa_lr", 0.05, 0.01),
-        _always("anneal_epochs", 10, 2),
-        _always("anneal_strategy", "cos", "linear"),
+    Scheduler(
+        "ReduceLROnPlateau",
+        (
+            _always("mode", "min", "max"),
+            _always("factor", 0.1, 0.5),
+            _always("patience", 10, 0, 1),
+            _always("threshold", 1e-4, 0.1),
+            _always("threshold_mode", "rel", "abs"),
+            _always("cooldown", 0, 1),
+            _always("min_lr", 0.0, 1e-5),
+        ),
+        needs_metric=True,
     ),
-}
+    Scheduler(
+        "CyclicLR",
+        (
+            _always("base_lr", 0.001, 0.01),
+            _always("max_lr", 0.1, 0.05),
+            _always("step_size_up", 4, 2),
+            _always("step_size_down", None, 3),
+            _always("mode", "triangular", "triangular2", "exp_range"),
+            Option("gamma", (1.0, 0.9), lambda o: o["mode"] == "exp_range"),
+            _always("cycle_momentum", False, True),
+        ),
+        cycles_momentum=True,
+        state_saves=cyclic_lr_state_pickles,
+        state="it holds a `WeakMethod` on 1.13.1, which `torch.save` refuses (finding 19; "
+        "probed: `cyclic_lr_state_pickles`)",
+    ),
+    Scheduler(
+        "OneCycleLR",
+        (
+            _always("max_lr", 0.1, 0.01),
+            _always("total_steps", STEPS_AT_LEAST, 100),
+            _always("pct_start", 0.3, 0.1),
+            _always("anneal_strategy", "cos", "linear"),
+            _always("div_factor", 25.0, 10.0),
+            _always("final_div_factor", 1e4, 100.0),
+            _always("three_phase", False, True),
+            _always("cycle_momentum", False, True),
+        ),
+        cycles_momentum=True,
+        step_limit="total_steps",
+        state="its `anneal_func` is a bound method up to 2.3.1, which `weights_only=True` "
+        "refuses (finding 13)",
+    ),
+    Scheduler(
+        "SWALR",
+        (
+            _always("swa_lr", 0.05, 0.01),
+            _always("anneal_epochs", 10, 2),
+            _always("anneal_strategy", "cos", "linear"),
+        ),
+        state="its `anneal_func` is a bound method up to 2.9.1, which `weights_only=True` "
+        "refuses (finding 13)",
+    ),
+    Scheduler(
+        "SequentialLR",
+        children=(2, 3),
+        milestone_gaps=(1, 3),
+        construct=_construct_sequential,
+    ),
+    Scheduler("ChainedScheduler", children=(1, 3), construct=_construct_chained),
+)
+
+_SCHEDULER = {record.name: record for record in SCHEDULER_REGISTRY}
+
+
+def scheduler_record(name: str) -> Scheduler:
+    """The record of the scheduler class ``name``; for a class :data:`SCHEDULER_REGISTRY`
+    does not know (a newer torch's), a record that draws no arguments."""
+    return _SCHEDULER.get(name) or Scheduler(name)
+
 
 #: Schedulers in the order :func:`scheduler_specs` prefers them; others follow by name.
-_SCHEDULER_ORDER = (
-    "StepLR",
-    "ExponentialLR",
-    "MultiStepLR",
-    "ConstantLR",
-    "LinearLR",
-    "LambdaLR",
-    "MultiplicativeLR",
-    "PolynomialLR",
-    "CosineAnnealingLR",
-    "CosineAnnealingWarmRestarts",
-    "ReduceLROnPlateau",
-    "CyclicLR",
-    "OneCycleLR",
-    "SWALR",
-    "SequentialLR",
-    "ChainedScheduler",
-)
-
-#: Schedulers that SequentialLR and ChainedScheduler hold: each steps without a metric and
-#: composes with the others.
-_CHAINABLE = (
-    "StepLR",
-    "ExponentialLR",
-    "MultiStepLR",
-    "ConstantLR",
-    "LinearLR",
-    "LambdaLR",
-    "MultiplicativeLR",
-    "PolynomialLR",
-    "CosineAnnealingLR",
-)
-
-_COMPOSITE = frozenset({"SequentialLR", "ChainedScheduler"})
+_SCHEDULER_ORDER = tuple(record.name for record in SCHEDULER_REGISTRY)
 
 
 @st.composite
 def _leaf_scheduler_specs(draw: st.DrawFn, name: str) -> SchedulerSpec:
-    options = _draw_options(draw, _SCHEDULER_OPTIONS.get(name, ()))
+    options = _draw_options(draw, scheduler_record(name).options)
     return SchedulerSpec(name=name, options=options)
 
 
@@ -618,21 +781,23 @@ def _leaf_scheduler_specs(draw: st.DrawFn, name: str) -> SchedulerSpec:
 def _scheduler_specs(draw: st.DrawFn, names: tuple[str, ...]) -> SchedulerSpec:
     name = draw(st.sampled_from(names))
     event(f"scheduler: {name}")
-    if name not in _COMPOSITE:
+    record = scheduler_record(name)
+    fewest, most = record.children
+    if not most:
         return draw(_leaf_scheduler_specs(name))
-    chainable = [n for n in _CHAINABLE if n in probe().schedulers]
-    child_names = draw(
-        st.lists(
-            st.sampled_from(chainable), min_size=1 if name == "ChainedScheduler" else 2, max_size=3
-        )
-    )
+    chainable = [r.name for r in SCHEDULER_REGISTRY if r.chainable and r.name in probe().schedulers]
+    child_names = draw(st.lists(st.sampled_from(chainable), min_size=fewest, max_size=most))
     children = tuple(draw(_leaf_scheduler_specs(n)) for n in child_names)
     for child in children:
         event(f"scheduler: {name} holding {child.name}")
     options: Options = ()
-    if name == "SequentialLR":
+    if record.milestone_gaps[1]:
         gaps = draw(
-            st.lists(st.integers(1, 3), min_size=len(children) - 1, max_size=len(children) - 1)
+            st.lists(
+                st.integers(*record.milestone_gaps),
+                min_size=len(children) - 1,
+                max_size=len(children) - 1,
+            )
         )
         milestones = tuple(sum(gaps[: i + 1]) for i in range(len(gaps)))
         options = (("milestones", milestones),)
@@ -644,9 +809,11 @@ def scheduler_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[Sch
 
     ``names`` narrows the choice to those scheduler classes. Covers every scheduler,
     including ``ReduceLROnPlateau``, ``CyclicLR``, ``OneCycleLR`` (with ``total_steps`` of
-    at least 64, so it can be stepped that often), ``SWALR``, and ``SequentialLR`` and
-    ``ChainedScheduler`` holding one to three simple schedulers. ``LambdaLR`` and
-    ``MultiplicativeLR`` get factor objects whose attributes their ``state_dict`` keeps.
+    at least :data:`STEPS_AT_LEAST`, so it can be stepped that often), ``SWALR``, and
+    ``SequentialLR`` and ``ChainedScheduler`` holding one to three simple schedulers.
+    ``LambdaLR`` and ``MultiplicativeLR`` get factor objects whose attributes their
+    ``state_dict`` keeps. What is drawn for each class is its record's in
+    :data:`SCHEDULER_REGISTRY`.
 
     Shrinks toward ``StepLR`` with its simplest arguments and toward fewer children.
     """
@@ -657,7 +824,7 @@ def scheduler_specs(names: Iterable[str] | None = None) -> st.SearchStrategy[Sch
 
 
 def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether CyclicLR can cycle this optimizer's momentum (or betas, where torch allows)."""
+    """Whether a scheduler can cycle this optimizer's momentum (or betas, where torch allows)."""
     cycles_betas = cyclic_lr_cycles_betas()
     return all(
         ("betas" in group and cycles_betas) or group.get("momentum", 0) != 0
@@ -665,32 +832,42 @@ def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
-def _factors(value: Any, groups: int) -> Any:
-    if isinstance(value, tuple):
+_FACTOR_TYPES = (ConstantFactor, ExponentialFactor, WarmupFactor)
+
+
+def _argument(value: Any, groups: int) -> Any:
+    """An option's value as the constructor takes it: a factor object copied (a tuple of
+    them, one per group, repeated over the groups), another tuple as a list."""
+    if isinstance(value, _FACTOR_TYPES):
+        return dataclasses.replace(value)
+    if isinstance(value, tuple) and value and all(isinstance(v, _FACTOR_TYPES) for v in value):
         return [dataclasses.replace(value[i % len(value)]) for i in range(groups)]
-    return dataclasses.replace(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
-def _arguments(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    arguments = dict(spec.options)
-    if "lr_lambda" in arguments:
-        arguments["lr_lambda"] = _factors(arguments["lr_lambda"], len(optimizer.param_groups))
-    if "milestones" in arguments:
-        arguments["milestones"] = list(arguments["milestones"])
-    if arguments.get("cycle_momentum") and not _has_momentum(optimizer):
+def _arguments(
+    record: Scheduler, spec: SchedulerSpec, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    groups = len(optimizer.param_groups)
+    arguments = {name: _argument(value, groups) for name, value in spec.options}
+    if record.cycles_momentum and arguments.get("cycle_momentum") and not _has_momentum(optimizer):
         arguments["cycle_momentum"] = False
     return arguments
 
 
 def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> Any:
-    """Build the scheduler ``spec`` describes, driving ``optimizer``.
+    """Build the scheduler ``spec`` describes, driving ``optimizer``, as its record in
+    :data:`SCHEDULER_REGISTRY` says.
 
     Children of ``SequentialLR`` and ``ChainedScheduler`` are built first, in order, on the
-    same optimizer. ``cycle_momentum`` is turned off where some param group of
-    ``optimizer`` has neither ``betas`` nor a non-zero ``momentum``. Raises
-    :class:`~hypothesis.errors.InvalidArgument` when ``spec`` is not a :class:`SchedulerSpec`
-    or ``optimizer`` not a ``torch.optim.Optimizer``, and when the installed torch lacks the
-    class.
+    same optimizer. ``cycle_momentum`` (of ``CyclicLR`` and ``OneCycleLR``) is turned off
+    where some param group of ``optimizer`` has neither ``betas`` nor a non-zero
+    ``momentum``. Raises :class:`~hypothesis.errors.InvalidArgument` when ``spec`` is not a
+    :class:`SchedulerSpec` or ``optimizer`` not a ``torch.optim.Optimizer``, when the
+    installed torch lacks the class, and when ``spec`` gives children to a class that holds
+    none.
     """
     check_type(spec, SchedulerSpec, name="spec", example="SchedulerSpec('StepLR')")
     check_type(
@@ -705,21 +882,30 @@ def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> An
             f"the installed torch has no scheduler {spec.name!r}; it has "
             f"{sorted(probe().schedulers)!r}"
         )
-    arguments = _arguments(spec, optimizer)
-    if spec.name == "ChainedScheduler":
-        children = [build_scheduler(child, optimizer) for child in spec.children]
-        if probe().chained_scheduler_optimizer:
-            return scheduler_class(children, optimizer=optimizer, **arguments)
-        return scheduler_class(children, **arguments)
-    if spec.name == "SequentialLR":
-        children = [build_scheduler(child, optimizer) for child in spec.children]
-        return scheduler_class(optimizer, children, **arguments)
-    return scheduler_class(optimizer, **arguments)
+    record = scheduler_record(spec.name)
+    if spec.children and not record.children[1]:
+        holders = [r.name for r in SCHEDULER_REGISTRY if r.children[1]]
+        raise InvalidArgument(
+            f"{spec.name} holds no child schedulers; give children only to one of {holders!r}"
+        )
+    arguments = _arguments(record, spec, optimizer)
+    children = [build_scheduler(child, optimizer) for child in spec.children]
+    return record.construct(scheduler_class, optimizer, children, arguments)
+
+
+@functools.cache
+def _metric_classes() -> tuple[type, ...]:
+    """The scheduler classes of the installed torch whose ``step`` takes the metric."""
+    available = probe().schedulers
+    return tuple(
+        available[r.name] for r in SCHEDULER_REGISTRY if r.needs_metric and r.name in available
+    )
 
 
 def step_scheduler(scheduler: Any, metric: float) -> None:
-    """Step ``scheduler`` once: ``ReduceLROnPlateau`` is given ``metric``, others nothing."""
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """Step ``scheduler`` once: one whose record ``needs_metric`` (``ReduceLROnPlateau``, or
+    a subclass) is given ``metric``, others nothing."""
+    if isinstance(scheduler, _metric_classes()):
         scheduler.step(metric)
     else:
         scheduler.step()

@@ -12,6 +12,7 @@ import pytest
 from harness.capabilities import OPTIMIZER_REGISTRY
 from harness.catalog import DEFAULT_PATH, catalog, main
 from strategies.model_specs import FAMILY_REGISTRY
+from strategies.optim import SCHEDULER_REGISTRY
 from strategies.payloads import ATTACK_REGISTRY
 from strategies.refactorings import REFACTORING_REGISTRY
 
@@ -20,6 +21,7 @@ REGISTRIES = {
     "families": FAMILY_REGISTRY,
     "attack classes": ATTACK_REGISTRY,
     "optimizers": OPTIMIZER_REGISTRY,
+    "schedulers": SCHEDULER_REGISTRY,
     "refactorings": REFACTORING_REGISTRY,
 }
 
@@ -37,9 +39,7 @@ def test_the_committed_catalog_is_what_the_generator_writes():
             n=0,
         )
     )
-    assert not difference, (
-        f"{DEFAULT_PATH} is stale: run python -m harness.catalog\n{difference}"
-    )
+    assert not difference, f"{DEFAULT_PATH} is stale: run python -m harness.catalog\n{difference}"
 
 
 @pytest.mark.parametrize("registry", REGISTRIES.values(), ids=REGISTRIES.keys())
