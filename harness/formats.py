@@ -53,6 +53,8 @@ __all__ = [
     "FormatAttack",
     "FormatAttackOutcome",
     "Refused",
+    "attack_table",
+    "family_table",
     "family_verdicts",
     "format_attack_outcomes",
     "format_invariants",
@@ -201,7 +203,10 @@ def safetensors_round_trip(example: tuple[ModelCase, dict, dict]) -> Iterator[st
             try:
                 save_file(state, model_path)
             except RuntimeError as error:
-                assert "share" in str(error).lower(), f"unclear refusal: {explain_error(error)}"
+                message = str(error)
+                assert "share" in message and "save_model" in message, (
+                    f"a refusal that does not point to save_model: {explain_error(error)}"
+                )
                 yield "save_file refuses a state_dict with shared tensors, naming save_model"
             else:
                 raise AssertionError("save_file saved a state_dict whose tensors share storage")
@@ -703,6 +708,7 @@ class FormatAttack:
         suffix: the file name's ending the loader expects (``torch.export.load`` reads a
             path as a ``.pt2`` archive only under that name).
         group: ``"code"``, ``"memory"`` or ``"bomb"`` (as :mod:`strategies.payloads`).
+        upstream: what upstream says of a loader that runs the file's code, where known.
     """
 
     format: str
@@ -713,6 +719,7 @@ class FormatAttack:
     load: Callable[[str], Any]
     suffix: str
     group: str = "code"
+    upstream: str = ""
 
 
 def _safetensors_load(path: str) -> None:
@@ -730,6 +737,11 @@ def _export_load(path: str) -> None:
 
 
 _TORCHSCRIPT_ARCHIVE = attack("torchscript_archive")
+_EXPORT_UPSTREAM = (
+    "torch.export.load retries a refused record with weights_only=False and reads "
+    "use_pickle weights with it (pytorch/pytorch#153410; a weights_only option: #191149, "
+    "closed unmerged)"
+)
 
 #: Every hostile file carried by a format of :data:`FORMAT_REGISTRY` that can hold one.
 FORMAT_ATTACKS: tuple[FormatAttack, ...] = (
@@ -741,6 +753,8 @@ FORMAT_ATTACKS: tuple[FormatAttack, ...] = (
         _TORCHSCRIPT_ARCHIVE.checkpoint,
         _jit_load,
         ".pt",
+        upstream="by design: torch.jit.load's docstring says to load only trusted data "
+        "(pytorch/pytorch#143403)",
     ),
     FormatAttack(
         "export",
@@ -750,6 +764,7 @@ FORMAT_ATTACKS: tuple[FormatAttack, ...] = (
         _pt2_sample_inputs,
         _export_load,
         ".pt2",
+        upstream=_EXPORT_UPSTREAM,
     ),
     FormatAttack(
         "export",
@@ -760,6 +775,7 @@ FORMAT_ATTACKS: tuple[FormatAttack, ...] = (
         _pt2_pickled_weight,
         _export_load,
         ".pt2",
+        upstream=_EXPORT_UPSTREAM,
     ),
     *(
         FormatAttack(
@@ -828,7 +844,8 @@ def format_loaders_on_hostile_files(_: Any) -> Iterator[str]:
                 f"{outcome}: safetensors accepted a hostile header ({record.description})"
             )
         if outcome.ran:
-            yield f"finding: {record.loader} runs the code in a {record.name} file"
+            why = f" ({record.upstream})" if record.upstream else ""
+            yield f"finding: {record.loader} runs the code in a {record.name} file{why}"
 
 
 def format_invariants() -> list[Invariant]:
@@ -849,10 +866,41 @@ def format_invariants() -> list[Invariant]:
     return found
 
 
+def family_table(verdicts_by_format: dict[str, list]) -> str:
+    """A Markdown table: one row per family, one column per format, each cell the verdict
+    (``holds``, ``refused n`` or ``fails n``), then the numbered messages."""
+    names = list(verdicts_by_format)
+    families = [verdict.family for verdict in verdicts_by_format[names[0]]]
+    notes: list[str] = []
+    rows = ["| family | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for index, family_name in enumerate(families):
+        cells = []
+        for name in names:
+            verdict = verdicts_by_format[name][index]
+            if verdict.verdict == "holds":
+                cells.append("holds")
+                continue
+            notes.append(f"{len(notes) + 1}. {name}, {family_name}: {verdict.detail}")
+            cells.append(f"**{verdict.verdict}** ({len(notes)})")
+        rows.append(f"| {family_name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows + [""] + notes)
+
+
+def attack_table(outcomes: list) -> str:
+    """A Markdown table: each format's loader on each of its hostile files."""
+    rows = ["| format | loader | hostile file | outcome | ran code |", "|---|---|---|---|---|"]
+    for outcome in outcomes:
+        record, isolated = outcome.attack, outcome.isolated
+        ended = isolated.outcome + (f" ({isolated.error_type})" if isolated.error_type else "")
+        rows.append(
+            f"| {record.format} | `{record.loader}` | {record.name} | {ended} | "
+            f"{'**yes**' if outcome.ran else 'no'} |"
+        )
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
-    print(f"torch {torch.__version__}")
-    for record in FORMAT_REGISTRY:
-        for verdict in family_verdicts(record.name):
-            print(f"{verdict.format}\t{verdict.family}\t{verdict.verdict}\t{verdict.detail}")
-    for outcome in format_attack_outcomes():
-        print(outcome, "|", outcome.isolated)
+    print(f"torch {torch.__version__}\n")
+    print(family_table({name: family_verdicts(name) for name in FORMATS}))
+    print()
+    print(attack_table(format_attack_outcomes()))

@@ -491,7 +491,11 @@ def _shared(tensors: list[TensorEntry]) -> list[TensorEntry]:
 
 
 def _read_torch_zip(records: dict[str, bytes], facts: _Facts) -> None:
-    facts.format_version = records.get(".data/version", b"").decode(errors="replace").strip()
+    version = records.get("version", b"").decode(errors="replace").strip()
+    if version:
+        facts.format_version = f"version {version}, .format_version " + records.get(
+            ".format_version", b"-"
+        ).decode(errors="replace")
     pickle_name = "data.pkl"
     if pickle_name not in records:
         facts.notes.append("no data.pkl record")
