@@ -49,6 +49,7 @@ from strategies._arguments import check_names, check_type, collection_argument
 
 __all__ = [
     "SCHEDULER_REGISTRY",
+    "STEPS_AT_LEAST",
     "ConstantFactor",
     "ExponentialFactor",
     "Option",
