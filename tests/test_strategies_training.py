@@ -125,3 +125,15 @@ def test_trained_states_have_optimizer_state(state):
 def test_bad_arguments_are_refused(arguments, message):
     with pytest.raises(InvalidArgument, match=message):
         training_cases(**arguments)
+
+
+def test_the_simplest_training_case_is_sgd_with_one_group():
+    """Every case draws a scheduler and a GradScaler flag, whatever its optimizer: a case of
+    LBFGS, which gets neither, took fewer choices and was the simplest example."""
+    case = find(
+        training_cases(),
+        lambda case: True,
+        settings=settings(database=None, derandomize=True, max_examples=200),
+    )
+    assert case.spec.optimizer.name == "SGD"
+    assert len(case.spec.optimizer.groups) == 1
