@@ -294,6 +294,51 @@ def test_finding_dcp_load_casts_into_the_targets_dtype_silently(tmp_path):
     assert [o.value for o in outcomes] == [(torch.bfloat16, True)] * 2, outcomes
 
 
+def test_finding_full_state_dict_set_gives_param_group_tuples_back_as_lists():
+    """Standalone, one process: set_optimizer_state_dict(full_state_dict=True) puts Adam's
+    betas back as a list (the sharded route keeps the tuple). No upstream issue found."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    full = StateDictOptions(full_state_dict=True)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters(), betas=(0.8, 0.99))
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    saved = get_optimizer_state_dict(model, optimizer, options=full)
+    assert saved["param_groups"][0]["betas"] == (0.8, 0.99)
+    fresh = torch.nn.Linear(2, 2)
+    into = torch.optim.Adam(fresh.parameters(), betas=(0.8, 0.99))
+    set_optimizer_state_dict(fresh, into, saved, options=full)
+    assert into.param_groups[0]["betas"] == [0.8, 0.99]
+
+
+def _fused_adagrad_step(rank: int, world_size: int) -> str:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from harness.distributed import _fully_shard
+
+    model = torch.nn.Linear(2, 4)
+    _fully_shard()(model, mesh=init_device_mesh("cpu", (world_size,)))
+    optimizer = torch.optim.Adagrad(model.parameters(), fused=True)
+    model(torch.ones(1, 2)).sum().backward()
+    try:
+        optimizer.step()
+    except NotImplementedError as error:
+        return str(error)
+    return "stepped"
+
+
+def test_limitation_fused_optimizers_do_not_step_sharded_parameters():
+    """Why the drawn cases drop the fused flag: DTensor has no sharding rule for the fused
+    kernels (here Adagrad's)."""
+    (outcome,) = run_group(1, _fused_adagrad_step, timeout=60)
+    assert "aten._fused_adagrad_.default does not have a sharding strategy" in outcome.value
+
+
 # --- The command line ------------------------------------------------------------------------
 
 
