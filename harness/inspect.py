@@ -20,6 +20,7 @@ import functools
 import io
 import json
 import math
+import mmap
 import os
 import pickle
 import pickletools
@@ -27,6 +28,7 @@ import struct
 import tarfile
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -36,6 +38,7 @@ import torch
 
 from harness.files import kind_of, run_isolated
 from harness.pickle_scan import _python3_name, referenced_globals
+from harness.sandbox import DEFAULT_MEMORY_BYTES
 
 __all__ = [
     "FILE_FORMATS",
@@ -330,11 +333,26 @@ class _Facts:
 # --- zip archives, read record by record as torch does -----------------------------------------
 
 
-def _zip_records(data: bytes, facts: _Facts) -> dict[str, bytes]:
-    """Each record's bytes by name (the last of duplicates, as torch reads), read from the
-    local headers by the central directory's offsets; anomalies noted in ``facts``."""
-    archive = zipfile.ZipFile(io.BytesIO(data))
+class _Records(dict):
+    """A zip archive's records by name, the archive's top folder left out: their bytes,
+    except those of stored records above :data:`_READ_LIMIT` (raw tensor data), which are
+    left unread (``b""``); :attr:`sizes` has every record's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[str, int] = {}
+
+
+# Stored records above this size hold raw tensor data: their size is enough.
+_READ_LIMIT = 16 * 2**20
+
+
+def _zip_records(data: bytes | mmap.mmap, facts: _Facts) -> _Records:
+    """Each record by name (the last of duplicates, as torch reads), read from the local
+    headers by the central directory's offsets; anomalies noted in ``facts``."""
+    archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
     records: dict[str, bytes] = {}
+    sizes: dict[str, int] = {}
     names = Counter(info.filename for info in archive.infolist())
     if any(count > 1 for count in names.values()):
         facts.zip_anomalies.add("zip_duplicate_member")
@@ -351,22 +369,24 @@ def _zip_records(data: bytes, facts: _Facts) -> dict[str, bytes]:
         if flags & 0x1:
             facts.zip_anomalies.add("zip_encrypted_flag")
         begin = start + 30 + name_length + extra_length
+        sizes[info.filename] = info.file_size
+        stored = info.compress_type == zipfile.ZIP_STORED
+        if stored and info.compress_size > _READ_LIMIT and data[begin : begin + 4] != b"PK\x03\x04":
+            records[info.filename] = b""
+            continue
         raw = data[begin : begin + info.compress_size]
         if info.compress_type == zipfile.ZIP_DEFLATED:
-            import zlib
-
             raw = zlib.decompress(raw, -15)
         records[info.filename] = raw
-    return records
-
-
-def _strip_prefix(records: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
-    """The archive's top folder and the records by their names inside it."""
     first = next(iter(records), "")
     prefix = first.split("/", 1)[0] + "/" if "/" in first else ""
     if not all(name.startswith(prefix) for name in records):
         prefix = ""
-    return prefix, {name[len(prefix) :]: value for name, value in records.items()}
+    stripped = _Records()
+    for name, value in records.items():
+        stripped[name[len(prefix) :]] = value
+        stripped.sizes[name[len(prefix) :]] = sizes[name]
+    return stripped
 
 
 def _storage_dtype(type_name: str) -> torch.dtype | None:
@@ -468,7 +488,7 @@ def _storage_from_bytes(stand: _Stand, read: _Read) -> _StoragePid | None:
         return None
     try:
         if data[:4] == b"PK\x03\x04":
-            _, records = _strip_prefix(_zip_records(data, _Facts("torch-zip")))
+            records = _zip_records(data, _Facts("torch-zip"))
             inner = _read_pickle(records.get("data.pkl", b""))
         else:
             inner = _read_pickle(_legacy_main_pickle(data))
@@ -490,7 +510,7 @@ def _shared(tensors: list[TensorEntry]) -> list[TensorEntry]:
     ]
 
 
-def _read_torch_zip(records: dict[str, bytes], facts: _Facts) -> None:
+def _read_torch_zip(records: _Records, facts: _Facts) -> None:
     version = records.get("version", b"").decode(errors="replace").strip()
     if version:
         facts.format_version = f"version {version}, .format_version " + records.get(
@@ -503,10 +523,10 @@ def _read_torch_zip(records: dict[str, bytes], facts: _Facts) -> None:
     read = _read_pickle(records[pickle_name])
     facts.pickles.append(read)
     for key, storage in read.storages.items():
-        record = records.get(f"data/{key}")
-        if record is not None:
+        size = records.sizes.get(f"data/{key}")
+        if size is not None:
             dtype = _storage_dtype(storage.type_name)
-            facts.records[key] = len(record) // (_element_size(dtype) if dtype else 1)
+            facts.records[key] = size // (_element_size(dtype) if dtype else 1)
     _tensors_of(read, facts)
 
 
@@ -544,7 +564,7 @@ def _read_pt2(records: dict[str, bytes], facts: _Facts) -> None:
         elif name.endswith(".pt") or "/weights/" in name or "/constants/" in name:
             if value[:4] == b"PK\x03\x04":
                 inner = _Facts("torch-zip")
-                _, inner_records = _strip_prefix(_zip_records(value, inner))
+                inner_records = _zip_records(value, inner)
                 _read_torch_zip(inner_records, inner)
                 facts.pickles += inner.pickles
                 facts.zip_anomalies |= inner.zip_anomalies
@@ -589,16 +609,21 @@ def _read_pt2_config(name: str, value: bytes, records: dict[str, bytes], facts: 
         )
 
 
-def _legacy_main_pickle(data: bytes) -> bytes:
-    """The legacy format's object pickle: after the magic number, protocol and system info."""
-    stream = io.BytesIO(data)
+def _legacy_main_pickle(data: bytes | mmap.mmap) -> bytes:
+    """The legacy format's object pickle: after the magic number, protocol and system info,
+    up to its end (the raw storages after it are not read)."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    stream.seek(0)
     for _ in range(3):
         for _ in pickletools.genops(stream):
             pass
-    return data[stream.tell() :]
+    start = stream.tell()
+    for _ in pickletools.genops(stream):
+        pass
+    return data[start : stream.tell()]
 
 
-def _read_legacy(data: bytes, facts: _Facts) -> None:
+def _read_legacy(data: bytes | mmap.mmap, facts: _Facts) -> None:
     read = _read_pickle(_legacy_main_pickle(data))
     facts.pickles.append(read)
     _tensors_of(read, facts)
@@ -615,7 +640,7 @@ def _read_tar(path: str, facts: _Facts) -> None:
                 facts.zip_anomalies.add("legacy_tar")
 
 
-def _read_safetensors(data: bytes, facts: _Facts) -> None:
+def _read_safetensors(data: bytes | mmap.mmap, facts: _Facts) -> None:
     (length,) = struct.unpack("<Q", data[:8])
     if length > len(data) - 8:
         facts.safetensors_anomalies.add("safetensors_huge_header")
@@ -717,11 +742,18 @@ def _facts(path: str) -> _Facts:
     if not os.path.isfile(path):
         raise NotACheckpoint(f"{path} does not exist")
     with open(path, "rb") as file:
-        data = file.read()
+        if os.path.getsize(path) == 0:
+            raise NotACheckpoint(f"{path} is empty: not a checkpoint")
+        # Mapped, not read: only the records that describe the content are copied.
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _mapped_facts(path, data)
+
+
+def _mapped_facts(path: str, data: mmap.mmap) -> _Facts:
     if data[:4] == b"PK\x03\x04":
         facts = _Facts("torch-zip")
         try:
-            prefix, records = _strip_prefix(_zip_records(data, facts))
+            records = _zip_records(data, facts)
         except (zipfile.BadZipFile, ValueError, OSError) as error:
             raise NotACheckpoint(f"{path} is a damaged zip archive: {error}") from error
         if records.get("archive_format", b"").strip() == b"pt2":
@@ -747,7 +779,7 @@ def _facts(path: str) -> _Facts:
             raise NotACheckpoint(f"{path} has an unreadable safetensors header: {error}") from error
     elif kind == "plain_pickle":
         facts = _Facts("pickle")
-        read = _read_pickle(data)
+        read = _read_pickle(data[:])
         facts.pickles.append(read)
         _tensors_of(read, facts)
     elif tarfile.is_tarfile(path):
@@ -1022,7 +1054,15 @@ def _weights_only(path: str, facts: _Facts) -> WeightsOnly:
 
 
 def _checked(path: str, load: Callable[[str], None]) -> tuple[bool, str]:
-    isolated = run_isolated(functools.partial(load, path), timeout=_CHECK_TIMEOUT_S)
+    """Whether ``load(path)`` returns in a forked child, and the refusal's line if not. The
+    child may map twice the file's size beyond the sandbox's default, and gets a second per
+    50 MB, so that a large checkpoint is not mistaken for a bomb."""
+    size = os.path.getsize(path)
+    isolated = run_isolated(
+        functools.partial(load, path),
+        timeout=_CHECK_TIMEOUT_S + size / 50e6,
+        memory_bytes=DEFAULT_MEMORY_BYTES + 2 * size,
+    )
     if isolated.outcome == "returned":
         return True, ""
     return False, f"{isolated.outcome}: {isolated.error}"

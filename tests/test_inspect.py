@@ -251,3 +251,17 @@ def test_require_weights_only_exit_codes(written, tmp_path, capsys) -> None:
 def test_a_path_that_is_no_checkpoint_raises(tmp_path) -> None:
     with pytest.raises(NotACheckpoint):
         inspect_checkpoint(tmp_path)  # a folder without .metadata
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_large_tensor_is_listed_without_reading_its_data(tmp_path, legacy) -> None:
+    big = torch.zeros(5 * 2**20)  # 20 MiB of float32: a record above the read limit
+    path = str(tmp_path / "big.pt")
+    torch.save(
+        {"big": big, "small": torch.ones(3)}, path, _use_new_zipfile_serialization=not legacy
+    )
+    inspection = inspect_checkpoint(path)
+    tensors = {t.name: (t.dtype, t.shape, t.bytes) for t in inspection.tensors}
+    assert tensors == {"big": ("float32", (5 * 2**20,), 20 * 2**20), "small": ("float32", (3,), 12)}
+    assert inspection.hostile == ()
+    assert inspection.weights_only.loaded
