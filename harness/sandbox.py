@@ -11,8 +11,9 @@ load ended, then collects garbage and runs the ``atexit`` hooks, as an interpret
 it exits (a corrupted heap often crashes only then), and dies; a child killed by a signal
 after its report is ``crashed`` although ``torch.load`` returned. A request marked ``alone``
 (a file known to corrupt memory) ends its child with the interpreter's whole shutdown
-(module teardown and the C++ destructors included), as a fresh interpreter would. The server
-watches each child's time limit itself and reports how the child ended; the caller judges
+(module teardown and the C++ destructors included), as a fresh interpreter would; the next
+loads go on while it shuts down, and how it ended is collected at the end of the batch. The
+server watches each child's time limit itself and reports how the child ended; the caller judges
 everything else (sentinels are the caller's). Each load ends as a :class:`LoadOutcome`.
 """
 
@@ -148,10 +149,13 @@ def run(requests, reports, server_fds, server):
     sys.stderr.flush()
     os._exit(0)
 
-def spawn(held=()):
+# The server's descriptors for its children (report pipes, pidfds): a new child closes them.
+held = set()
+# Children marked alone that have reported and are still shutting down, oldest first.
+pending = []
+
+def spawn():
     # A child forked ahead: (pid, the pipe its request goes to, the pipe its report comes on).
-    # ``held``: the server's descriptors for the child running now, which the new one must
-    # not keep open.
     request_read, request_write = os.pipe()
     report_read, report_write = os.pipe()
     sys.stderr.flush()
@@ -169,81 +173,106 @@ def spawn(held=()):
     os.set_blocking(report_read, False)
     return pid, request_write, report_read
 
-def exited(pid, pidfd, deadline):
-    # Wait until the child has exited (still unreaped) or the deadline; whether it did.
+def lines_of(child):
+    text = b"".join(child["chunks"]).decode(errors="replace")
+    return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+def has_started(child):
+    return any("start" in line for line in lines_of(child))
+
+def has_reported(child):
+    return any("kind" in line for line in lines_of(child))
+
+def never(child):
+    return False
+
+def drain(child):
+    # What the child has written so far; ``eof`` once it closed its end.
+    while not child["eof"]:
+        try:
+            chunk = os.read(child["read"], 1 << 16)
+        except BlockingIOError:
+            return
+        if chunk:
+            child["chunks"].append(chunk)
+        else:
+            child["eof"] = True
+
+def wait_for(child, condition, deadline):
+    # Until ``condition(child)`` holds, the child has exited (left unreaped) or ``deadline``
+    # passes; whether it has exited.
     while True:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+        drain(child)
+        if os.waitid(os.P_PID, child["pid"], os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
             return True
+        if condition(child):
+            return False
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        if pidfd is None:
-            time.sleep(min(remaining, 0.002))
+        watched = [] if child["eof"] else [child["read"]]
+        if child["pidfd"] is None:
+            select.select(watched, [], [], min(remaining, 0.002))
         else:
-            select.select([pidfd], [], [], remaining)
+            select.select(watched + [child["pidfd"]], [], [], remaining)
 
-def drain(fd, chunks):
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            return
-        if not chunk:
-            return
-        chunks.append(chunk)
-
-def answer(request, child):
-    pid, request_write, report_read = child
+def finish(child):
+    # Wait for the child to end until its deadline, kill its group, reap it; how it ended.
+    timed_out = not wait_for(child, never, child["deadline"])
     try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    dispatched = time.monotonic()
-    os.write(request_write, (json.dumps(request) + "\n").encode())
-    os.close(request_write)
-    spare = spawn([report_read] + ([pidfd] if pidfd is not None else []))
-    chunks = []
-    deadline = None
-    while deadline is None:
-        # The time limit runs from the child's start line, as the load begins.
-        wait = dispatched + request["timeout_s"] + 60 - time.monotonic()
-        select.select([report_read] + ([pidfd] if pidfd is not None else []), [], [],
-                      max(0.0, min(wait, 0.05) if pidfd is None else wait))
-        drain(report_read, chunks)
-        if b"\n" in b"".join(chunks):
-            deadline = time.monotonic() + request["timeout_s"]
-        elif os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            deadline = time.monotonic()
-        elif time.monotonic() - dispatched > request["timeout_s"] + 60:
-            deadline = time.monotonic()
-    started = deadline - request["timeout_s"]
-    timed_out = not exited(pid, pidfd, deadline)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # the child if it ran out of time; what it started
+        os.killpg(child["pid"], signal.SIGKILL)  # the child if it ran out of time; what it started
     except (ProcessLookupError, PermissionError):
         pass
-    _, status = os.waitpid(pid, 0)
-    drain(report_read, chunks)
-    os.close(report_read)
-    if pidfd is not None:
-        os.close(pidfd)
-    lines = [json.loads(line) for line in b"".join(chunks).decode().splitlines()
-             if line.endswith("}")]
-    reports = [line for line in lines if "kind" in line]
+    _, status = os.waitpid(child["pid"], 0)
+    drain(child)  # what it wrote last
+    for fd in (child["read"], child["pidfd"]):
+        if fd is not None:
+            held.discard(fd)
+            os.close(fd)
+    reports = [line for line in lines_of(child) if "kind" in line]
     signalled = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-    return spare, {
-        "started": any("start" in line for line in lines),
+    return {
+        "started": has_started(child),
         "report": reports[0] if reports else None,
         "signal": None if timed_out else signalled,
         "exit_status": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "timeout": timed_out,
-        "seconds": time.monotonic() - started,
+        "seconds": time.monotonic() - child["started"],
     }
 
-child = spawn()
+def answer(request, forked):
+    pid, request_write, report_read = forked
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    child = {"pid": pid, "pidfd": pidfd, "read": report_read, "chunks": [], "eof": False}
+    held.update(fd for fd in (report_read, pidfd) if fd is not None)
+    dispatched = time.monotonic()
+    os.write(request_write, (json.dumps(request) + "\n").encode())
+    os.close(request_write)
+    spare = spawn()
+    # The time limit runs from the child's start line, as the load begins.
+    wait_for(child, has_started, dispatched + request["timeout_s"] + 60)
+    child["started"] = time.monotonic()
+    child["deadline"] = child["started"] + (request["timeout_s"] if has_started(child) else 0)
+    if request["alone"]:
+        # Its whole shutdown takes long: the next loads go on meanwhile, and how it ended is
+        # collected at the end of the batch (still within its own time limit).
+        if not wait_for(child, has_reported, child["deadline"]) and has_reported(child):
+            pending.append(child)
+            return spare, {"pending": True}
+    return spare, finish(child)
+
+forked = spawn()
 protocol_out.write(json.dumps({"ready": True}) + "\n")
 for line in protocol_in:
-    child, reply = answer(json.loads(line), child)
+    request = json.loads(line)
+    if "collect" in request:
+        reply = {"finished": [finish(child) for child in pending]}
+        pending.clear()
+    else:
+        forked, reply = answer(request, forked)
     protocol_out.write(json.dumps(reply) + "\n")
 """
 
@@ -371,14 +400,24 @@ class _Server:
         return json.loads(line)
 
     def load(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Send one request; the server's account of how its child ended."""
+        """Send one request; the server's account of how its child ended, or
+        ``{"pending": True}`` for an ``alone`` child that has reported and is shutting down
+        (see :meth:`collect`)."""
+        return self._ask(request, request["timeout_s"])
+
+    def collect(self, timeout_s: float) -> list[dict[str, Any]]:
+        """How each pending child ended, in the order they were sent; each has ``timeout_s``
+        from the start of its load to end."""
+        return self._ask({"collect": True}, timeout_s)["finished"]
+
+    def _ask(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
         except OSError as error:
             self.stop()
             raise SandboxError(f"the sandbox server is gone: {error}") from error
-        deadline = time.monotonic() + request["timeout_s"] + _ANSWER_GRACE_S
+        deadline = time.monotonic() + timeout_s + _ANSWER_GRACE_S
         try:
             return self._reply(deadline, "answer")
         except KeyboardInterrupt:
@@ -476,15 +515,18 @@ def load_requests_in_child(
     when it ends (whatever it started). After its load the child collects garbage and runs
     the ``atexit`` hooks; one killed by a signal then is ``crashed`` although
     ``torch.load`` returned. Requests marked ``alone`` end with the interpreter's whole
-    shutdown. Raises :class:`SandboxError` when the server cannot import torch or a child
+    shutdown, which overlaps the loads after them. Raises :class:`SandboxError` when the server cannot import torch or a child
     dies before it begins to load.
     """
-    outcomes = []
+    outcomes: list[LoadOutcome | None] = []
+    pending: list[tuple[int, str]] = []  # alone loads whose child is still shutting down
     with _server_lock:
-        for request in requests:
-            server = _running_server()  # the same one, unless it died
-            # One folder per run: each load's working directory, its stderr truncated.
-            stderr = os.path.join(server.directory, "stderr.txt")
+        server = _running_server()
+        for index, request in enumerate(requests):
+            # One folder per run: each load's working directory; stderr truncated per load,
+            # one file each for the children that end while later loads run.
+            name = f"stderr-{index}.txt" if request.alone else "stderr.txt"
+            stderr = os.path.join(server.directory, name)
             message = {
                 "path": request.path,
                 "weights_only": request.weights_only,
@@ -496,7 +538,15 @@ def load_requests_in_child(
                 "cwd": server.directory,
                 "stderr": stderr,
             }
-            outcomes.append(_outcome(request, server.load(message), stderr, timeout_s))
+            reply = server.load(message)
+            if reply.get("pending"):
+                pending.append((index, stderr))
+                outcomes.append(None)
+            else:
+                outcomes.append(_outcome(request, reply, stderr, timeout_s))
+        if pending:
+            for (index, stderr), reply in zip(pending, server.collect(timeout_s), strict=True):
+                outcomes[index] = _outcome(requests[index], reply, stderr, timeout_s)
     return outcomes
 
 

@@ -131,6 +131,24 @@ def test_a_load_past_its_time_limit_in_a_child_ending_whole_is_a_timeout(tmp_pat
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["forked", "whole_shutdown"])
+def test_a_child_that_hangs_at_exit_runs_out_of_time_after_its_load(tmp_path, alone):
+    good = tmp_path / "good.pt"
+    torch.save({"weight": torch.ones(2)}, good)
+    hangs_at_exit = tmp_path / "hangs-at-exit.pt"
+    torch.save({"x": PickledCall(atexit.register, time.sleep, 60)}, hangs_at_exit)
+    requests = [
+        LoadRequest(str(hangs_at_exit), weights_only=False, alone=alone),
+        LoadRequest(str(good), weights_only=True),
+    ]
+    started = time.monotonic()
+    first, second = load_requests_in_child(requests, timeout_s=1)
+    assert first.kind == "timeout"
+    assert first.detail == "loaded, then the child did not end within 1 s"
+    assert second.kind == "loaded"
+    assert time.monotonic() - started < 30
+
+
 def test_load_in_child_refuses_a_missing_file(tmp_path):
     outcome = load_in_child(tmp_path / "missing.pt", weights_only=True)
     assert (outcome.kind, outcome.error_type) == ("refused", "FileNotFoundError")
