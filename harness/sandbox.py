@@ -13,8 +13,8 @@ after its report is ``crashed`` although ``torch.load`` returned. A request mark
 (a file known to corrupt memory) ends its child with the interpreter's whole shutdown
 (module teardown and the C++ destructors included), as a fresh interpreter would; the next
 loads go on while it shuts down, and how it ended is collected at the end of the batch. The
-server watches each child's time limit itself and reports how the child ended; the caller judges
-everything else (sentinels are the caller's). Each load ends as a :class:`LoadOutcome`.
+server watches each child's time limit itself and reports how the child ended; the caller
+judges everything else (sentinels are the caller's). Each load ends as a :class:`LoadOutcome`.
 """
 
 from __future__ import annotations
@@ -515,8 +515,8 @@ def load_requests_in_child(
     when it ends (whatever it started). After its load the child collects garbage and runs
     the ``atexit`` hooks; one killed by a signal then is ``crashed`` although
     ``torch.load`` returned. Requests marked ``alone`` end with the interpreter's whole
-    shutdown, which overlaps the loads after them. Raises :class:`SandboxError` when the server cannot import torch or a child
-    dies before it begins to load.
+    shutdown, which overlaps the loads after them. Raises :class:`SandboxError` when the
+    server cannot import torch or a child dies before it begins to load.
     """
     outcomes: list[LoadOutcome | None] = []
     pending: list[tuple[int, str]] = []  # alone loads whose child is still shutting down
