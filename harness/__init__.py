@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from harness.capabilities import Capabilities, probe
     from harness.checkpointer import Checkpointer, check_checkpointer
     from harness.compare import assert_identical
+    from harness.distributed import DistributedCheckpoint, check_distributed_checkpointer
+    from harness.inspect import inspect_checkpoint
     from harness.recipes import InferencePackage, TrainingCheckpoint
     from harness.report import Report
     from harness.state import DataStream, TrainingState
@@ -31,6 +33,7 @@ __all__ = [
     "Capabilities",
     "Checkpointer",
     "DataStream",
+    "DistributedCheckpoint",
     "InferencePackage",
     "Report",
     "TrainingCheckpoint",
@@ -38,6 +41,8 @@ __all__ = [
     "UserModel",
     "assert_identical",
     "check_checkpointer",
+    "check_distributed_checkpointer",
+    "inspect_checkpoint",
     "probe",
 ]
 
@@ -62,6 +67,9 @@ _MODULES = {
     "TrainingState": "harness.state",
     "DataStream": "harness.state",
     "UserModel": "harness.user_models",
+    "DistributedCheckpoint": "harness.distributed",
+    "check_distributed_checkpointer": "harness.distributed",
+    "inspect_checkpoint": "harness.inspect",
 }
 
 

@@ -249,7 +249,77 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default=None, help="also write report.json and report.md into this directory"
     )
     traceback_option(checkpointer)
+
+    distributed = commands.add_parser(
+        "check-distributed",
+        help="check a distributed checkpointer across world sizes",
+        description="Check a checkpointer (save(state, path) and load(path, into, "
+        "map_location=None), called on every rank) on real gloo process groups: saved at "
+        "one world size, loaded at another. FILE.py is imported in every rank.",
+        epilog="Exit status: 0 every invariant held, 1 an invariant failed, 2 usage error.",
+    )
+    distributed.add_argument("target", metavar="FILE.py:NAME", help="the file and the class in it")
+    distributed.add_argument(
+        "--world-sizes",
+        type=_world_sizes,
+        default=None,
+        metavar="S:L,...",
+        help="(saving, loading) world sizes, e.g. 2:3,3:1 (default: "
+        "harness.distributed.DEFAULT_WORLD_SIZES, 2:3,3:1,2:2,4:2)",
+    )
+    distributed.add_argument(
+        "--max-examples", type=_positive_int, default=5, metavar="N", help="(default: 5)"
+    )
+    distributed.add_argument("--seed", type=int, default=None, help="(default: random, printed)")
+    distributed.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds one process group may take (default: harness.distributed.DEFAULT_TIMEOUT)",
+    )
+    distributed.add_argument(
+        "--full", action="store_true", help="also attack, damage and delete every written file"
+    )
+    distributed.add_argument("--out", default=None, metavar="DIR", help="write the report there")
+    traceback_option(distributed)
+
+    inspect_command = commands.add_parser(
+        "inspect",
+        help="say what a checkpoint file or folder is, without loading it",
+        description="Say what a checkpoint is: its format, the torch version that wrote it "
+        "where recorded, its tensors, the globals its pickles need (never run), whether "
+        "torch.load(weights_only=True) loads it on the installed torch (predicted, and "
+        "checked in a forked child) and which hostile-file classes it matches.",
+        epilog="Exit status: 0 inspected, 1 with --require-weights-only when weights_only "
+        "would refuse it or it matches a hostile class, 2 a path that is not a checkpoint.",
+    )
+    inspect_command.add_argument("path", metavar="PATH", help="a checkpoint file, or a DCP folder")
+    inspect_command.add_argument(
+        "--json", action="store_true", help="print JSON (see docs/formats.md)"
+    )
+    inspect_command.add_argument(
+        "--require-weights-only",
+        action="store_true",
+        help="exit 1 unless weights_only=True loads it and it matches no hostile class",
+    )
+    traceback_option(inspect_command)
     return parser
+
+
+def _world_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``--world-sizes 2:3,3:1`` as pairs; their range is the check's to judge."""
+    try:
+        pairs = tuple(
+            (int(saving), int(loading))
+            for saving, _, loading in (item.partition(":") for item in text.split(","))
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected SAVING:LOADING pairs of world sizes separated by commas (e.g. 2:3,3:1), "
+            f"got {text!r}"
+        ) from None
+    return pairs
 
 
 _OUTPUT_LOCK = threading.Lock()
@@ -482,6 +552,59 @@ def _check_checkpointer(args: argparse.Namespace) -> int:
     return _finish(report, args.out, stem="report")
 
 
+def _check_distributed(args: argparse.Namespace) -> int:
+    from hypothesis.errors import InvalidArgument
+
+    from harness.distributed import (
+        DEFAULT_TIMEOUT,
+        DEFAULT_WORLD_SIZES,
+        check_distributed_checkpointer,
+    )
+
+    checkpointer = _load_checkpointer(args.target, {})
+    seed = args.seed if args.seed is not None else _draw_seed()
+    world_sizes = args.world_sizes or DEFAULT_WORLD_SIZES
+    timeout = args.timeout or DEFAULT_TIMEOUT
+    sizes = ",".join(f"{saving}:{loading}" for saving, loading in world_sizes)
+    command = ["check-distributed", args.target, "--world-sizes", sizes]
+    command += ["--max-examples", str(args.max_examples), "--seed", str(seed)]
+    command += ["--timeout", f"{timeout:g}"] + (["--full"] if args.full else [])
+    _say(f"checking {args.target} at world sizes {sizes}, seed {seed} (rerun with --seed {seed})")
+    try:
+        report = check_distributed_checkpointer(
+            checkpointer,
+            world_sizes=world_sizes,
+            max_examples=args.max_examples,
+            seed=seed,
+            timeout=timeout,
+            full=args.full,
+            reproduce=f"{PROG} {shlex.join(command)}",
+            progress=_say,
+            user_file=str(Path(args.target.rpartition(":")[0]).resolve()),
+        )
+    except (InvalidArgument, ValueError) as error:
+        raise UsageError(str(error)) from error
+    return _finish(report, args.out, stem="distributed-report")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.inspect import NotACheckpoint, acceptable, inspect_checkpoint
+
+    try:
+        inspection = inspect_checkpoint(args.path)
+    except NotACheckpoint as error:
+        raise UsageError(str(error)) from error
+    if args.json:
+        print(json.dumps(inspection.to_json(), indent=2))
+    else:
+        print(inspection.table())
+    if args.require_weights_only and not acceptable(inspection):
+        return EXIT_FAILED
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     try:
         profile, reason = profiles.choose_profile(args.profile, option="--profile")
@@ -604,6 +727,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "check-checkpointer":
             return _check_checkpointer(args)
+        if args.command == "check-distributed":
+            return _check_distributed(args)
+        if args.command == "inspect":
+            return _inspect(args)
         return _list()
     except UsageError as error:
         from harness.report import strip_ansi

@@ -24,7 +24,6 @@ its error.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -33,7 +32,6 @@ import multiprocessing
 import os
 import pickle
 import random
-import shlex
 import shutil
 import signal
 import tempfile
@@ -90,11 +88,9 @@ __all__ = [
     "GroupFailed",
     "RankOutcome",
     "ShardedState",
-    "add_parser",
     "check_distributed_checkpointer",
     "distributed_cases",
     "fully_shard_available",
-    "run",
     "run_group",
 ]
 
@@ -1177,84 +1173,3 @@ class DistributedCheckpoint:
 
 
 # --- The command line -----------------------------------------------------------------------
-
-
-def _world_sizes(text: str) -> tuple[tuple[int, int], ...]:
-    try:
-        pairs = tuple(
-            tuple(int(size) for size in item.split(":", 1)) for item in text.split(",") if item
-        )
-        return _pairs(pairs)
-    except (ValueError, InvalidArgument):
-        raise argparse.ArgumentTypeError(
-            f"expected SAVING:LOADING pairs of world sizes from 1 to {MAX_WORLD_SIZE} separated "
-            f"by commas (e.g. 2:3,3:1), got {text!r}"
-        ) from None
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``check-distributed`` command to the command line's subparsers."""
-    from harness.cli import _positive_int, _positive_seconds
-
-    parser = subparsers.add_parser(
-        "check-distributed",
-        help="check a distributed checkpointer across world sizes",
-        description="Check a checkpointer (save(state, path) and load(path, into, "
-        "map_location=None), called on every rank) on real gloo process groups: saved at "
-        "one world size, loaded at another. FILE.py is imported in every rank. Exits 0 when "
-        "every invariant holds, 1 with the report otherwise.",
-    )
-    parser.add_argument("target", metavar="FILE.py:NAME", help="the file and the class in it")
-    parser.add_argument(
-        "--world-sizes",
-        type=_world_sizes,
-        default=DEFAULT_WORLD_SIZES,
-        metavar="S:L,...",
-        help="(saving, loading) world sizes (default: "
-        + ",".join(f"{s}:{size}" for s, size in DEFAULT_WORLD_SIZES)
-        + ")",
-    )
-    parser.add_argument(
-        "--max-examples", type=_positive_int, default=5, metavar="N", help="(default: 5)"
-    )
-    parser.add_argument("--seed", type=int, default=None, help="(default: random, printed)")
-    parser.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"seconds one process group may take (default: {DEFAULT_TIMEOUT:g})",
-    )
-    parser.add_argument(
-        "--full", action="store_true", help="also attack, damage and delete every written file"
-    )
-    parser.add_argument("--out", default=None, metavar="DIR", help="write the report there")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``check-distributed`` with parsed ``args``; the exit status."""
-    from harness.cli import UsageError, _draw_seed, _finish, _load_checkpointer, _say
-
-    checkpointer = _load_checkpointer(args.target, {})
-    seed = args.seed if args.seed is not None else _draw_seed()
-    sizes = ",".join(f"{s}:{size}" for s, size in args.world_sizes)
-    command = ["check-distributed", args.target, "--world-sizes", sizes]
-    command += ["--max-examples", str(args.max_examples), "--seed", str(seed)]
-    command += ["--timeout", f"{args.timeout:g}"] + (["--full"] if args.full else [])
-    _say(f"checking {args.target} at world sizes {sizes}, seed {seed} (rerun with --seed {seed})")
-    try:
-        report = check_distributed_checkpointer(
-            checkpointer,
-            world_sizes=args.world_sizes,
-            max_examples=args.max_examples,
-            seed=seed,
-            timeout=args.timeout,
-            full=args.full,
-            reproduce=f"python -m harness {shlex.join(command)}",
-            progress=_say,
-            user_file=str(Path(args.target.rpartition(":")[0]).resolve()),
-        )
-    except InvalidArgument as error:
-        raise UsageError(str(error)) from error
-    return _finish(report, args.out, stem="distributed-report")

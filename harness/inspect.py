@@ -15,7 +15,6 @@ an :class:`Inspection` (data; ``to_json`` for the documented JSON of ``docs/form
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import json
@@ -48,9 +47,8 @@ __all__ = [
     "NotACheckpoint",
     "TensorEntry",
     "WeightsOnly",
-    "add_parser",
+    "acceptable",
     "inspect_checkpoint",
-    "run",
 ]
 
 #: Every format :func:`inspect_checkpoint` tells apart, with what it is.
@@ -1107,50 +1105,13 @@ def inspect_checkpoint(path: str | os.PathLike, *, check: bool = True) -> Inspec
 # --- the command -------------------------------------------------------------------------------
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``inspect`` command to the CLI's subparsers; the parser added."""
-    parser = subparsers.add_parser(
-        "inspect",
-        help="say what a checkpoint file or folder is, without loading it",
-        description="Say what a checkpoint is: its format, the torch version that wrote it "
-        "where recorded, its tensors, the globals its pickles need (never run), whether "
-        "torch.load(weights_only=True) loads it on the installed torch (predicted, and "
-        "checked in a forked child) and which hostile-file classes it matches.",
-        epilog="Exit status: 0 inspected, 1 with --require-weights-only when weights_only "
-        "would refuse it or it matches a hostile class, 2 a path that is not a checkpoint.",
-    )
-    parser.add_argument("path", metavar="PATH", help="a checkpoint file, or a DCP folder")
-    parser.add_argument("--json", action="store_true", help="print JSON (see docs/formats.md)")
-    parser.add_argument(
-        "--require-weights-only",
-        action="store_true",
-        help="exit 1 unless weights_only=True loads it and it matches no hostile class",
-    )
-    return parser
-
-
-def _acceptable(inspection: Inspection) -> bool:
+def acceptable(inspection: Inspection) -> bool:
+    """Whether the inspected checkpoint is fit to load untrusted: ``weights_only=True`` loads
+    it on the installed torch (predicted and checked) and it matches no hostile class (a
+    DCP folder never is: its ``.metadata`` is read with ``pickle.load``)."""
     wo = inspection.weights_only
     if inspection.hostile:
         return False
     if inspection.format == "dcp":
         return False  # its .metadata is read with pickle.load
     return not wo.applies or bool(wo.loaded and wo.predicted)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``inspect`` with parsed ``args``; the exit status (0, 1 or 2, see the epilog)."""
-    import sys
-
-    try:
-        inspection = inspect_checkpoint(args.path)
-    except NotACheckpoint as error:
-        print(f"python -m harness inspect: error: {error}", file=sys.stderr, flush=True)
-        return 2
-    if args.json:
-        print(json.dumps(inspection.to_json(), indent=2))
-    else:
-        print(inspection.table())
-    if args.require_weights_only and not _acceptable(inspection):
-        return 1
-    return 0

@@ -8,7 +8,6 @@ damaged) runs with ``HARNESS_DISTRIBUTED_FULL=1``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
@@ -18,15 +17,13 @@ import pytest
 import torch
 from hypothesis.errors import InvalidArgument
 
+from harness import cli
 from harness.distributed import (
-    DEFAULT_WORLD_SIZES,
     DistributedCheckpoint,
     GroupFailed,
     GroupHung,
-    add_parser,
     check_distributed_checkpointer,
     fully_shard_available,
-    run,
     run_group,
 )
 from tests.distributed_checkpointers import (
@@ -343,28 +340,32 @@ def test_limitation_fused_optimizers_do_not_step_sharded_parameters():
 
 
 def test_the_command_line_checks_a_plant(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
     target = (
         f"{os.path.join(os.path.dirname(__file__), 'distributed_checkpointers.py')}:RankZeroOnly"
     )
-    args = parser.parse_args(
-        ["check-distributed", target, "--world-sizes", "2:1", "--max-examples", "1", "--seed", "0"]
-    )
-    assert args.world_sizes == ((2, 1),)
-    status = run(args)
+    command = ["check-distributed", target, "--world-sizes", "2:1", "--max-examples", "1"]
+    status = cli.main([*command, "--seed", "0", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert status == 1
     assert "check-distributed" in out and "--seed 0" in out
+    assert (tmp_path / "distributed-report.json").exists()
 
 
-def test_world_sizes_option_is_validated():
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    with pytest.raises(SystemExit):
-        parser.parse_args(["check-distributed", "x.py:Y", "--world-sizes", "2-3"])
-    defaults = parser.parse_args(["check-distributed", "x.py:Y"])
-    assert defaults.world_sizes == DEFAULT_WORLD_SIZES
+@pytest.mark.parametrize("sizes", ["2-3", "2:x"])
+def test_world_sizes_that_are_no_pairs_are_a_usage_error(sizes):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check-distributed", "x.py:Y", "--world-sizes", sizes])
+    assert exit_.value.code == 2
+
+
+def test_world_sizes_out_of_range_are_a_usage_error_in_one_line(capsys):
+    target = (
+        f"{os.path.join(os.path.dirname(__file__), 'distributed_checkpointers.py')}:RankZeroOnly"
+    )
+    status = cli.main(["check-distributed", target, "--world-sizes", "2:9", "--seed", "0"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "world_sizes" in error
 
 
 # --- The full run ------------------------------------------------------------------------------

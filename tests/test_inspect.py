@@ -9,7 +9,6 @@ inspector.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -17,14 +16,13 @@ import pickle
 import pytest
 import torch
 
+from harness import cli
 from harness.files import SAFETENSORS_ATTACKS
 from harness.inspect import (
     FILE_FORMATS,
     HOSTILE_SIGNS,
     NotACheckpoint,
-    add_parser,
     inspect_checkpoint,
-    run,
 )
 from strategies.payloads import HOSTILE_CLASSES, LEGACY_CARRIED_CLASSES, HostilePayload
 
@@ -204,9 +202,7 @@ def test_a_hostile_file_is_refused_by_the_real_load_too(tmp_path) -> None:
 
 
 def _run(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    return run(parser.parse_args(["inspect", *argv]))
+    return cli.main(["inspect", *argv])
 
 
 def test_json_output(written, capsys) -> None:
