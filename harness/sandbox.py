@@ -44,6 +44,7 @@ __all__ = [
     "load_in_child",
     "load_many_in_child",
     "load_requests_in_child",
+    "start",
 ]
 
 # Address space a load may use beyond what the child maps when it is forked.
@@ -371,11 +372,18 @@ class _Server:
             )
         self.owner = os.getpid()
         self._lines = b""
-        try:
-            self._reply(time.monotonic() + _STARTUP_TIMEOUT_S, "import torch")
-        except BaseException:
-            self.stop()
-            raise
+        self._started = time.monotonic()
+        self._ready = False
+
+    def _wait_until_ready(self) -> None:
+        """Wait for the server's ready line (it has imported torch), once."""
+        if not self._ready:
+            try:
+                self._reply(self._started + _STARTUP_TIMEOUT_S, "import torch")
+            except BaseException:
+                self.stop()
+                raise
+            self._ready = True
 
     def _reply(self, deadline: float, doing: str) -> dict[str, Any]:
         """The server's next line, or SandboxError once ``deadline`` passes or it dies."""
@@ -411,6 +419,7 @@ class _Server:
         return self._ask({"collect": True}, timeout_s)["finished"]
 
     def _ask(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        self._wait_until_ready()
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
@@ -447,6 +456,14 @@ class _Server:
 
 _server: _Server | None = None
 _server_lock = threading.Lock()
+
+
+def start() -> None:
+    """Start this process's sandbox server now, without waiting for it to import torch, so
+    that its start-up overlaps other work; the first load waits for it. Does nothing when it
+    runs already. Loading starts the server anyway: calling this only saves time."""
+    with _server_lock:
+        _running_server()
 
 
 def _running_server() -> _Server:

@@ -17,7 +17,7 @@ import torch
 from hypothesis import settings
 from hypothesis.errors import InvalidArgument
 
-from harness import safety
+from harness import safety, sandbox
 from harness.capabilities import probe
 from harness.invariants import INVARIANTS
 from harness.safety import (
@@ -147,6 +147,16 @@ def test_a_child_that_hangs_at_exit_runs_out_of_time_after_its_load(tmp_path, al
     assert first.detail == "loaded, then the child did not end within 1 s"
     assert second.kind == "loaded"
     assert time.monotonic() - started < 30
+
+
+def test_a_server_started_ahead_serves_the_loads_and_is_started_once(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"weight": torch.ones(2)}, good)
+    sandbox.start()
+    server = sandbox._server.process.pid
+    sandbox.start()
+    assert load_in_child(good, weights_only=True).kind == "loaded"
+    assert sandbox._server.process.pid == server
 
 
 def test_load_in_child_refuses_a_missing_file(tmp_path):
