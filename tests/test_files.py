@@ -286,7 +286,7 @@ def test_a_hung_child_is_killed_with_what_it_started(tmp_path):
     assert ended.outcome == "hung" and time.monotonic() - started < 10
     child, grandchild = map(int, pids.read_text().split())
     with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)  # no child of this process is left, reaped or not
+        os.waitpid(child, os.WNOHANG)  # reaped: no longer a child of this process
     assert _gone(child) and _gone(grandchild)
 
 
