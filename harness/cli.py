@@ -613,12 +613,16 @@ def _check(args: argparse.Namespace) -> int:
 
     from hypothesis import settings
 
+    from harness import sandbox
     from harness.invariants import INVARIANTS
+    from harness.safety import safety_invariants
     from harness.suite import run_suite
 
     by_name = {invariant.name: invariant for invariant in INVARIANTS}
     _validated(args.invariant, list(by_name), "check")
     invariants = [by_name[name] for name in args.invariant] if args.invariant else list(INVARIANTS)
+    if {invariant.name for invariant in invariants} & {i.name for i in safety_invariants()}:
+        sandbox.start()  # the sandbox's server imports torch while the first invariants run
     profiles.register_profiles()
     randomized = not settings.get_profile(profile).derandomize
     random_seed = (args.seed if args.seed is not None else _draw_seed()) if randomized else None
