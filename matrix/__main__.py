@@ -8,6 +8,12 @@ In any environment with the project installed::
     python -m matrix kinds [--check]  matrix/kinds.json and the table of kinds in
                                       matrix/README.md, from matrix.corpus.ARTIFACT_KINDS
 
+Your own checkpointer across the torch of several environments (matrix.user_code;
+docs/your-code-across-versions.md)::
+
+    python -m matrix run --checkpointer FILE.py:NAME [--purpose resume|inference]
+        [--python PATH ...] [--versions 2.5.1 ...] [--out DIR] [--baseline DIR]
+
 In one torch version's environment (what ``run`` does through tox)::
 
     python -m matrix write            write matrix/corpus/<this torch's version>
@@ -31,6 +37,8 @@ import tempfile
 from matrix.driver import CORPUS, RESULTS, ROOT
 
 MERGED = os.path.join(ROOT, "matrix", "results.json")
+# Where ``run --checkpointer`` writes, relative to the current directory.
+_USER_OUT = "checkpointer-matrix"
 
 
 def _corpora() -> list[str]:
@@ -156,6 +164,31 @@ def _run(arguments) -> int:
     from matrix.driver import GB_PER_ENV, Step, run_steps
     from matrix.versions import VERSIONS, check_versions
 
+    if arguments.checkpointer is not None:
+        from matrix.user_code import run_command
+
+        return run_command(
+            arguments.checkpointer,
+            arguments.purpose,
+            arguments.python or [],
+            arguments.versions or [],
+            arguments.out,
+            arguments.baseline,
+            arguments.timeout,
+        )
+    user_only = [
+        option
+        for option, given in (
+            ("--python", arguments.python),
+            ("--baseline", arguments.baseline),
+            ("--purpose", arguments.purpose != "resume"),
+            ("--out", arguments.out != _USER_OUT),
+        )
+        if given
+    ]
+    if user_only:
+        print(f"{', '.join(user_only)}: only with --checkpointer FILE.py:NAME", file=sys.stderr)
+        return 2
     try:
         versions = check_versions(arguments.versions) if arguments.versions else list(VERSIONS)
     except ValueError as error:
@@ -236,6 +269,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--keep-envs", action="store_true", help="keep the environments afterwards")
     run.add_argument(
         "--bench", action="store_true", help="also run the benchmarks into matrix/bench/"
+    )
+    user = run.add_argument_group(
+        "your checkpointer (docs/your-code-across-versions.md): with --checkpointer, the "
+        "environments are --python executables and the --versions' tox environments"
+    )
+    user.add_argument("--checkpointer", metavar="FILE.py:NAME", help="your checkpointer")
+    user.add_argument("--purpose", choices=("resume", "inference"), default="resume")
+    user.add_argument(
+        "--python",
+        action="append",
+        metavar="PATH",
+        help="a Python with torch and this project importable (repeat; default: this one)",
+    )
+    user.add_argument("--out", default=_USER_OUT, help=f"results folder (default: {_USER_OUT})")
+    user.add_argument("--baseline", metavar="DIR", help="an earlier --out: exit 1 if worse")
+    user.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per environment's write or read"
     )
     run.set_defaults(handler=_run)
     arguments = parser.parse_args(argv)
