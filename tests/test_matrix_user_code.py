@@ -202,3 +202,27 @@ def test_the_recipes_across_1_13_1_and_2_13_0(tmp_path, name, purpose):
         (tmp_path / "checkpointer-matrix" / "corpus" / "1.13.1" / "manifest.json").read_text()
     )
     assert manifest["writer"] == "1.13.1" and len(manifest["cases"]) == 3
+
+
+@pytest.mark.skipif(
+    not _TWO_VERSIONS,
+    reason="needs .tox/oldest/bin/python (torch 1.13.1) and HARNESS_MATRIX_TWO_VERSIONS=1",
+)
+def test_1_13_1_refuses_a_python_float(tmp_path):
+    """The cause of the refusals above, standalone (pytorch/pytorch#94670): torch 1.13.1's
+    weights_only unpickler has no BINFLOAT; an int loads."""
+    code = textwrap.dedent(
+        f"""
+        import pickle, torch
+        assert torch.__version__.startswith("1.13.1"), torch.__version__
+        for value in (1, 0.5):
+            torch.save({{"loss": value}}, {str(tmp_path / "f.pt")!r})
+            try:
+                torch.load({str(tmp_path / "f.pt")!r}, weights_only=True)
+                print(value, "loads")
+            except pickle.UnpicklingError as error:
+                print(value, str(error).rsplit("error: ", 1)[-1])
+        """
+    )
+    found = subprocess.run([OLDEST, "-c", code], capture_output=True, text=True, timeout=120)
+    assert found.stdout.splitlines() == ["1 loads", "0.5 Unsupported operand 71"]
