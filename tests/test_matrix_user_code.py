@@ -143,6 +143,29 @@ def test_a_planted_regression_fails_the_baseline_and_a_rerun_passes(tmp_path):
     assert again.stdout.splitlines()[0].endswith(": none")
 
 
+# A load that ends its process: the reader's environment dies.
+DIES_ON_LOAD = """
+    import os
+    import harness
+
+    class Dies(harness.TrainingCheckpoint):
+        def load(self, path, into, map_location=None):
+            os._exit(3)
+
+    CHECKPOINTER = Dies()
+"""
+
+
+def test_an_environment_that_dies_reading_makes_its_loads_crashed(tmp_path):
+    code = tmp_path / "my_checkpoints.py"
+    _write(code, DIES_ON_LOAD)
+    result = _run(tmp_path, "--checkpointer", f"{code}:CHECKPOINTER", "--out", "died")
+    assert result.returncode == 1, result.stdout + result.stderr
+    records = read_user_records(str(tmp_path / "died" / "results.json"))
+    assert len(records) == 3 and {r.outcome for r in records} == {"crashed"}
+    assert all(r.message.startswith("the reader exited 3; see ") for r in records), records
+
+
 @pytest.mark.parametrize(
     "arguments",
     [
