@@ -285,6 +285,7 @@ def _read_case(checkpointer: Any, purpose: str, entry: dict[str, Any], path: str
         _original,
     )
     from harness.state import snapshot
+    from matrix.describe import describe
 
     case = _rebuilt(purpose, entry["spec"])
     fresh = _fresh(purpose, case)
@@ -323,7 +324,7 @@ def _read_case(checkpointer: Any, purpose: str, entry: dict[str, Any], path: str
         # Both only with the entries the writer's torch saved: a newer torch fills in the
         # defaults an older state lacks its own way (SGD's ``fused``: None when built,
         # False when loaded), which changes no step.
-        reference = _described(_restricted(snapshot(own), entry["expected"]))
+        reference = describe(_restricted(snapshot(own), entry["expected"]))
         difference = _difference(reference, _restricted(snapshot(fresh), entry["expected"]))
         return ("differs", f"resumed: {difference}", "") if difference else ("identical", "", "")
     own.model.eval()
@@ -331,14 +332,8 @@ def _read_case(checkpointer: Any, purpose: str, entry: dict[str, Any], path: str
     with torch.no_grad():
         expected = own.model(*case.example_input)
         actual = fresh.model(*case.example_input)
-    difference = _difference(_described(expected), actual)
+    difference = _difference(describe(expected), actual)
     return ("differs", f"outputs: {difference}", "") if difference else ("identical", "", "")
-
-
-def _described(value: Any) -> Any:
-    from matrix.describe import describe
-
-    return describe(value)
 
 
 def read_user_corpora(checkpointer: Any, directories: list[str]) -> list[UserRecord]:
