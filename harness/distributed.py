@@ -1103,7 +1103,8 @@ def check_distributed_checkpointer(
 
 class _Application:
     """The ``Stateful`` application state of DCP's recipe: ``get_state_dict`` and
-    ``set_state_dict`` for the model and the optimizer; the scheduler, the data position,
+    ``set_state_dict`` for the model and the optimizer; the scheduler, the GradScaler, the
+    data position,
     the global RNG states and the extra entries as ``io.BytesIO`` of ``torch.save`` (DCP
     loads in place into a state_dict of the keys it is given, and a fresh state does not
     know those parts' keys in advance)."""
@@ -1112,7 +1113,11 @@ class _Application:
         self.state = state
 
     def _parts(self) -> dict[str, Any]:
-        parts = {"scheduler": self.state.scheduler, "data": self.state.data}
+        parts = {
+            "scheduler": self.state.scheduler,
+            "scaler": self.state.scaler,
+            "data": self.state.data,
+        }
         return {name: part for name, part in parts.items() if part is not None}
 
     def state_dict(self) -> dict[str, Any]:

@@ -28,13 +28,13 @@ so that the module imports without any of them.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any
 
 import torch
 
+from harness import distributed
 from harness.state import TrainingState, global_rng_state, set_global_rng_state
 
 __all__ = [
@@ -144,79 +144,10 @@ class SafetensorsResume:
 # torch.distributed.checkpoint
 
 
-class _ApplicationState:
-    """The ``Stateful`` wrapper of torch.distributed.checkpoint's recipe: ``state_dict`` and
-    ``load_state_dict`` go through ``get_state_dict``/``set_state_dict``, and DCP calls them
-    itself inside ``dcp.save`` and ``dcp.load``.
-
-    DCP loads in place into a state_dict of the same keys and shapes, so each part whose
-    keys or shapes a fresh state does not know in advance (the scheduler's, scaler's and
-    data stream's state_dicts, the RNG states, the extra entries) travels as one
-    ``io.BytesIO`` of ``torch.save``, read back with ``weights_only=True``. (DCP pickles
-    every value that is not a tensor, the ``io.BytesIO`` too, and unpickles it on load with
-    ``torch.load(weights_only=False)``.)
-    """
-
-    def __init__(self, state: TrainingState) -> None:
-        self.state = state
-
-    def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_state, optimizer_state = get_state_dict(self.state.model, self.state.optimizer)
-        values = {**_state_dicts(self.state), "rng": global_rng_state()}
-        values["extra"] = dict(self.state.extra)
-        return {
-            "model": model_state,
-            "optimizer": optimizer_state,
-            **{name: _bytes_of(value) for name, value in values.items()},
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        set_state_dict(
-            self.state.model,
-            self.state.optimizer,
-            model_state_dict=state_dict["model"],
-            optim_state_dict=state_dict["optimizer"],
-        )
-        for name, part in _parts(self.state).items():
-            part.load_state_dict(_from_bytes(state_dict[name]))
-        set_global_rng_state(_from_bytes(state_dict["rng"]))
-        self.state.extra.update(_from_bytes(state_dict["extra"]))
-
-
-def _bytes_of(value: Any) -> io.BytesIO:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    buffer.seek(0)
-    return buffer
-
-
-def _from_bytes(buffer: io.BytesIO) -> Any:
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
-class DistributedCheckpoint:
-    """``dcp.save({"app": state}, checkpoint_id=path)`` and ``dcp.load`` of the same, in one
-    process: ``path`` becomes a folder holding ``.metadata`` and ``__0_0.distcp``.
-
-    No process group is needed: without one DCP saves and loads in the calling process
-    (and warns that it assumes so). DCP has no ``map_location``: it copies every tensor
-    into the tensors of the state it loads into, on their devices.
-    """
-
-    def save(self, state: TrainingState, path: str) -> None:
-        import torch.distributed.checkpoint as dcp
-
-        dcp.save({"app": _ApplicationState(state)}, checkpoint_id=path)
-
-    def load(self, path: str, into: TrainingState, map_location: Any = None) -> None:
-        import torch.distributed.checkpoint as dcp
-
-        dcp.load({"app": _ApplicationState(into)}, checkpoint_id=path)
+# DCP's documented recipe is the harness's own reference (harness.DistributedCheckpoint):
+# get_state_dict/set_state_dict in a Stateful, dcp.save/dcp.load to a folder. Without a
+# process group DCP saves and loads in the calling process (and warns that it assumes so).
+DistributedCheckpoint = distributed.DistributedCheckpoint
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from harness.formats import (
     format_attack_outcomes,
     format_record,
     safetensors_dtypes,
+    safetensors_round_trip,
     second_input,
 )
 from harness.invariants import INVARIANTS
@@ -294,3 +295,27 @@ def test_every_family_through_every_format(name: str) -> None:
     assert all(v.verdict in ("holds", "refused") for v in verdicts), [
         v for v in verdicts if v.verdict == "fails"
     ]
+
+
+def test_safetensors_round_trip_holds_on_a_strided_parametrization_base() -> None:
+    # An orthogonal parametrization's base is a strided view: save_file refuses it, as
+    # safetensors documents, and the state_dict made contiguous round-trips identical.
+    spec = ModelSpec(
+        input=InputSpec(kind="vector", shape=(1, 1), vocabulary=0),
+        layers=(
+            Layer(
+                kind="parametrization",
+                options=(
+                    ("in_features", 1),
+                    ("out_features", 2),
+                    ("bias", False),
+                    ("parametrization", "orthogonal"),
+                ),
+                children=(),
+            ),
+        ),
+    )
+    case = build_model(spec, 0)
+    assert any(not tensor.is_contiguous() for tensor in case.module.state_dict().values())
+    seen = list(safetensors_round_trip((case, {}, {"note": "x"})))
+    assert "save_file refuses a non-contiguous tensor, asking for .contiguous()" in seen
