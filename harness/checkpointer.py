@@ -51,7 +51,7 @@ from harness.files import (
     damage_written_files,
     written_files,
 )
-from harness.report import Finding, Report
+from harness.report import Finding, Report, first_line
 from harness.state import (
     TrainingState,
     global_rng_state,
@@ -213,11 +213,6 @@ def _location(error: BaseException, user_file: str | None) -> str | None:
     return f"{_shown_path(frame.filename)}:{frame.lineno} in {frame.name}"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 @dataclass(frozen=True)
 class _Calls:
     """The user's checkpointer, called under a time limit, with its failures as data."""
@@ -251,7 +246,7 @@ class _Calls:
             ) from None
         except BaseException as error:
             where = _location(error, self._user_file)
-            message = f"{what} raised {_first_line(error)}" + (f" (at {where})" if where else "")
+            message = f"{what} raised {first_line(error)}" + (f" (at {where})" if where else "")
             raise CheckpointerError(message, error) from error
 
 
@@ -663,7 +658,7 @@ def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
                 for _ in range(RESUME_STEPS):
                     case.train_step(fresh)
             except Exception as error:
-                message = f"training the restored state raised {_first_line(error)}"
+                message = f"training the restored state raised {first_line(error)}"
                 raise AssertionError(message) from error
         uninterrupted = _trained(case)
         for _ in range(RESUME_STEPS):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from harness import profiles
+from harness.report import first_line
 
 __all__ = ["main"]
 
@@ -332,11 +333,6 @@ def _say(line: str) -> None:
         sys.stdout.flush()
 
 
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 def _use_own_packages() -> None:
     """Import this project's ``strategies`` from beside ``harness``, whatever ``sys.path`` says.
 
@@ -382,7 +378,7 @@ def _import_user_file(path: Path):
         del sys.modules[module_name]
         if isinstance(error, KeyboardInterrupt):
             raise
-        raise UsageError(f"could not import {path}: {_one_line(error)}; fix the file") from error
+        raise UsageError(f"could not import {path}: {first_line(error)}; fix the file") from error
     return module
 
 
@@ -481,7 +477,7 @@ def _build(factory: Callable[..., Any], name: str, arguments: dict[str, Any]) ->
     except KeyboardInterrupt:
         raise
     except BaseException as error:
-        raise UsageError(f"{call} raised {_one_line(error)}") from error
+        raise UsageError(f"{call} raised {first_line(error)}") from error
 
 
 def _validated(names: Sequence[str] | None, known: Sequence[str], where: str) -> None:

@@ -53,7 +53,6 @@ from harness.checkpointer import (
     CheckpointerError,
     CheckpointerHung,
     _Calls,
-    _first_line,
 )
 from harness.compare import assert_identical, find_difference
 from harness.files import (
@@ -64,7 +63,7 @@ from harness.files import (
     damage_written_files,
     written_files,
 )
-from harness.report import Finding, Report
+from harness.report import Finding, Report, first_line
 from harness.state import (
     TrainingState,
     global_rng_state,
@@ -224,7 +223,7 @@ def _rank_main(
         outcome = ("returned", function(rank, world_size), None, False, False)
     except BaseException as error:
         where = "".join(traceback.format_exception(error)[-3:]).strip().splitlines()
-        message = str(error) if isinstance(error, CheckpointerError) else _first_line(error)
+        message = str(error) if isinstance(error, CheckpointerError) else first_line(error)
         if not isinstance(error, CheckpointerError):
             message += f" ({where[-3].strip() if len(where) >= 3 else ''})"
         cause = error.error if isinstance(error, CheckpointerError) else error
@@ -987,7 +986,7 @@ def _payload(checkpointer: Any) -> bytes:
         return pickle.dumps(checkpointer)
     except Exception as error:
         raise InvalidArgument(
-            f"{checkpointer!r} cannot be pickled to the ranks ({_first_line(error)}): define "
+            f"{checkpointer!r} cannot be pickled to the ranks ({first_line(error)}): define "
             "its class at module level in an importable file, with picklable attributes"
         ) from error
 

@@ -23,6 +23,7 @@ __all__ = [
     "InvariantResult",
     "Report",
     "ReportedFinding",
+    "first_line",
     "strip_ansi",
 ]
 
@@ -39,6 +40,12 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@
 def strip_ansi(text: str) -> str:
     """``text`` without terminal escape sequences, so that it reads the same in a file."""
     return _ANSI.sub("", text)
+
+
+def first_line(error: BaseException) -> str:
+    """``error`` in one line, as failures name it: its type and its message's first line."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 @dataclass(frozen=True)

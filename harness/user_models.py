@@ -43,6 +43,7 @@ from hypothesis.errors import InvalidArgument
 from torch import nn
 
 from harness.capabilities import optimizer_constraints, probe
+from harness.report import first_line
 from harness.state import TrainingState, global_rng_state, seed_global_rngs, set_global_rng_state
 from strategies.model_specs import ModelSpec, model_specs
 from strategies.models import ModelCase, _loss, build_model
@@ -110,11 +111,6 @@ def describe_callable(function: Any) -> str:
     return qualified
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def _raised(what: str, error: BaseException, function: Any) -> InvalidArgument:
     """An InvalidArgument saying that ``what`` raised ``error``, at the innermost line of the
     file ``function`` is defined in (else where ``function`` is defined)."""
@@ -128,7 +124,7 @@ def _raised(what: str, error: BaseException, function: Any) -> InvalidArgument:
     else:
         where = _defined_at(function)
     located = f" (at {where})" if where else ""
-    return InvalidArgument(f"{what} raised {_first_line(error)}{located}")
+    return InvalidArgument(f"{what} raised {first_line(error)}{located}")
 
 
 @contextlib.contextmanager
