@@ -22,6 +22,12 @@ In one torch version's environment (what ``run`` does through tox)::
                                       matrix/results/<this torch's version>.json
     python -m matrix bench            the benchmarks of versions.BENCHMARK_SELECTION:
                                       matrix/bench/<this torch's version>.json
+    python -m matrix recipes-write    the corpora of the project's recipes (matrix.recipes)
+    python -m matrix recipes-read     read every committed recipe corpus with its recipe
+
+And after every reader::
+
+    python -m matrix recipes-merge    matrix/recipes/<purpose>/results.json, grid.md, grid.png
 """
 
 from __future__ import annotations
@@ -160,8 +166,39 @@ def _kinds(arguments) -> int:
     return 0
 
 
+def _recipes(arguments) -> int:
+    from matrix import recipes
+
+    steps = {
+        "recipes-write": recipes.write_recipes,
+        "recipes-read": recipes.read_recipes,
+        "recipes-merge": recipes.merge_recipes,
+    }
+    steps[arguments.command]()
+    return 0
+
+
+def plan(
+    versions: list[str], committed: set[str], with_recipes: set[str], rewrite: bool, bench: bool
+) -> list:
+    """The steps of ``run``: a write step for each version whose corpus (``committed``) or
+    recipe corpora (``with_recipes``) are not committed yet (every version with
+    ``rewrite``), writing only what is missing; then a read step for each version."""
+    from matrix.driver import Step
+
+    steps = []
+    for version in versions:
+        writing = [] if version in committed and not rewrite else [["write"]]
+        if version not in with_recipes or rewrite:
+            writing.append(["recipes-write"])
+        if writing:
+            steps.append(Step("write", version, writing))
+    reading = [["verify-corpus"], ["read"], ["recipes-read"]] + ([["bench"]] if bench else [])
+    return steps + [Step("read", version, reading) for version in versions]
+
+
 def _run(arguments) -> int:
-    from matrix.driver import GB_PER_ENV, Step, run_steps
+    from matrix.driver import GB_PER_ENV, run_steps
     from matrix.versions import VERSIONS, check_versions
 
     if arguments.checkpointer is not None:
@@ -194,11 +231,11 @@ def _run(arguments) -> int:
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2
+    from matrix.recipes import committed_versions
+
     committed = {os.path.basename(path) for path in _corpora()}
-    to_write = [v for v in versions if arguments.rewrite or v not in committed]
-    steps = [Step("write", v, [["write"]]) for v in to_write]
-    reading = [["verify-corpus"], ["read"]] + ([["bench"]] if arguments.bench else [])
-    steps += [Step("read", v, reading) for v in versions]
+    steps = plan(versions, committed, committed_versions(), arguments.rewrite, arguments.bench)
+    to_write = [step.version for step in steps if step.phase == "write"]
     need_gb = GB_PER_ENV * arguments.jobs
     free_gb = shutil.disk_usage(ROOT).free / 1e9
     print(
@@ -227,6 +264,9 @@ def _run(arguments) -> int:
     print(f"matrix took {seconds / 60:.1f} min; disk peak {peak / 1e9:.1f} GB above the start")
     _merge(arguments)
     _render(arguments)
+    from matrix.recipes import merge_recipes
+
+    merge_recipes()
     if failed:
         print(f"failed: {', '.join(map(str, failed))}", file=sys.stderr)
         return 1
@@ -257,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("render", help="draw matrix/grid.md and grid.png").set_defaults(
         handler=_render
     )
+    for name, does in (
+        ("recipes-write", "write this torch's corpus of each recipe of matrix.recipes"),
+        ("recipes-read", "read every committed recipe corpus with its recipe"),
+        ("recipes-merge", "merge the recipes' results and draw their grids"),
+    ):
+        commands.add_parser(name, help=does).set_defaults(handler=_recipes)
     kinds = commands.add_parser(
         "kinds", help="write matrix/kinds.json and the kinds table of matrix/README.md"
     )
