@@ -155,7 +155,8 @@ def _fully_shard() -> Any:
 
 
 def _state_dict_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    return _found([_STATE_DICT_HOME], "get_state_dict"), _found([_STATE_DICT_HOME], "set_state_dict")
+    """``get_state_dict`` and ``set_state_dict``; ImportError where torch lacks them."""
+    return tuple(_found([_STATE_DICT_HOME], name) for name in ("get_state_dict", "set_state_dict"))
 
 
 # --- the items ---------------------------------------------------------------------------------
@@ -318,16 +319,39 @@ def missing_api(item: DcpItem) -> str | None:
 # --- what the ranks do -------------------------------------------------------------------------
 
 
+def _failures() -> tuple[type[BaseException], ...]:
+    """What a save or load on a rank can raise: DCP gathers every rank's error into a
+    ``CheckpointException``, a BaseException (not an Exception), raised on every rank."""
+    try:
+        from torch.distributed.checkpoint.api import CheckpointException
+    except ImportError:
+        return (Exception,)
+    return (Exception, CheckpointException)
+
+
+def _why(error: BaseException) -> str:
+    """One line: the exception, and for DCP's CheckpointException the first failing rank's
+    own exception (its message is a traceback per rank)."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank = min(failures)
+        cause = failures[rank][0] if isinstance(failures[rank], tuple) else failures[rank]
+        if isinstance(cause, BaseException):
+            return f"{type(error).__name__}: rank {rank}: {explain_error(cause)}"
+    return explain_error(error)
+
+
 def _write_task(jobs: list[tuple[str, str]], rank: int, world_size: int) -> list[dict]:
     """On every rank: write each ``(item, path)``; the description of each full state, or
     why it could not be written."""
     torch.manual_seed(0)
+    failures = _failures()
     results = []
     for name, path in jobs:
         try:
             results.append({"expected": describe(_BY_NAME[name].write(path, world_size))})
-        except Exception as error:  # noqa: BLE001 - torch's reason is the result
-            results.append({"unwritable": explain_error(error)})
+        except failures as error:
+            results.append({"unwritable": _why(error)})
     return results
 
 
@@ -335,12 +359,13 @@ def _read_task(
     jobs: list[tuple[str, str, Any]], rank: int, world_size: int
 ) -> list[tuple[str, str]]:
     """On every rank: load each ``(item, path, expected)``; ``(outcome, message)`` each."""
+    failures = _failures()
     results = []
     for name, path, expected in jobs:
         try:
             actual = describe(_BY_NAME[name].read(path, world_size))
-        except Exception as error:  # noqa: BLE001 - how the load failed is the result
-            results.append(("error", explain_error(error)))
+        except failures as error:
+            results.append(("error", _why(error)))
             continue
         difference = first_difference(expected, actual)
         results.append(("differs", difference) if difference else ("identical", ""))
@@ -392,9 +417,7 @@ def write_dcp(directory: str, progress: Callable[[str], None] = print) -> list[d
         jobs.append((item.name, path))
     if jobs:
         started = time.monotonic()
-        values, outcome, message = _launch(
-            WRITER_WORLD_SIZE, functools.partial(_write_task, jobs)
-        )
+        values, outcome, message = _launch(WRITER_WORLD_SIZE, functools.partial(_write_task, jobs))
         for index, (name, _) in enumerate(jobs):
             if values is None:
                 entries[name]["unwritable"] = (
