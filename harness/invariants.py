@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +36,7 @@ from harness.persistence import (
 from harness.pickle_scan import referenced_globals
 from harness.recipes import TrainingCheckpoint
 from harness.safety import safety_invariants
-from harness.suite import Invariant
+from harness.suite import Invariant, scratch_directory
 from harness.temp_modules import temporary_module
 from strategies.bundles import bundles, unsafe_contents
 from strategies.models import models
@@ -84,7 +84,7 @@ def state_dict_round_trip(example: tuple[Any, SaveOptions]) -> Iterator[str]:
     case, options = example
     original = case.module
     state = original.state_dict()
-    with tempfile.TemporaryDirectory() as directory:
+    with scratch_directory() as directory:
         try:
             loaded = round_trip(state, options, directory)
         except UnsupportedOptions as refusal:
@@ -120,31 +120,49 @@ def bundle_round_trip(example: tuple[dict, SaveOptions]) -> Iterator[str]:
     whether saving the same bundle twice writes the same bytes on this torch.
     """
     bundle, options = example
-    with tempfile.TemporaryDirectory() as directory:
+    with scratch_directory() as directory:
         try:
             loaded = round_trip(bundle, options, directory)
         except UnsupportedOptions as refusal:
             yield str(refusal)
             return
         if not options.to_buffer:
-            yield _same_bytes_when_saved_twice(bundle, options)
+            (first,) = os.listdir(directory)  # the file the round trip saved and loaded
+            yield _same_bytes_when_saved_again(bundle, options, os.path.join(directory, first))
     assert_identical(bundle, loaded, name="bundle")
 
 
 def _saved_bytes(obj: Any, options: SaveOptions, directory: str) -> bytes:
+    """The bytes ``save`` writes for ``obj``; the file it wrote, if any, is removed."""
     target = save(obj, options, directory)
     if isinstance(target, io.BytesIO):
         return target.getvalue()
     with open(target, "rb") as handle:
-        return handle.read()
+        data = handle.read()
+    os.unlink(target)
+    return data
 
 
-def _same_bytes_when_saved_twice(obj: Any, options: SaveOptions) -> str:
-    files = []
-    for _ in range(2):
-        with tempfile.TemporaryDirectory() as directory:
-            files.append(_saved_bytes(obj, options, directory))
-    verdict = "identical" if files[0] == files[1] else "different"
+# Chunks in which two saved files are compared: the files are not read into memory whole.
+_CHUNK = 1 << 20
+
+
+def _same_file_bytes(first: str, second: str) -> bool:
+    if os.path.getsize(first) != os.path.getsize(second):
+        return False
+    with open(first, "rb") as one, open(second, "rb") as other:
+        while chunk := one.read(_CHUNK):
+            if chunk != other.read(_CHUNK):
+                return False
+    return True
+
+
+def _same_bytes_when_saved_again(obj: Any, options: SaveOptions, saved: str) -> str:
+    """Whether saving ``obj`` once more writes the bytes of ``saved``, a save of it."""
+    kept = f"{saved}.first"
+    os.replace(saved, kept)
+    again = save(obj, options, os.path.dirname(saved))
+    verdict = "identical" if _same_file_bytes(kept, again) else "different"
     return f"saving the same object twice ({options}) writes {verdict} bytes"
 
 
@@ -166,17 +184,21 @@ def cuda_checkpoint_on_cpu(bundle: dict) -> Iterator[str]:
     points to ``map_location``; with each of ``'cpu'``, ``torch.device('cpu')``,
     ``{'cuda:0': 'cpu'}`` and a callable it gives a bundle identical to the source.
     """
-    with tempfile.TemporaryDirectory() as directory:
+    with scratch_directory() as directory:
         with storages_tagged_as("cuda:0"):
             source = save(bundle, DEFAULT_OPTIONS, directory)
-        locations: list[str] = []
-
-        def record_location(storage, location):
-            locations.append(location)
-            return storage
-
-        load(source, map_location=record_location)
-        assert set(locations) <= {"cuda:0"}, f"storages were tagged {sorted(set(locations))}"
+        # The callable spelling first, recording the tags it is called with: the tags are
+        # judged before anything else, at no load of their own.
+        spellings = sorted(CPU_MAP_LOCATIONS, key=lambda spelling: not callable(spelling[1]))
+        for spelling, map_location in spellings:
+            locations: list[str] = []
+            if callable(map_location):
+                loaded = load(source, map_location=_recording(map_location, locations))
+                tags = sorted(set(locations))
+                assert set(locations) <= {"cuda:0"}, f"storages were tagged {tags}"
+            else:
+                loaded = load(source, map_location=map_location)
+            assert_identical(bundle, loaded, name=f"bundle loaded with map_location={spelling}")
         if _has_storage(bundle) and not probe().cuda_available:
             try:
                 load(source)
@@ -185,9 +207,16 @@ def cuda_checkpoint_on_cpu(bundle: dict) -> Iterator[str]:
                 yield "without map_location on a CPU-only host: RuntimeError naming map_location"
             else:
                 raise AssertionError("a cuda:0-tagged checkpoint loaded on a CPU-only host")
-        for spelling, map_location in CPU_MAP_LOCATIONS:
-            loaded = load(source, map_location=map_location)
-            assert_identical(bundle, loaded, name=f"bundle loaded with map_location={spelling}")
+
+
+def _recording(map_location: Any, locations: list[str]) -> Any:
+    """``map_location`` (a callable) that also appends each location it is called with."""
+
+    def recorded(storage, location):
+        locations.append(location)
+        return map_location(storage, location)
+
+    return recorded
 
 
 # Protocol 2 pickles bytes through _codecs.encode, which the weights_only loader accepts,
@@ -249,7 +278,7 @@ def weights_only_refusal(example: tuple[dict, Any, SaveOptions]) -> Iterator[str
     bundle, unsafe, options = example
     unsafe_bundle = {**bundle, "unsafe": unsafe.value}
     caps = probe()
-    with tempfile.TemporaryDirectory() as directory:
+    with scratch_directory() as directory:
         data = _saved_bytes(unsafe_bundle, options, directory)
         safe_data = _saved_bytes(bundle, options, directory)
     referenced = referenced_globals(data)
@@ -319,7 +348,8 @@ def _whole_model_outcome(path: str, example_input: torch.Tensor, expected: torch
 
 def _built_with_seed(model_class: type, init_seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
+        # The CPU generator alone: torch.manual_seed also seeds every accelerator's.
+        torch.default_generator.manual_seed(init_seed)
         return model_class()
 
 
@@ -336,7 +366,7 @@ def whole_model_refactoring(case: Any) -> Iterator[str]:
     whole-model pickle does after the refactoring is reported.
     """
     caps = probe()
-    with temporary_module(render_source(case.model)) as module, tempfile.TemporaryDirectory() as d:
+    with temporary_module(render_source(case.model)) as module, scratch_directory() as d:
         model = _built_with_seed(module.load().Net, init_seed=0)
         example_input = torch.linspace(-2.0, 2.0, 3 * case.model.sizes[0]).reshape(3, -1)
         expected = _eval_output(model, (example_input,))

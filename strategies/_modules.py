@@ -210,7 +210,8 @@ class SeededLazy(nn.Module):
     def forward(self, x):
         if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.inner.parameters()):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
+                # The CPU generator alone: torch.manual_seed also seeds every accelerator's.
+                torch.default_generator.manual_seed(self.seed)
                 return self.inner(x)
         return self.inner(x)
 

@@ -131,23 +131,31 @@ def _parameters(shape: tuple[int, ...]) -> st.SearchStrategy[torch.Tensor]:
 
 _SIDES = st.integers(1, 3)
 _NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
+# The strategies the composites below draw from are built once, not at every draw: building
+# and validating a strategy costs more than drawing from it.
+_LAYER_KINDS = st.lists(
+    st.sampled_from(["linear", "batchnorm", "conv", "embedding", "flat_rnn"]),
+    min_size=1,
+    max_size=4,
+)
+_BATCHES_TRACKED = st.integers(0, 10_000)
+_BOOLEANS = st.booleans()
 
 
 @st.composite
 def _model_state_dicts(draw: st.DrawFn) -> collections.OrderedDict:
     state: collections.OrderedDict[str, Any] = collections.OrderedDict()
-    kinds = st.sampled_from(["linear", "batchnorm", "conv", "embedding", "flat_rnn"])
-    for index, kind in enumerate(draw(st.lists(kinds, min_size=1, max_size=4))):
+    for index, kind in enumerate(draw(_LAYER_KINDS)):
         if kind == "linear":
             out_features, in_features = draw(_SIDES), draw(_SIDES)
             state[f"encoder.{index}.weight"] = draw(_parameters((out_features, in_features)))
-            if draw(st.booleans()):
+            if draw(_BOOLEANS):
                 state[f"encoder.{index}.bias"] = draw(_parameters((out_features,)))
         elif kind == "batchnorm":
             features = (draw(_SIDES),)
             for name in ("weight", "bias", "running_mean", "running_var"):
                 state[f"bn{index}.{name}"] = draw(_parameters(features))
-            tracked = draw(st.integers(0, 10_000))
+            tracked = draw(_BATCHES_TRACKED)
             state[f"bn{index}.num_batches_tracked"] = torch.tensor(tracked, dtype=torch.int64)
         elif kind == "conv":
             shape = tuple(draw(_SIDES) for _ in range(4))
@@ -155,7 +163,7 @@ def _model_state_dicts(draw: st.DrawFn) -> collections.OrderedDict:
         elif kind == "embedding":
             weight = draw(_parameters((draw(_SIDES), draw(_SIDES))))
             state[f"embed{index}.weight"] = weight
-            if draw(st.booleans()):
+            if draw(_BOOLEANS):
                 state[f"lm_head{index}.weight"] = weight
         else:
             for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"):
@@ -163,25 +171,38 @@ def _model_state_dicts(draw: st.DrawFn) -> collections.OrderedDict:
     return state
 
 
+_PARAMETER_COUNTS = st.integers(0, 3)
+_BUFFERS = st.one_of(_SIDES.flatmap(lambda side: _parameters((side,))), _SHARED_REFS)
+_STEPS = st.integers(0, 1000)
+_LEARNING_RATES = st.floats(1e-6, 1.0)
+_BETAS = st.floats(0.0, 0.9999)
+_MOMENTA = st.floats(0.0, 0.99)
+_WEIGHT_DECAYS = st.floats(0.0, 0.1)
+
+
+@functools.cache
+def _parameter_indices(count: int) -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(0, max(count - 1, 0)), unique=True, max_size=count)
+
+
 @st.composite
 def _optimizer_state_dicts(draw: st.DrawFn) -> dict[str, Any]:
-    count = draw(st.integers(0, 3))
-    adam = draw(st.booleans())
-    buffers = st.one_of(_SIDES.flatmap(lambda side: _parameters((side,))), _SHARED_REFS)
+    count = draw(_PARAMETER_COUNTS)
+    adam = draw(_BOOLEANS)
+    buffers = _BUFFERS
     state: dict[int, dict[str, Any]] = {}
-    for param in draw(st.lists(st.integers(0, max(count - 1, 0)), unique=True, max_size=count)):
+    for param in draw(_parameter_indices(count)):
         if adam:
-            step = torch.tensor(float(draw(st.integers(0, 1000))))
+            step = torch.tensor(float(draw(_STEPS)))
             state[param] = {"step": step, "exp_avg": draw(buffers), "exp_avg_sq": draw(buffers)}
         else:
             state[param] = {"momentum_buffer": draw(buffers)}
-    group: dict[str, Any] = {"lr": draw(st.floats(1e-6, 1.0))}
+    group: dict[str, Any] = {"lr": draw(_LEARNING_RATES)}
     if adam:
-        beta = st.floats(0.0, 0.9999)
-        group.update(betas=(draw(beta), draw(beta)), eps=1e-8, amsgrad=draw(st.booleans()))
+        group.update(betas=(draw(_BETAS), draw(_BETAS)), eps=1e-8, amsgrad=draw(_BOOLEANS))
     else:
-        group.update(momentum=draw(st.floats(0.0, 0.99)), nesterov=draw(st.booleans()))
-    group["weight_decay"] = draw(st.floats(0.0, 0.1))
+        group.update(momentum=draw(_MOMENTA), nesterov=draw(_BOOLEANS))
+    group["weight_decay"] = draw(_WEIGHT_DECAYS)
     group["params"] = list(range(count))
     return {"state": state, "param_groups": [group]}
 
