@@ -37,10 +37,19 @@ import torch
 from hypothesis import HealthCheck, Phase, find, settings
 
 from harness.capabilities import DTYPE_NAMES, optimizer_constraints, probe, torch_version
+from harness.compare import short_repr
 from harness.devices import storages_tagged_as
 from harness.persistence import explain_error
 from matrix.describe import describe, first_difference
-from matrix.results import KIND_TABLE, OUTCOMES, KindFacts
+from matrix.formats import (
+    read_export,
+    read_safetensors,
+    read_torchscript,
+    write_export,
+    write_safetensors,
+    write_torchscript,
+)
+from matrix.results import CORPUS_LOAD_MODES, KIND_TABLE, OUTCOMES, KindFacts
 from strategies.model_specs import available_families, model_specs
 from strategies.models import build_model
 from strategies.optim import optimizer_specs, scheduler_specs
@@ -55,10 +64,12 @@ __all__ = [
     "Check",
     "artifact_kind",
     "artifacts",
+    "dtype_tensor",
     "from_plain",
     "generated_kind_files",
     "kind_table",
     "kinds_markdown",
+    "simplest_model_spec",
     "to_plain",
     "write_corpus",
 ]
@@ -137,17 +148,19 @@ def _bit_patterns(dtype: torch.dtype, count: int = 16) -> torch.Tensor:
 
 
 @functools.cache
-def _model_spec(family: str):
+def simplest_model_spec(family: str):
+    """The simplest model spec of ``family`` (Hypothesis's minimal example) without lazy
+    modules: what a corpus holds of that family, the same on every run of one torch."""
     return _simplest(model_specs([family]), lambda spec: not spec.has_uninitialized_parameters)
 
 
 def _state_dict(family: str) -> dict[str, Any]:
-    case = build_model(_model_spec(family))
+    case = build_model(simplest_model_spec(family))
     return {"object": case.module.state_dict()}
 
 
 def _outputs(family: str) -> dict[str, Any]:
-    spec = _model_spec(family)
+    spec = simplest_model_spec(family)
     case = build_model(spec)
     case.module.eval()
     with torch.no_grad():
@@ -183,7 +196,7 @@ def _training_spec(optimizer_name: str, scheduler_spec=None) -> TrainingSpec:
     if optimizer_constraints(optimizer_name).sparse_gradients_only:
         model = _simplest(model_specs(["embedding"]), lambda spec: spec.has_sparse_gradients)
     else:
-        model = _model_spec("linear")
+        model = simplest_model_spec("linear")
     if not optimizer_fits(optimizer_name, build_model(model).module, model):
         raise ValueError(f"{optimizer_name} cannot train the simplest model")
     optimizer = _simplest(optimizer_specs([optimizer_name]))
@@ -204,7 +217,7 @@ def _training_checkpoint() -> dict[str, Any]:
 
 
 def _inference_package() -> dict[str, Any]:
-    case = build_model(_model_spec("linear"))
+    case = build_model(simplest_model_spec("linear"))
     package = {
         "model_state_dict": case.module.state_dict(),
         "config": {"family": "linear", "hidden": [4, 4], "activation": "relu"},
@@ -219,7 +232,7 @@ def _inference_package() -> dict[str, Any]:
 
 
 def _whole_model() -> dict[str, Any]:
-    case = build_model(_model_spec("linear"))
+    case = build_model(simplest_model_spec("linear"))
     return {"object": case.module}
 
 
@@ -265,20 +278,26 @@ def _quantized() -> dict[str, Any]:
 
 
 def _cuda_tagged() -> dict[str, Any]:
-    case = build_model(_model_spec("linear"))
+    case = build_model(simplest_model_spec("linear"))
     return {"object": {"model_state_dict": case.module.state_dict()}}
 
 
 def _legacy_format() -> dict[str, Any]:
-    case = build_model(_model_spec("linear"))
+    case = build_model(simplest_model_spec("linear"))
     return {"object": case.module.state_dict()}
 
 
-def _dtype(name: str) -> dict[str, Any]:
+def dtype_tensor(name: str) -> torch.Tensor:
+    """A tensor of ``torch.<name>`` from fixed bytes (NaNs, infinities and subnormals for
+    floating types); AttributeError naming the installed torch where it has no such dtype."""
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise AttributeError(f"torch {torch_version()} has no dtype torch.{name}")
-    return {"object": {"tensor": _bit_patterns(dtype)}}
+    return _bit_patterns(dtype)
+
+
+def _dtype(name: str) -> dict[str, Any]:
+    return {"object": {"tensor": dtype_tensor(name)}}
 
 
 # --- how the reader checks an artifact beyond its description ---------------------------
@@ -368,6 +387,8 @@ _RESTORED = Check(
 
 #: What a load of a corpus file can end as.
 CORPUS_OUTCOMES = ("identical", "differs", "refused", "error", "unwritable")
+# What a load of a file of another format (its own loader, in a child process) can end as.
+_FORMAT_OUTCOMES = ("identical", "differs", "error", "crashed", "unwritable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,7 +417,24 @@ class ArtifactKind:
             as "refused as promised"), not a loss.
         outcomes: what a load of it can end as, of :data:`matrix.results.OUTCOMES`.
         reads: for a kind each reader builds, the function of :mod:`matrix.reader` that
-            builds and loads its files, and how.
+            builds and loads its files, and how; for a kind with ``read``, how it loads and
+            judges them.
+        write: for a kind that is not one ``torch.save`` file per artifact, its batch
+            writer, called once per corpus: ``write(directory, progress)`` writes its files
+            (or folders) into the corpus folder and returns their manifest entries, each
+            ``{"name": "<name>/<item>", "kind": "<name>:<item>", "file"`` or ``"folder"``
+            (relative to the corpus folder), ``"expected", ...}`` or ``{"name", "kind",
+            "unwritable": "<class>: <reason>"}``, in a deterministic order.
+        read: its batch reader, with ``write``: ``read(entries, directory, progress)`` of
+            the kind's writable manifest entries of one corpus returns ``(entry, load_mode,
+            outcome, message)`` for each entry and each of ``load_modes``; the message of a
+            ``refused`` or ``error`` starts with the exception's class and ``": "``
+            (:func:`harness.persistence.explain_error`).
+        load_modes: what its records' ``load_mode`` can be.
+        read_isolated: the reader runs ``read`` in a forked child
+            (:func:`harness.files.run_isolated`), so that a load that kills the interpreter
+            is recorded ``crashed`` (for every entry and load mode of that call); False for a
+            ``read`` that runs its loads in processes of its own.
     """
 
     name: str
@@ -411,17 +449,33 @@ class ArtifactKind:
     refusal_promised: bool = False
     outcomes: tuple[str, ...] = CORPUS_OUTCOMES
     reads: str = ""
+    write: Callable[[str, Callable[[str], None]], list[dict[str, Any]]] | None = None
+    read: (
+        Callable[
+            [list[dict[str, Any]], str, Callable[[str], None]],
+            list[tuple[dict[str, Any], str, str, str]],
+        ]
+        | None
+    ) = None
+    load_modes: tuple[str, ...] = CORPUS_LOAD_MODES
+    read_isolated: bool = True
 
     def __post_init__(self) -> None:
         if not set(self.outcomes) <= set(OUTCOMES):
             raise ValueError(f"{self.name}: outcomes {self.outcomes} not all of {OUTCOMES}")
-        if self.build is None and not (self.named and self.reads):
+        if self.build is None and self.write is None and not (self.named and self.reads):
             raise ValueError(f"{self.name}: a kind each reader builds needs named and reads")
+        if (self.write is None) != (self.read is None) or (self.write and self.build):
+            raise ValueError(f"{self.name}: give write and read together, and no build")
+        if self.write is not None and not (self.named and self.reads):
+            raise ValueError(f"{self.name}: a kind with write and read needs named and reads")
+        if self.read_isolated and self.read is not None and "crashed" not in self.outcomes:
+            raise ValueError(f"{self.name}: a read in a forked child can end crashed")
 
     @property
     def built_by_reader(self) -> bool:
         """Each reader builds its files with its own torch: they are in no corpus."""
-        return self.build is None
+        return self.build is None and self.write is None
 
     def kind_of(self, item: str) -> str:
         """The kind a record of the artifact for ``item`` has."""
@@ -438,12 +492,13 @@ class ArtifactKind:
             refusal_promised=self.refusal_promised,
             built_by_reader=self.built_by_reader,
             check=self.check.name if self.check else "",
+            load_modes=self.load_modes,
         )
 
     @property
     def how_read(self) -> str:
         """How the reader loads and judges it, in a sentence."""
-        if self.built_by_reader:
+        if self.built_by_reader or self.read is not None:
             return self.reads
         located = ' with `map_location="cpu"`' if self.tagged_as else ""
         then = f"; {self.check.does}" if self.check else ""
@@ -548,6 +603,47 @@ ARTIFACT_KINDS = (
         legacy_format=True,
     ),
     ArtifactKind(
+        "safetensors",
+        holds="`safetensors.torch.save_file` of the contiguous `state_dict` of the simplest "
+        "model of a few families, and of a tensor of each dtype from fixed bytes, with "
+        "metadata",
+        panel="safetensors",
+        named="artifact",
+        write=write_safetensors,
+        read=read_safetensors,
+        load_modes=("load_file",),
+        outcomes=_FORMAT_OUTCOMES,
+        reads="`load_file` in a child process (load mode `load_file`): each tensor's "
+        "description, by value, and the metadata compared",
+    ),
+    ArtifactKind(
+        "torchscript",
+        holds="`torch.jit.save` of `torch.jit.script` (or `trace`) of the eval-mode simplest "
+        "model of a few families; (in the manifest) its example input and eager outputs",
+        panel="torchscript",
+        named="artifact",
+        write=write_torchscript,
+        read=read_torchscript,
+        load_modes=("jit_load",),
+        outcomes=_FORMAT_OUTCOMES,
+        reads="`torch.jit.load` in a child process (load mode `jit_load`): its eval outputs on "
+        "the saved input must be the writer's eager outputs bit for bit",
+    ),
+    ArtifactKind(
+        "export",
+        holds="`torch.export.save` of `torch.export.export` of the eval-mode simplest model of "
+        "a few families; (in the manifest) the example and a second input and the eager "
+        "outputs on each",
+        panel="export",
+        named="artifact",
+        write=write_export,
+        read=read_export,
+        load_modes=("export_load",),
+        outcomes=_FORMAT_OUTCOMES,
+        reads="`torch.export.load(...).module()` in a child process (load mode `export_load`): "
+        "its outputs on both inputs must be the writer's eager outputs bit for bit",
+    ),
+    ArtifactKind(
         "payload",
         holds="a hostile file of each attack class, in a zip checkpoint, and of each "
         "pickle-level one in the legacy format too",
@@ -555,6 +651,7 @@ ARTIFACT_KINDS = (
         named="attack class",
         refusal_promised=True,
         outcomes=("executed", "refused", "crashed", "differs", "unwritable"),
+        load_modes=("weights_only", "weights_only_mmap", "unsafe"),
         reads="`reader.payload_records`: built by each torch, loaded in a child process with "
         "`weights_only=True` (and `mmap=True` where torch has it) and `weights_only=False`",
     ),
@@ -565,6 +662,7 @@ ARTIFACT_KINDS = (
         named="corruption kind",
         refusal_promised=True,
         outcomes=("identical", "differs", "refused", "error", "crashed"),
+        load_modes=("weights_only", "weights_only_mmap"),
         reads="`reader.malformed_records`: built by each torch, loaded in a child process "
         "with `weights_only=True`, with and without `mmap=True`, and compared with the "
         "undamaged file",
@@ -593,17 +691,21 @@ class Artifact(NamedTuple):
     build: Callable[[], dict[str, Any]]
 
 
+def _artifacts_of(record: ArtifactKind) -> Iterator[Artifact]:
+    if record.each is None:
+        yield Artifact(record.name, record.name, record, record.build)
+        return
+    for item in record.each():
+        build = functools.partial(record.build, item)
+        yield Artifact(f"{record.name}/{item}", record.kind_of(item), record, build)
+
+
 def artifacts() -> Iterator[Artifact]:
-    """Every artifact of the installed torch's corpus, kind by kind."""
+    """Every artifact of the installed torch's corpus that is one ``torch.save`` file, kind by
+    kind (a kind with its own ``write`` writes its artifacts itself)."""
     for record in ARTIFACT_KINDS:
-        if record.build is None:
-            continue
-        if record.each is None:
-            yield Artifact(record.name, record.name, record, record.build)
-            continue
-        for item in record.each():
-            build = functools.partial(record.build, item)
-            yield Artifact(f"{record.name}/{item}", record.kind_of(item), record, build)
+        if record.build is not None:
+            yield from _artifacts_of(record)
 
 
 def _save(artifact: Artifact, saved: Any, path: str) -> None:
@@ -616,29 +718,62 @@ def _save(artifact: Artifact, saved: Any, path: str) -> None:
         torch.save(saved, path, **keywords)
 
 
+def _written(artifact: Artifact, directory: str, progress: Callable[[str], None]) -> dict:
+    """Save one artifact into ``directory``; its manifest entry."""
+    entry: dict[str, Any] = {"name": artifact.name, "kind": artifact.kind}
+    file = artifact.name.replace("/", "--") + ".pt"
+    try:
+        built = artifact.build()
+        _save(artifact, built["object"], os.path.join(directory, file))
+    except Exception as error:  # noqa: BLE001 - torch's reason is the result
+        entry["unwritable"] = explain_error(error)
+        progress(f"  {artifact.name}: unwritable ({entry['unwritable']})")
+    else:
+        entry["file"] = file
+        entry["expected"] = describe(built["object"])
+        entry.update({key: value for key, value in built.items() if key != "object"})
+        if artifact.record.tagged_as is not None:
+            entry["tagged_as"] = artifact.record.tagged_as
+    return entry
+
+
+_LOCATIONS = ("file", "folder", "unwritable")
+
+
+def _batch_entries(record: ArtifactKind, directory: str, progress: Callable[[str], None]) -> list:
+    """The manifest entries ``record.write`` wrote; ValueError for one that is not an entry
+    of the kind with exactly one of a file, a folder or the reason it is unwritable."""
+    entries = record.write(directory, progress)
+    for entry in entries:
+        kind = entry.get("kind", "")
+        if not (
+            isinstance(entry.get("name"), str)
+            and kind.startswith(f"{record.name}:")
+            and artifact_kind(kind) is record
+            and sum(key in entry for key in _LOCATIONS) == 1
+            and ("unwritable" in entry or "expected" in entry)
+        ):
+            raise ValueError(
+                f"{record.name}: its writer wrote the manifest entry {short_repr(entry, 200)}: "
+                f"one needs a name, a kind {record.name}:<item>, one of {_LOCATIONS} and, "
+                "unless unwritable, expected"
+            )
+    return entries
+
+
 def write_corpus(directory: str, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Write every artifact into ``directory`` (created if needed) with its ``manifest.json``;
-    return the manifest."""
+    return the manifest. A kind with its own ``write`` writes its artifacts in one call, in
+    its place among the kinds."""
     os.makedirs(directory, exist_ok=True)
     entries = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for artifact in artifacts():
-            entry: dict[str, Any] = {"name": artifact.name, "kind": artifact.kind}
-            file = artifact.name.replace("/", "--") + ".pt"
-            try:
-                built = artifact.build()
-                _save(artifact, built["object"], os.path.join(directory, file))
-            except Exception as error:  # noqa: BLE001 - torch's reason is the result
-                entry["unwritable"] = explain_error(error)
-                progress(f"  {artifact.name}: unwritable ({entry['unwritable']})")
-            else:
-                entry["file"] = file
-                entry["expected"] = describe(built["object"])
-                entry.update({key: value for key, value in built.items() if key != "object"})
-                if artifact.record.tagged_as is not None:
-                    entry["tagged_as"] = artifact.record.tagged_as
-            entries.append(entry)
+        for record in ARTIFACT_KINDS:
+            if record.write is not None:
+                entries += _batch_entries(record, directory, progress)
+            elif record.build is not None:
+                entries += [_written(a, directory, progress) for a in _artifacts_of(record)]
     manifest = {"writer": torch_version(), "artifacts": entries}
     with open(os.path.join(directory, MANIFEST), "w") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)

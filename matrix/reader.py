@@ -1,13 +1,16 @@
 """Reading corpora with the installed torch, and attacking its loader, into records.
 
 :func:`read_corpus` loads every artifact of one writer's corpus in each load mode and
-compares it with the manifest; :func:`payload_records` writes every hostile payload of
-:mod:`strategies.payloads` with the installed torch and loads it in a child process;
-:func:`malformed_records` does the same with the damaged checkpoints of :data:`MALFORMED`.
+compares it with the manifest (the artifacts of a kind with a reader of its own, such as
+safetensors or TorchScript files, through that reader, in a child process);
+:func:`payload_records` writes every hostile payload of :mod:`strategies.payloads` with the
+installed torch and loads it in a child process; :func:`malformed_records` does the same
+with the damaged checkpoints of :data:`MALFORMED`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 
 from harness.capabilities import probe, torch_version
+from harness.files import run_isolated
 from harness.persistence import explain_error
 from harness.safety import (
     CLEAN_REFUSALS,
@@ -30,9 +34,9 @@ from harness.safety import (
     write_payloads,
 )
 from harness.sandbox import LoadOutcome, load_requests_in_child
-from matrix.corpus import MANIFEST, artifact_kind
+from matrix.corpus import MANIFEST, ArtifactKind, artifact_kind
 from matrix.describe import describe, first_difference
-from matrix.results import CORPUS_LOAD_MODES, Record, error_type_named_in
+from matrix.results import Record, error_type_named_in
 from strategies.payloads import (
     CORRUPTION_KINDS,
     HOSTILE_CLASSES,
@@ -104,17 +108,64 @@ def _summary(records: list[Record]) -> str:
     return ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
 
 
+# How long a kind's own reader may take on one corpus in its child process.
+_BATCH_TIMEOUT_S = 600.0
+
+
+def _batch_read(
+    kind: ArtifactKind, entries: list[dict], directory: str, progress: Callable[[str], None]
+) -> list[tuple[dict, str, str, str]]:
+    """``(entry, load_mode, outcome, message)`` per entry and load mode of ``kind`` from its
+    own reader, run in a forked child where the kind asks for it: a child that crashed, hung
+    or ran out of memory is ``crashed`` for every entry and load mode, and an exception
+    escaping the reader is ``error`` for each (its class and first line)."""
+    expected = {(e["name"], m) for e in entries for m in kind.load_modes}
+    if kind.read_isolated:
+        ended = run_isolated(
+            functools.partial(kind.read, entries, directory, lambda line: None),
+            timeout=_BATCH_TIMEOUT_S,
+        )
+        if ended.outcome != "returned":
+            outcome = "error" if ended.outcome == "raised" else "crashed"
+            message = ended.error if outcome == "error" else f"{ended.outcome}: {ended.error}"
+            return [(e, m, outcome, message) for e in entries for m in kind.load_modes]
+        found = ended.value
+    else:
+        try:
+            found = kind.read(entries, directory, progress)
+        except Exception as error:  # noqa: BLE001 - a reader that failed is the result
+            return [(e, m, "error", explain_error(error)) for e in entries for m in kind.load_modes]
+    by_name = {entry["name"]: entry for entry in entries}
+    got = [(by_name.get(entry["name"]), load_mode) for entry, load_mode, *_ in found]
+    if len(got) != len(expected) or {(e["name"], m) for e, m in got if e} != expected:
+        raise ValueError(
+            f"{kind.name}: its reader returned {len(found)} loads, not one per entry and load "
+            f"mode of {kind.load_modes} ({len(expected)})"
+        )
+    wrong = [outcome for *_, outcome, _ in found if outcome not in kind.outcomes]
+    if wrong:
+        raise ValueError(f"{kind.name}: its reader returned {wrong[0]!r}, not of {kind.outcomes}")
+    return [(by_name[entry["name"]], *rest) for entry, *rest in found]
+
+
 def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list[Record]:
-    """Records of loading every artifact of the corpus in ``directory``, in every load mode,
-    with the installed torch."""
+    """Records of loading every artifact of the corpus in ``directory``, in every load mode
+    of its kind, with the installed torch: a ``torch.save`` file with :func:`load_artifact`
+    in each of :data:`matrix.results.CORPUS_LOAD_MODES`, the artifacts of a kind with a
+    reader of its own in one call of it (:func:`_batch_read`)."""
     with open(os.path.join(directory, MANIFEST)) as handle:
         manifest = json.load(handle)
     writer, reader = manifest["writer"], torch_version()
     records = []
+    batches: dict[str, list[dict]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for entry in manifest["artifacts"]:
-            for load_mode in CORPUS_LOAD_MODES:
+            kind = artifact_kind(entry["kind"])
+            if kind.read is not None and "unwritable" not in entry:
+                batches.setdefault(kind.name, []).append(entry)
+                continue
+            for load_mode in kind.load_modes:
                 if "unwritable" in entry:
                     # the manifest keeps only the writer's message, which names the class
                     message = entry["unwritable"]
@@ -123,6 +174,13 @@ def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list
                     path = os.path.join(directory, entry["file"])
                     outcome, message, error_type = _read(entry, path, load_mode)
                 names = (writer, reader, entry["name"], entry["kind"], load_mode)
+                records.append(Record(*names, outcome, message, error_type))
+        for name, entries in batches.items():
+            for entry, load_mode, outcome, message in _batch_read(
+                artifact_kind(name), entries, directory, progress
+            ):
+                names = (writer, reader, entry["name"], entry["kind"], load_mode)
+                error_type = error_type_named_in(outcome, message)
                 records.append(Record(*names, outcome, message, error_type))
     progress(f"  read {writer}'s corpus: {_summary(records)}")
     return records

@@ -1,14 +1,16 @@
 """The matrix as people look at it: ``grid.md`` (tables) and ``grid.png`` (heatmaps).
 
 Artifacts are grouped into panels (:data:`PANELS`). A cell of a panel is one writer and one
-reader, loading with ``weights_only=True``; it shows the worst outcome among the panel's
-artifacts (:data:`SEVERITY`) and how many artifacts ended so. Hostile payloads and damaged
-checkpoints, which every reader builds itself, have their own panels: attack class (or kind
-of damage) against reader.
+reader, loading with ``weights_only=True`` (the files of a format torch.load does not read,
+such as safetensors or TorchScript, with that format's own loader); it shows the worst
+outcome among the panel's artifacts (:data:`SEVERITY`) and how many artifacts ended so.
+Hostile payloads and damaged checkpoints, which every reader builds itself, have their own
+panels: attack class (or kind of damage) against reader.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -56,6 +58,9 @@ PANELS = {
     "training": "training checkpoints, every optimizer and scheduler",
     "tensors": "every dtype, views, sparse, quantized",
     "packages": "inference package, whole-model pickle, CUDA-tagged, legacy format",
+    "safetensors": "safetensors files of a few models and of every dtype, by load_file",
+    "torchscript": "TorchScript archives of a few models, by torch.jit.load",
+    "export": "torch.export archives of a few models, by torch.export.load",
 }
 # Panels of files each reader builds itself: their rows, and their title.
 READER_PANELS = {
@@ -79,6 +84,16 @@ def shown_outcome(record: Record) -> str:
     return "refused as promised" if promised and record.outcome == "refused" else record.outcome
 
 
+def _in_view(record: Record, load_mode: str) -> bool:
+    """Whether a cell of the ``load_mode`` view (``weights_only``, ``weights_only_mmap``)
+    counts ``record``: a load in that mode, or for a kind that has no ``weights_only`` mode
+    (its own loader), in the ``weights_only`` view, a load in any of its modes."""
+    if record.load_mode == load_mode:
+        return True
+    own = "weights_only" not in kind_facts(record.kind).load_modes
+    return load_mode == "weights_only" and own
+
+
 def _worst(outcomes: list[str]) -> str:
     return min(outcomes, key=SEVERITY.index)
 
@@ -98,7 +113,7 @@ def _cells(records: list[Record], load_mode: str) -> dict[str, dict[tuple[str, s
     (kind of damage, reader)."""
     cells: dict[str, dict[tuple[str, str], list[str]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        if record.load_mode == load_mode:
+        if _in_view(record, load_mode):
             cells[panel_of(record.kind)][(_row(record), record.reader)].append(
                 shown_outcome(record)
             )
@@ -142,16 +157,20 @@ _DIGEST = re.compile(r"'[0-9a-f]{64}'")
 
 
 def _differences(records: list[Record]) -> list[str]:
-    """Every weights_only outcome (with or without mmap) other than identical, unwritable or
-    refused as promised, grouped by artifact, outcome and message (digests left out), with
-    the writers and readers it happens for."""
+    """Every weights_only outcome (with or without mmap; for a kind with loads of its own,
+    every load) other than identical, unwritable or refused as promised, grouped by artifact,
+    outcome and message (digests left out), with the writers and readers it happens for."""
     groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
     for record in records:
         shown = shown_outcome(record)
-        if record.load_mode.startswith("weights_only") and shown not in _NOT_LISTED:
+        drawn = _in_view(record, "weights_only") or record.load_mode == "weights_only_mmap"
+        if drawn and shown not in _NOT_LISTED:
             message = _DIGEST.sub("…", record.message)
             label = _row(record) if panel_of(record.kind) == "malformed" else record.artifact
-            label += " (mmap)" if record.load_mode.endswith("mmap") else ""
+            if record.load_mode.endswith("mmap"):
+                label += " (mmap)"
+            elif not record.load_mode.startswith("weights_only"):
+                label += f" ({record.load_mode})"
             groups[(label, record.outcome, message)].append(record)
     lines = []
     for (artifact, outcome, message), found in sorted(groups.items()):
@@ -172,7 +191,8 @@ def _markdown(records: list[Record]) -> str:
         "# The cross-version matrix",
         "",
         f"{len(records)} loads from `matrix/results.json`. Rows: the torch that wrote the file; "
-        "columns: the torch that loaded it with `weights_only=True`. A cell shows ✓ when every "
+        "columns: the torch that loaded it with `weights_only=True` (files of other formats: "
+        "with the format's own loader). A cell shows ✓ when every "
         "artifact of the panel loaded identical, else each other outcome with its count "
         f"({legend}).",
         "The picture: `grid.png`. Every record, with its message: `results.json`.",
@@ -223,7 +243,12 @@ def _picture(records: list[Record], path: str) -> None:
     panels += [
         (name, rows) for name in READER_PANELS if (rows := _reader_panel_rows(records, name))
     ]
-    figure, axes = plt.subplots(2, 3, figsize=(24, 17))
+    own_loader = {
+        panel_of(r.kind) for r in records if "weights_only" not in kind_facts(r.kind).load_modes
+    }
+    columns = 4
+    lines = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(32, 8.5 * lines))
     for axis, (panel, rows) in zip(axes.flat, panels, strict=False):
         grid = [[float("nan")] * len(versions) for _ in rows]
         for i, row in enumerate(rows):
@@ -241,7 +266,8 @@ def _picture(records: list[Record], path: str) -> None:
         axis.imshow(grid, cmap=colormap, vmin=-0.5, vmax=len(SEVERITY) - 0.5, aspect="auto")
         axis.set_xticks(range(len(versions)), versions, rotation=90, fontsize=8)
         axis.set_yticks(range(len(rows)), rows, fontsize=8)
-        axis.set_xlabel("reader (torch.load, weights_only=True)")
+        loader = "its format's loader" if panel in own_loader else "torch.load, weights_only=True"
+        axis.set_xlabel(f"reader ({loader})")
         rows_are, title = READER_PANELS.get(panel, ("writer (torch.save)", PANELS.get(panel)))
         axis.set_ylabel(rows_are)
         axis.set_title(f"{panel}: {title}", fontsize=10)

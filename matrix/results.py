@@ -39,9 +39,10 @@ __all__ = [
     "write_records",
 ]
 
-# Every corpus artifact is read in each of these; payloads also with weights_only_mmap.
+# Every torch.save artifact of a corpus is read in each of these; payloads also with
+# weights_only_mmap; a kind with its own reader in the load modes its record names
+# (LOAD_MODES, below, holds them all).
 CORPUS_LOAD_MODES = ("weights_only", "default", "unsafe")
-LOAD_MODES = CORPUS_LOAD_MODES + ("weights_only_mmap",)
 OUTCOMES = ("identical", "differs", "refused", "error", "crashed", "executed", "unwritable")
 # The outcomes whose records always name an exception class: something raised.
 RAISING_OUTCOMES = ("refused", "error", "unwritable")
@@ -62,6 +63,7 @@ class KindFacts:
         built_by_reader: each reader builds its files with its own torch (no corpus).
         check: the name of the reader's check after the description; empty if none. The
             message of an exception the check raised starts with ``<check>: ``.
+        load_modes: what its records' ``load_mode`` can be.
     """
 
     name: str
@@ -71,6 +73,7 @@ class KindFacts:
     refusal_promised: bool
     built_by_reader: bool
     check: str
+    load_modes: tuple[str, ...]
 
     @property
     def spelled(self) -> str:
@@ -85,13 +88,27 @@ KIND_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinds.jso
 def _read_kind_table() -> tuple[KindFacts, ...]:
     with open(KIND_TABLE) as handle:
         return tuple(
-            KindFacts(**{**item, "outcomes": tuple(item["outcomes"])}) for item in json.load(handle)
+            KindFacts(
+                **{
+                    **item,
+                    "outcomes": tuple(item["outcomes"]),
+                    "load_modes": tuple(item["load_modes"]),
+                }
+            )
+            for item in json.load(handle)
         )
 
 
 #: The facts of every artifact kind, in the order a corpus is written.
 KIND_FACTS = _read_kind_table()
 _FACTS_BY_NAME = {facts.name: facts for facts in KIND_FACTS}
+#: Every load mode of a record: the three of torch.load, weights_only_mmap, and those of the
+#: kinds with readers of their own (``load_file``, ``jit_load``, ...).
+LOAD_MODES = tuple(
+    dict.fromkeys(
+        (*CORPUS_LOAD_MODES, "weights_only_mmap", *(m for f in KIND_FACTS for m in f.load_modes))
+    )
+)
 # Plain kinds, and the prefixes of kinds that name a class, a dtype or an attack.
 KINDS = tuple(facts.name for facts in KIND_FACTS if not facts.named)
 _KIND_PREFIXES = tuple(facts.name for facts in KIND_FACTS if facts.named)
@@ -163,7 +180,9 @@ class Record:
             ``payload:<attack class>``, ``malformed:<corruption kind>``).
         load_mode: ``weights_only``, ``default`` (a plain ``torch.load(path)``), ``unsafe``
             (``weights_only=False``) or, for payloads and damaged files on a torch that has
-            ``mmap``, ``weights_only_mmap`` (``weights_only=True, mmap=True``).
+            ``mmap``, ``weights_only_mmap`` (``weights_only=True, mmap=True``); for a kind
+            with a reader of its own, one of its record's load modes (``load_file``,
+            ``jit_load``, ``export_load``, ...): one of :data:`LOAD_MODES`.
         outcome: one of :data:`OUTCOMES`.
         message: the first line of the error or the first difference; empty if none. The
             folder of an environment's packages is written ``<site-packages>``, a temporary
