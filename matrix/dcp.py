@@ -3,7 +3,7 @@ read back at world sizes 1 and 3 (resharding, uneven shards), by every torch ver
 
 Each item of :data:`ITEMS` is one DCP checkpoint (a folder of ``.metadata`` and one
 ``.distcp`` file per saving rank). :func:`write_dcp` writes every item in one launch of a
-gloo process group of :data:`WRITER_WORLD_SIZE` ranks (spawned processes on 127.0.0.1, one
+gloo process group of :data:`WRITER_WORLD_SIZE` ranks (forkserver processes on 127.0.0.1, one
 CPU thread each, :data:`TIMEOUT` seconds at most, every process reaped:
 :func:`harness.distributed.run_group`) and records, for each, :func:`matrix.describe.describe`
 of the full tensors the ranks gathered from their shards. :func:`read_dcp` loads every given
@@ -14,21 +14,24 @@ another seed, gathers it and compares its description with the manifest's, bit f
 same manifest: every value comes from fixed seeds.
 
 The API each torch offers is looked up, not inferred from its version; the newest one found
-is used. From torch's own sources and documentation:
+is used, and what an item needs but the torch lacks makes it unwritable (and its reading an
+``error``) with the reason. By torch's sources and documentation:
 
-- 1.13.1: no ``torch.distributed.checkpoint`` (only ``torch.distributed._shard.checkpoint``,
-  without DTensor): every item is unwritable, and reading gives ``error``.
+- 1.13.1: no ``torch.distributed.checkpoint`` (its ``torch.distributed._shard.checkpoint``
+  has no DTensor, and fails to import on Python 3.11: ``ValueError: mutable default``):
+  both items unwritable, ``ImportError``.
 - 2.0 and 2.1: ``save_state_dict``/``load_state_dict`` with a ``FileSystemWriter``/
-  ``FileSystemReader``; DTensor in ``torch.distributed._tensor`` (2.0 builds its mesh with
-  ``DeviceMesh``, 2.1 with ``torch.distributed._tensor.device_mesh.init_device_mesh``).
-  No ``torch.distributed.checkpoint.state_dict``: ``training`` is unwritable.
-- 2.2 to 2.4: ``save``/``load`` with ``checkpoint_id``, ``get_state_dict``/``set_state_dict``
-  (``torch.distributed.checkpoint.state_dict``), ``init_device_mesh`` in
-  ``torch.distributed.device_mesh``; DTensor still in ``torch.distributed._tensor``. FSDP2's
-  ``fully_shard``, which ``training`` shards its model with, is in
-  ``torch.distributed._composable.fsdp`` from 2.4: ``training`` is unwritable before.
-- 2.5 on: DTensor public in ``torch.distributed.tensor``; ``fully_shard`` public in
-  ``torch.distributed.fsdp`` from 2.6.
+  ``FileSystemReader``; DTensor in ``torch.distributed._tensor``, whose ``DeviceMesh``
+  builds the mesh on 2.0 (``init_device_mesh`` is in
+  ``torch.distributed._tensor.device_mesh`` on 2.1). ``training`` needs more.
+- 2.2 on: ``save``/``load`` with ``checkpoint_id`` (``save_state_dict`` deprecated), and
+  ``init_device_mesh`` in ``torch.distributed.device_mesh``.
+- ``training`` needs ``get_state_dict``/``set_state_dict`` of
+  ``torch.distributed.checkpoint.state_dict`` (documented from 2.3) and FSDP2's
+  ``fully_shard`` (``torch.distributed._composable.fsdp``, public in
+  ``torch.distributed.fsdp`` from 2.6), as :mod:`harness.distributed` finds it.
+- 2.5 on: DTensor public in ``torch.distributed.tensor`` (where the 2.x releases before
+  keep only tensor parallelism).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ LOAD_MODES = ("world_size_1", "world_size_3")
 _LOAD_WORLD_SIZES = {"world_size_1": 1, "world_size_3": 3}
 #: Seconds one process group may take, from starting its ranks to their end (a few seconds
 #: on two cores; a rank still running then is a crash of every load of that launch).
-TIMEOUT = 120.0
+TIMEOUT = 60.0
 # The seeds of the state written and of the fresh state it is loaded into.
 _WRITTEN_SEED, _FRESH_SEED = 20261201, 1
 _TRAINING_STEPS = 3
@@ -377,7 +380,10 @@ def _launch(world_size: int, task: Callable[[int, int], Any]) -> tuple[list | No
     (``crashed`` or ``error``) and the message of every load of the launch."""
     from harness.distributed import run_group
 
-    outcomes = run_group(world_size, task, timeout=TIMEOUT)
+    try:
+        outcomes = run_group(world_size, task, timeout=TIMEOUT)
+    except Exception as error:  # noqa: BLE001 - a group this torch cannot start
+        return None, "error", explain_error(error)
     died = [o for o in outcomes if o.outcome in ("crashed", "hung")]
     if died:
         lines = "; ".join(
