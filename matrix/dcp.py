@@ -347,7 +347,6 @@ def _why(error: BaseException) -> str:
 def _write_task(jobs: list[tuple[str, str]], rank: int, world_size: int) -> list[dict]:
     """On every rank: write each ``(item, path)``; the description of each full state, or
     why it could not be written."""
-    torch.manual_seed(0)
     failures = _failures()
     results = []
     for name, path in jobs:
