@@ -51,6 +51,7 @@ __all__ = [
     "load_artifact",
     "malformed_records",
     "payload_records",
+    "read_batch",
     "read_corpus",
 ]
 
@@ -112,13 +113,16 @@ def _summary(records: list[Record]) -> str:
 _BATCH_TIMEOUT_S = 600.0
 
 
-def _batch_read(
+def read_batch(
     kind: ArtifactKind, entries: list[dict], directory: str, progress: Callable[[str], None]
 ) -> list[tuple[dict, str, str, str]]:
-    """``(entry, load_mode, outcome, message)`` per entry and load mode of ``kind`` from its
-    own reader, run in a forked child where the kind asks for it: a child that crashed, hung
-    or ran out of memory is ``crashed`` for every entry and load mode, and an exception
-    escaping the reader is ``error`` for each (its class and first line)."""
+    """The loads of the writable manifest entries ``entries`` of ``kind`` (a kind with a
+    reader of its own) in the corpus ``directory``: ``(entry, load_mode, outcome, message)``
+    per entry and load mode of ``kind``, from its reader, run in a forked child where the
+    kind asks for it. A child that crashed, hung or ran out of memory is ``crashed`` for
+    every entry and load mode, and an exception escaping the reader ``error`` for each (its
+    class and first line); ValueError where the reader returned other loads than one per
+    entry and load mode, or an outcome its kind cannot have."""
     expected = {(e["name"], m) for e in entries for m in kind.load_modes}
     if kind.read_isolated:
         ended = run_isolated(
@@ -152,7 +156,7 @@ def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list
     """Records of loading every artifact of the corpus in ``directory``, in every load mode
     of its kind, with the installed torch: a ``torch.save`` file with :func:`load_artifact`
     in each of :data:`matrix.results.CORPUS_LOAD_MODES`, the artifacts of a kind with a
-    reader of its own in one call of it (:func:`_batch_read`)."""
+    reader of its own in one call of it (:func:`read_batch`)."""
     with open(os.path.join(directory, MANIFEST)) as handle:
         manifest = json.load(handle)
     writer, reader = manifest["writer"], torch_version()
@@ -176,7 +180,7 @@ def read_corpus(directory: str, progress: Callable[[str], None] = print) -> list
                 names = (writer, reader, entry["name"], entry["kind"], load_mode)
                 records.append(Record(*names, outcome, message, error_type))
         for name, entries in batches.items():
-            for entry, load_mode, outcome, message in _batch_read(
+            for entry, load_mode, outcome, message in read_batch(
                 artifact_kind(name), entries, directory, progress
             ):
                 names = (writer, reader, entry["name"], entry["kind"], load_mode)
