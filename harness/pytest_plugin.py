@@ -43,6 +43,18 @@ session-scoped, so Hypothesis's function-scoped-fixture health check passes);
 ``check_checkpointer``: :func:`harness.check_checkpointer` inside a test of yours (on your
 own models, optimizers and schedulers with ``models=``, ``optimizers=``, ``schedulers=``),
 failing the test with the report and the pytest command that reruns it with the same seed.
+
+**Your checkpointer across torch versions** (``docs/your-code-across-versions.md``), only
+when asked: with ``--harness-write-corpus DIR``, every ``check_checkpointer`` call also saves
+the fixed cases of ``python -m matrix run --checkpointer`` with the checkpointer it is given
+(:func:`matrix.user_code.write_user_corpus`) into ``DIR/<torch version>/<test>/<n>/``, ``n``
+counting the calls in the test; with ``--harness-read-corpus DIR``, it loads every torch
+version's corpus of that call under ``DIR`` with the checkpointer
+(:func:`matrix.user_code.read_user_corpora`), writes the records beside this torch's corpus
+as ``results.json``, and fails the test with one line per load that is not identical. At the
+end of the run, ``DIR/results.json`` and ``DIR/grid.md`` (and ``grid.png`` where matplotlib is
+installed) merge every reader's records (:func:`matrix.user_code.merge_user_records`). Given
+together, each call writes, then reads.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +76,8 @@ from harness import profiles
 _PROFILE_OPTION = "--hypothesis-profile"
 _SEED_OPTION = "--hypothesis-seed"
 _KEEP_OPTION = "--harness-keep-checkpoints"
+_WRITE_OPTION = "--harness-write-corpus"
+_READ_OPTION = "--harness-read-corpus"
 
 
 @dataclass(frozen=True)
@@ -81,8 +96,24 @@ class _ProfileInUse:
         return f"{profiles.ENVIRONMENT_VARIABLE}={self.name} pytest '{nodeid}'{seed}"
 
 
+@dataclass(frozen=True)
+class _Corpus:
+    """Where a run asked ``check_checkpointer`` to write its corpus and to read corpora
+    (absolute; None for not asked)."""
+
+    write: Path | None
+    read: Path | None
+
+
+def _call_folder(root: Path, version: str, test: str, call: int) -> Path:
+    """The folder of one ``check_checkpointer`` call's corpus, and of its reader's records."""
+    return root / version / test / str(call)
+
+
 _PROFILE_IN_USE = pytest.StashKey[_ProfileInUse]()
 _CURRENT_TEST = pytest.StashKey[str]()
+_CORPUS = pytest.StashKey[_Corpus]()
+_MERGED = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -97,6 +128,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"({', '.join(profiles.NAMES)}) are used only when asked for, with "
         f"${profiles.ENVIRONMENT_VARIABLE}=NAME or {_PROFILE_OPTION}=NAME (default: none, "
         "Hypothesis's own settings).",
+    )
+    group.addoption(
+        _WRITE_OPTION,
+        metavar="DIR",
+        default=None,
+        help="in every check_checkpointer call, also save the fixed cases of python -m matrix "
+        "run --checkpointer with the checkpointer into DIR/<torch version>/<test>/<n>/, for "
+        f"{_READ_OPTION} under other torch versions (default: no corpus).",
+    )
+    group.addoption(
+        _READ_OPTION,
+        metavar="DIR",
+        default=None,
+        help="in every check_checkpointer call, also load every torch version's corpus of "
+        "that call under DIR with the checkpointer and fail the test on a load that is not "
+        "identical; DIR/results.json and DIR/grid.md merge every reader's loads (default: "
+        "none read).",
     )
 
 
@@ -116,8 +164,46 @@ def _asked_profile(config: pytest.Config) -> tuple[str, str, bool] | None:
 
 # tryfirst: before Hypothesis's own plugin, which loads --hypothesis-profile (registered by
 # then) and applies --hypothesis-verbosity on top of the loaded profile.
+def _corpus_root(config: pytest.Config, option: str) -> Path | None:
+    """The folder ``option`` names, absolute (the folder to write is created); a one-line
+    usage error where it cannot serve."""
+    value = config.getoption(option)
+    if value is None:
+        return None
+    root = Path(value).absolute()
+    if root.exists() and not root.is_dir():
+        raise pytest.UsageError(f"{option} {value}: not a folder; give a folder")
+    if option == _READ_OPTION and not root.is_dir():
+        raise pytest.UsageError(
+            f"{option} {value}: no such folder; write a corpus there first with "
+            f"{_WRITE_OPTION} {value} (under each torch version)"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise pytest.UsageError(f"{option} {value}: cannot create it ({error.strerror})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"{option} {value}: not writable; give a folder of yours")
+    return root
+
+
+def _configure_corpus(config: pytest.Config) -> None:
+    write, read = _corpus_root(config, _WRITE_OPTION), _corpus_root(config, _READ_OPTION)
+    if write is None and read is None:
+        return
+    from matrix.user_code import MANIFEST
+
+    if read is not None and read != write and not any(read.glob(f"*/*/*/{MANIFEST}")):
+        raise pytest.UsageError(
+            f"{_READ_OPTION} {config.getoption(_READ_OPTION)}: no corpus there; write one "
+            f"first with {_WRITE_OPTION} under each torch version"
+        )
+    config.stash[_CORPUS] = _Corpus(write, read)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    _configure_corpus(config)
     asked = _asked_profile(config)
     if asked is None:
         return
@@ -278,20 +364,114 @@ def check_checkpointer(request: pytest.FixtureRequest) -> Callable[..., Any]:
     when one is in use (0 for the derandomized ``ci``), else a random one; every failure names
     the pytest command that reruns the test with it. ``max_examples`` is yours, else the
     harness's profile's when one is in use, else ``check_checkpointer``'s default.
+
+    With ``--harness-write-corpus DIR`` each call also saves its corpus under
+    ``DIR/<torch version>/<test>/<n>/`` (``n``: the call's number in the test); with
+    ``--harness-read-corpus DIR`` it loads every torch version's corpus of the call and fails
+    the test, after the report, with one line per load that is not identical.
     """
     config, nodeid = request.config, request.node.nodeid
+    corpus = config.stash.get(_CORPUS, None)
+    calls = 0
 
     def check(checkpointer: Any, purpose: str = "resume", **options: Any):
         from hypothesis import settings
 
         from harness.checkpointer import check_checkpointer as run
 
+        nonlocal calls
         seed, rerun = _seed_and_rerun(config, nodeid, options.pop("seed", None))
         if "max_examples" not in options and config.stash.get(_PROFILE_IN_USE, None):
             options["max_examples"] = settings.default.max_examples
         report = run(checkpointer, purpose, seed=seed, reproduce=rerun, **options)
-        if not report.ok:
-            pytest.fail(report.to_markdown(), pytrace=False)
+        failures = [] if report.ok else [report.to_markdown()]
+        if corpus is not None:
+            calls += 1
+            failures += _across_versions(corpus, nodeid, calls, checkpointer, purpose)
+        if failures:
+            pytest.fail("\n\n".join(failures), pytrace=False)
         return report
 
     return check
+
+
+def _across_versions(
+    corpus: _Corpus, nodeid: str, call: int, checkpointer: Any, purpose: str
+) -> list[str]:
+    """Write this call's corpus, then read every torch version's, as ``corpus`` asks; the
+    failure to report (one line per load that was not identical), if any."""
+    from dataclasses import replace
+
+    from harness.capabilities import torch_version
+    from harness.releases import version_key
+    from harness.state import global_rng_state, set_global_rng_state
+    from matrix.user_code import MANIFEST, read_user_corpora, write_user_corpus, write_user_records
+
+    version, test = torch_version(), _directory_name(nodeid)
+    if corpus.write is not None:
+        folder = _call_folder(corpus.write, version, test, call)
+        shutil.rmtree(folder, ignore_errors=True)
+        callers = global_rng_state()
+        try:
+            write_user_corpus(checkpointer, purpose, str(folder))
+        finally:
+            set_global_rng_state(callers)
+    if corpus.read is None:
+        return []
+    manifests = corpus.read.glob(f"*/{test}/{call}/{MANIFEST}")
+    written = sorted((path.parent for path in manifests), key=lambda f: version_key(f.parts[-3]))
+    if not written:
+        return [
+            f"{_READ_OPTION} {corpus.read}: no corpus of check_checkpointer call {call} of this "
+            f"test (<torch version>/{test}/{call}/ there); write it with {_WRITE_OPTION} "
+            "under each torch version"
+        ]
+    records = read_user_corpora(checkpointer, [str(folder) for folder in written])
+    results = _call_folder(corpus.read, version, test, call)
+    results.mkdir(parents=True, exist_ok=True)
+    label = nodeid if call == 1 else f"{nodeid} (call {call})"
+    labelled = [replace(record, artifact=f"{label}: {record.artifact}") for record in records]
+    write_user_records(labelled, str(results / "results.json"))
+    failed = [record for record in records if record.outcome != "identical"]
+    if not failed:
+        return []
+    lines = [
+        f"{len(failed)} of {len(records)} loads of this checkpointer's corpus under "
+        f"{corpus.read} are not identical (writer -> reader case: outcome (message)):"
+    ]
+    for record in failed:
+        line = f"  {record.writer} -> {record.reader} {record.artifact}: {record.outcome}"
+        lines.append(f"{line} ({record.message})" if record.message else line)
+    lines.append(f"Records: {results / 'results.json'}")
+    lines.append(f"Reproduce: `pytest '{nodeid}' {_READ_OPTION} {corpus.read}`")
+    return ["\n".join(lines)]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    corpus = config.stash.get(_CORPUS, None)
+    # Under pytest-xdist only the controller merges, once every worker has written.
+    if corpus is None or corpus.read is None or hasattr(config, "workerinput"):
+        return
+    from harness.releases import version_key
+    from matrix.user_code import merge_user_records
+
+    try:
+        records = merge_user_records(str(corpus.read))
+    except ValueError as error:
+        config.stash[_MERGED] = f"{_READ_OPTION}: the records were not merged: {error}"
+        return
+    counts = Counter(record.outcome for record in records)
+    summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
+    versions = sorted({r.writer for r in records} | {r.reader for r in records}, key=version_key)
+    config.stash[_MERGED] = (
+        f"{len(records)} loads ({summary or 'none'}) across torch {', '.join(versions) or '-'}: "
+        f"{corpus.read / 'results.json'}, {corpus.read / 'grid.md'}"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    merged = config.stash.get(_MERGED, None)
+    if merged is not None:
+        terminalreporter.write_sep("-", "torch-persistence-harness")
+        terminalreporter.write_line(merged)

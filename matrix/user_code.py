@@ -58,6 +58,7 @@ __all__ = [
     "UserRecord",
     "changed_pairs",
     "environment",
+    "merge_user_records",
     "read_user_corpora",
     "read_user_records",
     "regressions",
@@ -535,10 +536,12 @@ def _by_cell(records: list[UserRecord], kind: str | None = None) -> dict[tuple, 
     return cells
 
 
-def render_user_grid(records: list[UserRecord], directory: str, purpose: str) -> list[str]:
-    """Write ``grid.md`` (a table per case kind and every load that was not identical) and
-    ``grid.png`` (a heatmap per case kind: worst outcome, and how many cases ended so) of
-    ``records`` into ``directory``; their paths."""
+def render_user_grid(
+    records: list[UserRecord], directory: str, purpose: str, picture: bool = True
+) -> list[str]:
+    """Write ``grid.md`` (a table per case kind and every load that was not identical) and,
+    unless ``picture`` is False, ``grid.png`` (a heatmap per case kind: worst outcome, and
+    how many cases ended so) of ``records`` into ``directory``; their paths."""
     from matrix.render import _COLOURS, _SYMBOLS, SEVERITY, _table, _worst
 
     versions = _versions(records)
@@ -567,6 +570,8 @@ def render_user_grid(records: list[UserRecord], directory: str, purpose: str) ->
     markdown = os.path.join(directory, "grid.md")
     with open(markdown, "w") as handle:
         handle.write("\n".join(parts) + "\n")
+    if not picture:
+        return [markdown]
 
     import matplotlib
 
@@ -600,6 +605,36 @@ def render_user_grid(records: list[UserRecord], directory: str, purpose: str) ->
     figure.savefig(picture, dpi=80)
     plt.close(figure)
     return [markdown, picture]
+
+
+def merge_user_records(root: str) -> list[UserRecord]:
+    """Merge the records of every ``results.json`` in the folders below ``root`` (those of
+    pytest's ``--harness-read-corpus ROOT``: one per reader and ``check_checkpointer`` call)
+    into ``root/results.json``, and draw its ``grid.md`` and, where matplotlib is installed,
+    ``grid.png`` (else an earlier ``grid.png`` is removed); the records. ValueError where two
+    files hold the same load."""
+    import importlib.util
+
+    root = os.path.normpath(root)
+    where: dict[tuple[str, str, str], str] = {}
+    records = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        if folder == root or "results.json" not in files:
+            continue
+        path = os.path.join(folder, "results.json")
+        for record in read_user_records(path):
+            if record.key in where:
+                raise ValueError(f"{where[record.key]} and {path} both hold {record.key}")
+            where[record.key] = path
+            records.append(record)
+    write_user_records(records, os.path.join(root, "results.json"))
+    purposes = ", ".join(sorted({record.kind.split(":")[1] for record in records}))
+    picture = importlib.util.find_spec("matplotlib") is not None
+    if not picture and os.path.exists(os.path.join(root, "grid.png")):
+        os.remove(os.path.join(root, "grid.png"))  # an earlier run's, no longer the grid
+    render_user_grid(records, root, purposes or "no loads", picture=picture)
+    return records
 
 
 @dataclass(frozen=True)
@@ -753,7 +788,20 @@ def _main(argv: list[str] | None = None) -> int:
     read.add_argument("checkpointer")
     read.add_argument("results")
     read.add_argument("corpora", nargs="*")
+    merge = steps.add_parser(
+        "merge", help="merge the results.json below a --harness-read-corpus folder; draw its grid"
+    )
+    merge.add_argument("root")
     arguments = parser.parse_args(argv)
+    if arguments.step == "merge":
+        if not os.path.isdir(arguments.root):
+            print(
+                f"python -m matrix.user_code merge: {arguments.root} is no folder", file=sys.stderr
+            )
+            return 2
+        records = merge_user_records(arguments.root)
+        print(f"merged {len(records)} loads into {os.path.join(arguments.root, 'results.json')}")
+        return 0
     checkpointer = _checkpointer(arguments.checkpointer)
     if arguments.step == "write":
         try:
