@@ -159,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
         default="reports",
         help="directory for the report files (default: reports)",
     )
+    check.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="check in N worker processes, each invariant whole in one of them: the same "
+        "report as one process gives (default: the number of cores; 1: in this process)",
+    )
     traceback_option(check)
 
     commands.add_parser("list", help="list every invariant and what it promises")
@@ -612,12 +620,14 @@ def _check(args: argparse.Namespace) -> int:
     from harness import sandbox
     from harness.invariants import INVARIANTS
     from harness.safety import safety_invariants
-    from harness.suite import run_suite
+    from harness.suite import default_jobs, run_suite
 
     by_name = {invariant.name: invariant for invariant in INVARIANTS}
     _validated(args.invariant, list(by_name), "check")
     invariants = [by_name[name] for name in args.invariant] if args.invariant else list(INVARIANTS)
-    if {invariant.name for invariant in invariants} & {i.name for i in safety_invariants()}:
+    jobs = args.jobs or default_jobs()
+    sandboxed = {invariant.name for invariant in invariants} & {i.name for i in safety_invariants()}
+    if sandboxed and jobs == 1:
         sandbox.start()  # the sandbox's server imports torch while the first invariants run
     profiles.register_profiles()
     randomized = not settings.get_profile(profile).derandomize
@@ -645,6 +655,9 @@ def _check(args: argparse.Namespace) -> int:
         random_seed=random_seed,
         reproduce=reproduce,
         progress=_say,
+        jobs=jobs,
+        # Each worker its own server, started before its first invariant.
+        worker_start=sandbox.start if sandboxed else None,
     )
     # A run of some invariants only is written beside the full report, not over it.
     return _finish(report, args.out, stem=PARTIAL_STEM if args.invariant else "report")

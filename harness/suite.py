@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import multiprocessing
 import os
+import queue
 import random
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import example, given, seed, settings
-from hypothesis.errors import Flaky
+from hypothesis.errors import Flaky, InvalidArgument
 from hypothesis.statistics import collector
 from hypothesis.strategies import SearchStrategy
 
@@ -39,6 +42,7 @@ __all__ = [
     "PROGRESS_INTERVAL",
     "Invariant",
     "Unshrinkable",
+    "default_jobs",
     "run_invariant",
     "run_suite",
     "scratch_directory",
@@ -351,6 +355,8 @@ def run_suite(
     excluded: Sequence[str] = (),
     profile_reason: str | None = None,
     progress_interval: float = PROGRESS_INTERVAL,
+    jobs: int = 1,
+    worker_start: Callable[[], None] | None = None,
 ) -> Report:
     """Run each invariant under a Hypothesis profile and return the report.
 
@@ -362,10 +368,19 @@ def run_suite(
     runs (from another thread). ``excluded`` (what the caller left out) and
     ``profile_reason`` (why this profile) are recorded in the report.
 
+    ``jobs`` above 1 runs the invariants in that many worker processes (forked from this
+    one, each with one torch thread; at most one per invariant), each invariant whole in
+    one worker with the same settings and seed, so the report is the one a serial run gives
+    but for the times; ``worker_start`` is called in each worker before its first
+    invariant. Where processes cannot be forked the invariants run here, one after another.
+
     A ``KeyboardInterrupt`` stops the run: the report then holds the invariants that
-    finished, ``interrupted`` names the one that was running and ``not_run`` lists it and
-    the rest.
+    finished, ``interrupted`` names the one that was running (with workers: the first in
+    order that had not finished) and ``not_run`` lists it and the rest that had not
+    finished.
     """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise InvalidArgument(f"jobs={jobs!r} must be a whole number of processes, at least 1")
     settings_ = settings_ or settings.get_profile(profile)
     if settings_.derandomize:
         random_seed = None
@@ -380,27 +395,229 @@ def run_suite(
         excluded=list(excluded),
     )
     say = progress or (lambda line: None)
+
+    def run_one(invariant: Invariant, progress_: Callable[[str], None] | None) -> InvariantResult:
+        return run_invariant(
+            invariant,
+            settings_=settings_,
+            random_seed=random_seed,
+            reproduction=reproduce(invariant) if reproduce else None,
+            progress=progress_,
+            progress_interval=progress_interval,
+        )
+
+    if jobs > 1 and len(invariants) > 1 and _can_fork():
+        _run_in_workers(invariants, min(jobs, len(invariants)), run_one, say, report, worker_start)
+        return report
     for position, invariant in enumerate(invariants, start=1):
         prefix = f"[{position}/{len(invariants)}]"
         say(f"{prefix} {invariant.name} ...")
         try:
-            result = run_invariant(
-                invariant,
-                settings_=settings_,
-                random_seed=random_seed,
-                reproduction=reproduce(invariant) if reproduce else None,
-                progress=progress,
-                progress_interval=progress_interval,
-            )
+            result = run_one(invariant, progress)
         except KeyboardInterrupt:
             report.interrupted = invariant.name
             report.not_run = [later.name for later in invariants[position - 1 :]]
             say(f"{prefix} {invariant.name}: interrupted")
             return report
-        say(
-            f"{prefix} {invariant.name}: {result.verdict}, {result.examples} examples"
-            + (f" and {result.explicit} known hazards" if result.explicit else "")
-            + f", {result.seconds:.1f}s"
-        )
+        say(_finished_line(prefix, result))
         report.results.append(result)
     return report
+
+
+def _finished_line(prefix: str, result: InvariantResult) -> str:
+    return (
+        f"{prefix} {result.name}: {result.verdict}, {result.examples} examples"
+        + (f" and {result.explicit} known hazards" if result.explicit else "")
+        + f", {result.seconds:.1f}s"
+    )
+
+
+def default_jobs() -> int:
+    """How many worker processes ``--jobs`` means by default: the cores this process may
+    run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _can_fork() -> bool:
+    # The workers are forked, so that they inherit the invariants (closures, strategies
+    # built from the user's arguments) without pickling them.
+    return _FORK in multiprocessing.get_all_start_methods()
+
+
+_FORK = "fork"
+# What a worker tells the parent: (kind, position, payload).
+_STARTED, _PROGRESS, _FINISHED, _FAILED, _INTERRUPTED = range(5)
+# Seconds between two looks at whether the workers are still alive.
+_POLL_S = 0.5
+# Seconds a stopped worker has to end before it is stopped harder.
+_GRACE_S = 3.0
+# Seconds a worker has to end on its own after its last invariant (stopping its sandbox).
+_END_S = 30.0
+
+
+def _worker(
+    tasks: Any,
+    messages: Any,
+    invariants: Sequence[Invariant],
+    run_one: Callable[[Invariant, Callable[[str], None] | None], InvariantResult],
+    start: Callable[[], None] | None,
+) -> None:
+    """Run the invariants whose positions come on ``tasks`` until a None, telling the parent
+    on ``messages`` when each starts, its progress lines and its result."""
+    import torch
+
+    # Each worker has a core of its own: a second intra-op thread only adds wake-ups.
+    torch.set_num_threads(1)
+    # The parent stops the workers on Ctrl-C; SIGTERM interrupts a check as Ctrl-C would.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
+    position = None
+    try:
+        if start is not None:
+            start()
+        while (position := tasks.get()) is not None:
+            messages.put((_STARTED, position, None))
+
+            def forward(line: str, position: int = position) -> None:
+                messages.put((_PROGRESS, position, line))
+
+            try:
+                result = run_one(invariants[position], forward)
+            except Exception as error:  # outside any check (run_invariant lets nothing else out)
+                messages.put((_FAILED, position, _first_lines(error)))
+            else:
+                messages.put((_FINISHED, position, result))
+    except KeyboardInterrupt:
+        if position is not None:  # a check was interrupted: the run stops, as in one process
+            messages.put((_INTERRUPTED, position, None))
+        messages.cancel_join_thread()  # the parent may no longer read what is left
+    finally:
+        _stop_sandbox()
+        messages.close()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_sandbox() -> None:
+    """Stop this worker's sandbox server, if it started one: a forked worker ends without
+    the interpreter's ``atexit`` hooks, one of which does that."""
+    from harness import sandbox
+
+    sandbox._stop_server()
+
+
+def _run_in_workers(
+    invariants: Sequence[Invariant],
+    jobs: int,
+    run_one: Callable[[Invariant, Callable[[str], None] | None], InvariantResult],
+    say: Callable[[str], None],
+    report: Report,
+    start: Callable[[], None] | None,
+) -> None:
+    """Run ``invariants`` in ``jobs`` forked worker processes, each invariant whole in one
+    worker, and put the results in ``report`` in the order of ``invariants``."""
+    context = multiprocessing.get_context(_FORK)
+    tasks, messages = context.SimpleQueue(), context.Queue()
+    for position in range(len(invariants)):
+        tasks.put(position)
+    for _ in range(jobs):
+        tasks.put(None)
+    workers = [
+        context.Process(target=_worker, args=(tasks, messages, invariants, run_one, start))
+        for _ in range(jobs)
+    ]
+    results: dict[int, InvariantResult] = {}
+    running: dict[int, float] = {}
+    total = len(invariants)
+
+    def prefix(position: int) -> str:
+        return f"[{position + 1}/{total}]"
+
+    try:
+        for worker in workers:
+            worker.start()
+        while len(results) < total:
+            try:
+                kind, position, payload = messages.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not any(worker.is_alive() for worker in workers):
+                    for position in sorted(set(range(total)) - set(results)):
+                        results[position] = _lost(invariants[position], running.get(position))
+                continue
+            invariant = invariants[position]
+            if kind == _STARTED:
+                running[position] = time.perf_counter()
+                say(f"{prefix(position)} {invariant.name} ...")
+            elif kind == _PROGRESS:
+                say(payload)
+            elif kind == _INTERRUPTED:
+                raise KeyboardInterrupt
+            else:
+                if kind == _FINISHED:
+                    results[position] = payload
+                else:
+                    results[position] = _lost(invariant, running.get(position), payload)
+                running.pop(position, None)
+                say(_finished_line(prefix(position), results[position]))
+    except KeyboardInterrupt:
+        _stop(workers)
+        _collect_finished(messages, results)
+        first = min(set(range(total)) - set(results))
+        report.interrupted = invariants[first].name
+        report.not_run = [invariants[p].name for p in range(total) if p not in results]
+        for position in sorted(running):
+            say(f"{prefix(position)} {invariants[position].name}: interrupted")
+    finally:
+        for worker in workers:  # each ends after its last invariant
+            worker.join(timeout=_END_S)
+        _stop(workers)
+        messages.close()
+    report.results.extend(results[position] for position in sorted(results))
+
+
+def _stop(workers: Sequence[Any]) -> None:
+    """Stop the workers that still run: SIGTERM (a check stops as on Ctrl-C), once more
+    after a grace period (a ``KeyboardInterrupt`` raised in a garbage collector's callback
+    is ignored), then SIGKILL."""
+    process = multiprocessing.process.BaseProcess
+    for stop in (process.terminate, process.terminate, process.kill):
+        running = [worker for worker in workers if worker.is_alive()]
+        if not running:
+            break
+        for worker in running:
+            stop(worker)
+        deadline = time.monotonic() + _GRACE_S
+        for worker in running:
+            worker.join(max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        worker.join()
+
+
+def _collect_finished(messages: Any, results: dict[int, InvariantResult]) -> None:
+    """Add to ``results`` what the workers reported before they were stopped."""
+    while True:
+        try:
+            kind, position, payload = messages.get(timeout=_POLL_S)
+        except (queue.Empty, OSError, EOFError):
+            return
+        if kind == _FINISHED:
+            results[position] = payload
+
+
+def _lost(invariant: Invariant, started: float | None, error: str | None = None) -> InvariantResult:
+    """The result of an invariant whose worker ended before it reported one."""
+    seconds = time.perf_counter() - started if started is not None else 0.0
+    message = error or "the worker process checking it ended before it reported a result"
+    return InvariantResult(
+        name=invariant.name,
+        description=invariant.description,
+        examples=0,
+        passed=False,
+        seconds=seconds,
+        failures=[Failure(message)],
+    )
