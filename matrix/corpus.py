@@ -40,6 +40,8 @@ from harness.capabilities import DTYPE_NAMES, optimizer_constraints, probe, torc
 from harness.compare import short_repr
 from harness.devices import storages_tagged_as
 from harness.persistence import explain_error
+from matrix.dcp import LOAD_MODES as DCP_LOAD_MODES
+from matrix.dcp import read_dcp, write_dcp
 from matrix.describe import describe, first_difference
 from matrix.formats import (
     read_export,
@@ -642,6 +644,22 @@ ARTIFACT_KINDS = (
         outcomes=_FORMAT_OUTCOMES,
         reads="`torch.export.load(...).module()` in a child process (load mode `export_load`): "
         "its outputs on both inputs must be the writer's eager outputs bit for bit",
+    ),
+    ArtifactKind(
+        "dcp",
+        holds="`torch.distributed.checkpoint` checkpoints written by 2 gloo ranks: a "
+        "`state_dict` of `Shard(0)` DTensors, and a sharded model with its Adam state after "
+        "a few steps (`dcp.ITEMS`)",
+        panel="distributed",
+        named="artifact",
+        write=write_dcp,
+        read=read_dcp,
+        load_modes=DCP_LOAD_MODES,
+        outcomes=("identical", "differs", "error", "crashed", "unwritable"),
+        reads="`dcp.read_dcp`: loaded by one process group of each world size (load modes "
+        "`world_size_1`, `world_size_3`: resharded, uneven shards) into a fresh state, gathered "
+        "and its description compared",
+        read_isolated=False,
     ),
     ArtifactKind(
         "payload",

@@ -110,7 +110,7 @@ def _summary(records: list[Record]) -> str:
 
 
 # How long a kind's own reader may take on one corpus in its child process.
-_BATCH_TIMEOUT_S = 600.0
+_BATCH_TIMEOUT_S = 120.0
 
 
 def read_batch(

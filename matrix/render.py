@@ -61,6 +61,7 @@ PANELS = {
     "safetensors": "safetensors files of a few models and of every dtype, by load_file",
     "torchscript": "TorchScript archives of a few models, by torch.jit.load",
     "export": "torch.export archives of a few models, by torch.export.load",
+    "distributed": "torch.distributed.checkpoint, written by 2 ranks, read by 1 and by 3",
 }
 # Panels of files each reader builds itself: their rows, and their title.
 READER_PANELS = {
@@ -282,7 +283,9 @@ def _picture(records: list[Record], path: str) -> None:
         title="worst outcome in the cell (number: how many artifacts)",
     )
     figure.suptitle(
-        "torch.save in one version, torch.load(weights_only=True) in another", fontsize=16
+        "written by one torch version, loaded by another: torch.load(weights_only=True), "
+        "and the other formats by their own loaders",
+        fontsize=16,
     )
     figure.tight_layout(rect=(0, 0.05, 1, 0.97))
     figure.savefig(path, dpi=80)
