@@ -89,6 +89,7 @@ __all__ = [
     "ShardedState",
     "check_distributed_checkpointer",
     "distributed_cases",
+    "find_fully_shard",
     "fully_shard_available",
     "run_group",
 ]
@@ -328,7 +329,9 @@ def run_group(
             time.sleep(0.02)
     finally:
         for process in processes:
-            if process.is_alive() and process.pid is not None:
+            if process.pid is None:  # never started: an earlier start raised
+                continue
+            if process.is_alive():
                 process.join(1.0 if len(outcomes) == world_size else 0)
             if process.is_alive():
                 process.kill()
@@ -379,7 +382,7 @@ class ShardedState(TrainingState):
     world_size: int = 1
 
 
-def _fully_shard() -> Callable[..., Any] | None:
+def find_fully_shard() -> Callable[..., Any] | None:
     """FSDP2's ``fully_shard`` where the installed torch has it (its public home, then its
     home before it was public), else None."""
     try:
@@ -398,7 +401,7 @@ def fully_shard_available() -> bool:
         from torch.distributed.device_mesh import init_device_mesh  # noqa: F401
     except ImportError:
         return False
-    return torch.distributed.is_available() and _fully_shard() is not None
+    return torch.distributed.is_available() and find_fully_shard() is not None
 
 
 def _sharded(case: TrainingCase, init_seed: int, rank: int, world_size: int, dtype=None):
@@ -410,7 +413,7 @@ def _sharded(case: TrainingCase, init_seed: int, rank: int, world_size: int, dty
     built = case.build(init_seed)
     if dtype is not None:
         built.model.to(dtype)
-    _fully_shard()(built.model, mesh=init_device_mesh("cpu", (world_size,)))
+    find_fully_shard()(built.model, mesh=init_device_mesh("cpu", (world_size,)))
     optimizer = build_optimizer(case.spec.optimizer, built.model)
     scheduler = build_scheduler(case.spec.scheduler, optimizer) if case.spec.scheduler else None
     return ShardedState(

@@ -212,6 +212,8 @@ def _run(arguments) -> int:
             arguments.out,
             arguments.baseline,
             arguments.timeout,
+            arguments.models,
+            arguments.install,
         )
     user_only = [
         option
@@ -220,6 +222,8 @@ def _run(arguments) -> int:
             ("--baseline", arguments.baseline),
             ("--purpose", arguments.purpose != "resume"),
             ("--out", arguments.out != _USER_OUT),
+            ("--models", arguments.models),
+            ("--install", arguments.install),
         )
         if given
     ]
@@ -330,6 +334,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     user.add_argument("--out", default=_USER_OUT, help=f"results folder (default: {_USER_OUT})")
     user.add_argument("--baseline", metavar="DIR", help="an earlier --out: exit 1 if worse")
+    user.add_argument(
+        "--models",
+        metavar="FILE.py:NAME",
+        help="your harness.UserModel records (one, or a list): one more case each",
+    )
+    user.add_argument(
+        "--install",
+        metavar="PATH",
+        help="pip install this (your project: .) into each environment first",
+    )
     user.add_argument(
         "--timeout", type=float, default=600.0, help="seconds per environment's write or read"
     )

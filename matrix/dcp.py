@@ -149,9 +149,9 @@ def _api_name() -> str:
 
 
 def _fully_shard() -> Any:
-    from harness.distributed import _fully_shard as fully_shard
+    from harness.distributed import find_fully_shard
 
-    found = fully_shard()
+    found = find_fully_shard()
     if found is None:
         raise ImportError(f"torch {torch_version()} has no FSDP2 fully_shard")
     return found

@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "INFERENCE_CASES",
     "LOAD_MODE",
+    "USER_MODEL_KIND",
     "MANIFEST",
     "RESUME_CASES",
     "Environment",
@@ -59,6 +60,7 @@ __all__ = [
     "changed_pairs",
     "environment",
     "merge_user_records",
+    "load_models",
     "read_user_corpora",
     "read_user_records",
     "regressions",
@@ -151,9 +153,74 @@ def read_user_records(path: str) -> list[UserRecord]:
 # --- in one environment: the corpus ---------------------------------------------------------
 
 
-def _cases(purpose: str) -> list[tuple[str, str, Any]]:
-    """(artifact name, case kind, case) of ``purpose``, the same in every torch."""
-    from matrix.corpus import _model_spec, _simplest, _training_spec
+#: The case kind of a case built on one of the user's models (``--models``).
+USER_MODEL_KIND = "user_model"
+#: The optimizer that trains the user's models in resume cases, else the second.
+_USER_MODEL_OPTIMIZERS = ("Adam", "SGD")
+
+
+def load_models(reference: str) -> list[Any]:
+    """The :class:`harness.UserModel` records ``FILE.py:NAME`` names (one, or a list or
+    tuple of them): ``harness.cli.UsageError`` where it names something else."""
+    from harness.cli import UsageError, _load_reference
+    from harness.user_models import UserModel
+
+    _, name, found = _load_reference(reference, "my_models.py:MODELS", option="--models: ")
+    models = list(found) if isinstance(found, list | tuple) else [found]
+    for model in models:
+        if not isinstance(model, UserModel):
+            raise UsageError(
+                f"--models: {name} holds {model!r}, not a harness.UserModel: wrap your model "
+                "as harness.UserModel(build=MyModel, example_input=(x,))"
+            )
+    if not models:
+        raise UsageError(f"--models: {name} is empty: give at least one harness.UserModel")
+    return models
+
+
+def _user_case(purpose: str, models: list[Any], plain: dict[str, Any]) -> Any:
+    """The case of a user's model a manifest's spec names: ``{"user_model": index,
+    "label": ..., "optimizer": ..., "steps": ...}``."""
+    from harness.user_models import UserModelCase, UserTrainingCase, UserTrainingSpec
+    from matrix.corpus import from_plain
+
+    index = plain["user_model"]
+    if index >= len(models) or models[index].label != plain["label"]:
+        found = models[index].label if index < len(models) else "nothing"
+        raise ValueError(
+            f"the writer's model {index} was {plain['label']!r}, --models gives {found!r} "
+            "there: give every environment the same models"
+        )
+    model = models[index].check(purpose)
+    if purpose == "inference":
+        return UserModelCase(model)
+    spec = UserTrainingSpec(model, from_plain(plain["optimizer"]), None, plain["steps"])
+    return UserTrainingCase(spec)
+
+
+def _user_model_cases(purpose: str, models: list[Any]) -> list[tuple[str, str, Any, Any]]:
+    from harness.user_models import _optimizer_fits
+    from matrix.corpus import _training_spec, to_plain
+
+    cases = []
+    for index, model in enumerate(models):
+        plain: dict[str, Any] = {"user_model": index, "label": model.label}
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.label)[:40]
+        if purpose == "resume":
+            fits = [n for n in _USER_MODEL_OPTIMIZERS if _optimizer_fits(n, model.check(purpose))]
+            generated = _training_spec((fits or ["SGD"])[0])
+            plain.update(optimizer=to_plain(generated.optimizer), steps=generated.steps)
+            name = f"resume/{generated.optimizer.name}-none-{index}-{slug}"
+        else:
+            name = f"inference/{index}-{slug}"
+        cases.append((name, USER_MODEL_KIND, _user_case(purpose, models, plain), plain))
+    return cases
+
+
+def _cases(purpose: str, models: list[Any] | None = None) -> list[tuple[str, str, Any, Any]]:
+    """(artifact name, case kind, case, plain spec) of ``purpose``, the same in every
+    torch: the fixed cases, then one per model of ``models`` (the user's)."""
+    from matrix.corpus import _simplest, _training_spec, simplest_model_spec, to_plain
     from strategies.models import build_model
     from strategies.optim import scheduler_specs
     from strategies.training import TrainingCase, TrainingSpec
@@ -161,8 +228,9 @@ def _cases(purpose: str) -> list[tuple[str, str, Any]]:
     cases = []
     if purpose == "inference":
         for family in INFERENCE_CASES:
-            cases.append((f"inference/{family}", family, build_model(_model_spec(family))))
-        return cases
+            case = build_model(simplest_model_spec(family))
+            cases.append((f"inference/{family}", family, case, to_plain(case.spec)))
+        return cases + _user_model_cases(purpose, models or [])
     for optimizer, scheduler, family in RESUME_CASES:
         scheduler_spec = _simplest(scheduler_specs([scheduler])) if scheduler else None
         spec = _training_spec(optimizer, scheduler_spec)
@@ -170,8 +238,8 @@ def _cases(purpose: str) -> list[tuple[str, str, Any]]:
             model = _trainable_with_dropout(family, optimizer)
             spec = TrainingSpec(model, spec.optimizer, spec.scheduler, spec.steps)
         name = f"resume/{optimizer}-{scheduler or 'none'}-{family}"
-        cases.append((name, optimizer, TrainingCase(spec)))
-    return cases
+        cases.append((name, optimizer, TrainingCase(spec), to_plain(spec)))
+    return cases + _user_model_cases(purpose, models or [])
 
 
 def _trainable_with_dropout(family: str, optimizer: str) -> Any:
@@ -192,11 +260,15 @@ def _trainable_with_dropout(family: str, optimizer: str) -> Any:
     return _simplest(model_specs([family]), fits)
 
 
-def _rebuilt(purpose: str, plain: Any) -> Any:
+def _rebuilt(purpose: str, plain: Any, models: list[Any] | None) -> Any:
     from matrix.corpus import from_plain
     from strategies.models import build_model
     from strategies.training import TrainingCase
 
+    if isinstance(plain, dict) and "user_model" in plain:
+        if not models:
+            raise ValueError("a case of the writer's own models: give the reader --models too")
+        return _user_case(purpose, models, plain)
     spec = from_plain(plain)
     return build_model(spec) if purpose == "inference" else TrainingCase(spec)
 
@@ -208,24 +280,26 @@ def _raised(error: BaseException) -> str:
     return explain_error(error)[:300]
 
 
-def write_user_corpus(checkpointer: Any, purpose: str, directory: str) -> dict[str, Any]:
-    """Save every case of ``purpose`` with ``checkpointer`` into ``directory``, with its
+def write_user_corpus(
+    checkpointer: Any, purpose: str, directory: str, models: list[Any] | None = None
+) -> dict[str, Any]:
+    """Save every case of ``purpose`` (and one per :class:`harness.UserModel` of ``models``)
+    with ``checkpointer`` into ``directory``, with its
     manifest (returned): per case its ``name``, ``kind``, ``spec`` (plain),
     ``expected`` (the description of :func:`harness.state.snapshot` of what was saved)
     and ``extra``; and ``file``, or ``unwritable`` with the reason where ``save`` raised."""
     from harness.capabilities import torch_version
     from harness.checkpointer import _original
     from harness.state import snapshot
-    from matrix.corpus import to_plain
     from matrix.describe import describe
 
     os.makedirs(directory, exist_ok=True)
     entries = []
-    for name, case_kind, case in _cases(purpose):
+    for name, case_kind, case, plain in _cases(purpose, models):
         entry: dict[str, Any] = {
             "name": name,
             "kind": f"checkpointer:{purpose}:{case_kind}",
-            "spec": to_plain(case.spec),
+            "spec": plain,
         }
         original = _original(purpose, case)
         entry["expected"] = describe(snapshot(original))
@@ -274,7 +348,9 @@ def _difference(expected: Any, live: Any) -> str | None:
     return first_difference(expected, describe(_restricted(live, expected)))
 
 
-def _read_case(checkpointer: Any, purpose: str, entry: dict[str, Any], path: str) -> tuple:
+def _read_case(
+    checkpointer: Any, purpose: str, entry: dict[str, Any], path: str, models: list[Any] | None
+) -> tuple:
     """(outcome, message, error type) of loading one saved case."""
     import torch
 
@@ -288,7 +364,10 @@ def _read_case(checkpointer: Any, purpose: str, entry: dict[str, Any], path: str
     from harness.state import snapshot
     from matrix.describe import describe
 
-    case = _rebuilt(purpose, entry["spec"])
+    try:
+        case = _rebuilt(purpose, entry["spec"], models)
+    except ValueError as error:
+        return "error", f"not rebuilt: {error}", type(error).__name__
     fresh = _fresh(purpose, case)
     _disturb_global_rng()
     try:
@@ -337,9 +416,11 @@ def _read_case(checkpointer: Any, purpose: str, entry: dict[str, Any], path: str
     return ("differs", f"outputs: {difference}", "") if difference else ("identical", "", "")
 
 
-def read_user_corpora(checkpointer: Any, directories: list[str]) -> list[UserRecord]:
+def read_user_corpora(
+    checkpointer: Any, directories: list[str], models: list[Any] | None = None
+) -> list[UserRecord]:
     """Load every case of every corpus in ``directories`` with ``checkpointer``'s ``load``:
-    one record each."""
+    one record each. ``models``: the user's models, where the writers were given them."""
     import warnings
 
     from harness.capabilities import torch_version
@@ -377,6 +458,7 @@ def read_user_corpora(checkpointer: Any, directories: list[str]) -> list[UserRec
                         manifest["purpose"],
                         entry,
                         os.path.join(directory, entry["file"]),
+                        models,
                     )
             finally:
                 set_global_rng_state(callers)
@@ -454,6 +536,36 @@ def _run_child(
     return True, ""
 
 
+def _installed(
+    environments: list[Environment],
+    install: str,
+    run: str,
+    timeout: float,
+    say: Callable[[str], None],
+) -> list[Environment]:
+    """``pip install install`` into each environment; those where it failed are left out
+    (said, with the log)."""
+    kept = []
+    for env in environments:
+        log = os.path.join(run, f"install-{env.version}.log")
+        command = [env.python, "-m", "pip", "install", "--quiet", install]
+        with open(log, "w") as handle:
+            handle.write(f"$ {' '.join(command)}\n")
+            handle.flush()
+            try:
+                done = subprocess.run(
+                    command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout
+                )
+                why = "" if done.returncode == 0 else f"exited {done.returncode}"
+            except subprocess.TimeoutExpired:
+                why = f"ran past its time limit of {timeout:g} s"
+        said = f"FAILED ({why}; see {log})" if why else "ok"
+        say(f"install {install} into {env.version}: {said}")
+        if not why:
+            kept.append(env)
+    return kept
+
+
 def _crashed(writer: str, reader: str, manifest: dict[str, Any], why: str) -> list[UserRecord]:
     return [
         UserRecord(writer, reader, entry["name"], entry["kind"], LOAD_MODE, "crashed", why)
@@ -468,25 +580,38 @@ def run_user_matrix(
     out: str,
     timeout: float = DEFAULT_TIMEOUT,
     say: Callable[[str], None] = print,
+    models: str | None = None,
+    install: str | None = None,
 ) -> list[UserRecord]:
-    """Run the user's checkpointer ``reference`` (``FILE.py:NAME``) through ``environments``:
+    r"""Run the user's checkpointer ``reference`` (``FILE.py:NAME``) through ``environments``:
     each writes its corpus into ``out/corpus/<version>``, then each reads every corpus;
     ``out`` gets ``results.json``, ``grid.md``, ``grid.png`` and ``run/`` (the copied
-    file, the logs). Returns the records."""
-    path, _, name = reference.rpartition(":")
+    files, the logs). ``models``: ``FILE.py:NAME`` of the user's :class:`harness.UserModel`
+    records, one more case each; ``install``: a path or requirement ``pip install``\ ed into
+    each environment first. Returns the records."""
     run = os.path.join(out, "run")
     corpus = os.path.join(out, "corpus")
     for folder in (run, corpus):
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
-    copied = os.path.join(run, os.path.basename(path))
-    shutil.copyfile(path, copied)
-    target = f"{copied}:{name}"
+
+    def copied(reference: str) -> str:
+        path, _, name = reference.rpartition(":")
+        copy = os.path.join(run, os.path.basename(path))
+        if not os.path.exists(copy):
+            shutil.copyfile(path, copy)
+        return f"{copy}:{name}"
+
+    target = copied(reference)
+    given = ["--models", copied(models)] if models else []
+    if install is not None:
+        environments = _installed(environments, install, run, timeout, say)
     manifests: dict[str, dict[str, Any]] = {}
     for env in environments:
         directory = os.path.join(corpus, env.version)
         log = os.path.join(run, f"write-{env.version}.log")
-        ok, why = _run_child(env, ["write", target, purpose, directory], log, timeout)
+        arguments = ["write", target, purpose, directory, *given]
+        ok, why = _run_child(env, arguments, log, timeout)
         if ok:
             with open(os.path.join(directory, MANIFEST)) as handle:
                 manifests[env.version] = json.load(handle)
@@ -509,7 +634,7 @@ def run_user_matrix(
         results = os.path.join(run, f"read-{env.version}.json")
         log = os.path.join(run, f"read-{env.version}.log")
         folders = [os.path.join(corpus, version) for version in manifests]
-        ok, why = _run_child(env, ["read", target, results, *folders], log, timeout)
+        ok, why = _run_child(env, ["read", target, results, *folders, *given], log, timeout)
         if ok:
             records += read_user_records(results)
         else:
@@ -725,6 +850,8 @@ def run_command(
     out: str,
     baseline: str | None,
     timeout: float = DEFAULT_TIMEOUT,
+    models: str | None = None,
+    install: str | None = None,
 ) -> int:
     """``python -m matrix run --checkpointer``: check the arguments (a mistake is one line
     on stderr, exit status 2), run :func:`run_user_matrix`, compare with ``baseline``.
@@ -738,7 +865,17 @@ def run_command(
     try:
         if "site-packages" in out.split(os.sep):
             raise UsageError(f"--out {out} is inside site-packages: choose a folder of yours")
-        _checkpointer(reference)
+        if install is None:
+            _checkpointer(reference)
+            if models is not None:
+                load_models(models)
+        else:
+            # Your files may import your project, which only the environments get: check
+            # here that they exist; each environment imports them once it is installed.
+            for given in (reference, models):
+                path = (given or "").rpartition(":")[0]
+                if given is not None and not os.path.isfile(path):
+                    raise UsageError(f"no such file: {path} (expected FILE.py:NAME)")
         before = None
         if baseline is not None:
             results = os.path.join(baseline, "results.json")
@@ -751,7 +888,9 @@ def run_command(
         return 2
     os.makedirs(out, exist_ok=True)
     say = functools.partial(print, file=sys.stderr)
-    records = run_user_matrix(reference, purpose, environments, out, timeout, say=say)
+    records = run_user_matrix(
+        reference, purpose, environments, out, timeout, say=say, models=models, install=install
+    )
     failed = sum(record.outcome == "crashed" for record in records)
     if before is None:
         counts = Counter(record.outcome for record in records)
@@ -788,6 +927,8 @@ def _main(argv: list[str] | None = None) -> int:
     read.add_argument("checkpointer")
     read.add_argument("results")
     read.add_argument("corpora", nargs="*")
+    for step in (write, read):
+        step.add_argument("--models", help="FILE.py:NAME of your harness.UserModel records")
     merge = steps.add_parser(
         "merge", help="merge the results.json below a --harness-read-corpus folder; draw its grid"
     )
@@ -803,15 +944,18 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"merged {len(records)} loads into {os.path.join(arguments.root, 'results.json')}")
         return 0
     checkpointer = _checkpointer(arguments.checkpointer)
+    models = load_models(arguments.models) if arguments.models else None
     if arguments.step == "write":
         try:
-            manifest = write_user_corpus(checkpointer, arguments.purpose, arguments.directory)
+            manifest = write_user_corpus(
+                checkpointer, arguments.purpose, arguments.directory, models
+            )
         except Exception:
             traceback.print_exc()
             return 1
         print(f"wrote {len(manifest['cases'])} cases to {arguments.directory}")
         return 0
-    records = read_user_corpora(checkpointer, arguments.corpora)
+    records = read_user_corpora(checkpointer, arguments.corpora, models)
     write_user_records(records, arguments.results)
     print(f"read {len(arguments.corpora)} corpora: {len(records)} records")
     return 0

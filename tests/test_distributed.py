@@ -316,10 +316,10 @@ def test_finding_full_state_dict_set_gives_param_group_tuples_back_as_lists():
 def _fused_adagrad_step(rank: int, world_size: int) -> str:
     from torch.distributed.device_mesh import init_device_mesh
 
-    from harness.distributed import _fully_shard
+    from harness.distributed import find_fully_shard
 
     model = torch.nn.Linear(2, 4)
-    _fully_shard()(model, mesh=init_device_mesh("cpu", (world_size,)))
+    find_fully_shard()(model, mesh=init_device_mesh("cpu", (world_size,)))
     optimizer = torch.optim.Adagrad(model.parameters(), fused=True)
     model(torch.ones(1, 2)).sum().backward()
     try:

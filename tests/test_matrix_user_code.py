@@ -143,6 +143,143 @@ def test_a_planted_regression_fails_the_baseline_and_a_rerun_passes(tmp_path):
     assert again.stdout.splitlines()[0].endswith(": none")
 
 
+# The user's own models, in a file of theirs.
+MODELS = """
+    import torch
+    import harness
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+            self.norm = torch.nn.BatchNorm1d(2)
+
+        def forward(self, x):
+            return self.norm(self.fc(x))
+
+    MODELS = [harness.UserModel(build=Tiny, example_input=(torch.ones(4, 3),), name=NAME)]
+"""
+# A checkpointer that keeps the parameters and forgets the buffers (batch-norm statistics).
+FORGETS_BUFFERS = """
+    import torch
+    import harness
+
+    class Forgetful(harness.InferencePackage):
+        def load(self, path, into, map_location=None):
+            super().load(path, into, map_location)
+            for buffer in into.model.buffers():
+                if buffer.is_floating_point():
+                    buffer.zero_()
+
+    CHECKPOINTER = Forgetful()
+"""
+
+
+def test_your_models_are_cases_of_their_own(tmp_path, purpose="resume"):
+    models = tmp_path / "my_models.py"
+    _write(models, MODELS.replace("NAME", repr("tiny")))
+    recipe = "TrainingCheckpoint" if purpose == "resume" else "InferencePackage"
+    _write(tmp_path / "mine.py", f"import harness\nCHECKPOINTER = harness.{recipe}()\n")
+    given = ["--checkpointer", f"{tmp_path}/mine.py:CHECKPOINTER", "--purpose", purpose]
+    result = _run(tmp_path, *given, "--models", f"{models}:MODELS")
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = read_user_records(str(tmp_path / "checkpointer-matrix" / "results.json"))
+    mine = [r for r in records if r.kind == f"checkpointer:{purpose}:user_model"]
+    assert len(records) == 4 and len(mine) == 1, records
+    assert mine[0].artifact.endswith("0-tiny") and mine[0].outcome == "identical", mine
+
+
+def test_a_loader_that_forgets_your_models_buffers_differs_on_your_model(tmp_path):
+    models = tmp_path / "my_models.py"
+    _write(models, MODELS.replace("NAME", repr("tiny")))
+    _write(tmp_path / "mine.py", FORGETS_BUFFERS)
+    given = ["--checkpointer", f"{tmp_path}/mine.py:CHECKPOINTER", "--purpose", "inference"]
+    result = _run(tmp_path, *given, "--models", f"{models}:MODELS")
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = read_user_records(str(tmp_path / "checkpointer-matrix" / "results.json"))
+    outcomes = {r.kind.rsplit(":", 1)[1]: r.outcome for r in records}
+    # batch_norm and the user's model hold floating-point buffers; linear and conv2d none.
+    assert outcomes == {
+        "linear": "identical",
+        "conv2d": "identical",
+        "batch_norm": "differs",
+        "user_model": "differs",
+    }, records
+
+
+def test_a_reader_given_other_models_says_so_instead_of_comparing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    _write(tmp_path / "mine.py", CORRECT)
+    for name in ("tiny", "renamed"):
+        _write(tmp_path / f"{name}.py", MODELS.replace("NAME", repr(name)))
+
+    def step(*arguments: str) -> None:
+        command = [sys.executable, "-m", "matrix.user_code", *arguments]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    checkpointer = f"{tmp_path}/mine.py:CHECKPOINTER"
+    corpus, results = str(tmp_path / "corpus"), str(tmp_path / "results.json")
+    step("write", checkpointer, "resume", corpus, "--models", f"{tmp_path}/tiny.py:MODELS")
+    step("read", checkpointer, results, corpus, "--models", f"{tmp_path}/renamed.py:MODELS")
+    (mine,) = [r for r in read_user_records(results) if r.kind.endswith(":user_model")]
+    assert mine.outcome == "error"
+    assert "the writer's model 0 was 'tiny', --models gives 'renamed'" in mine.message
+
+
+# A project of the user's, installed into each environment: the checkpointer imports it.
+PROJECT = {
+    "pyproject.toml": """
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "my-checkpoints"
+        version = "0.1"
+    """,
+    "my_checkpoints_pkg/__init__.py": """
+        import harness
+
+        CHECKPOINTER = harness.TrainingCheckpoint()
+    """,
+}
+USES_PROJECT = """
+    from my_checkpoints_pkg import CHECKPOINTER
+"""
+
+
+def test_install_puts_your_project_into_each_environment_first(tmp_path):
+    # An environment of its own, so that the install changes nothing else: a venv that sees
+    # this one's packages (torch, this project) through a .pth file.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = [p for p in sys.path if p.endswith("site-packages")]
+    (venv / site / "ours.pth").write_text("\n".join(ours) + "\n")
+    project = tmp_path / "project"
+    for name, text in PROJECT.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        _write(project / name, text)
+    _write(tmp_path / "mine.py", USES_PROJECT)
+    given = ["--checkpointer", f"{tmp_path}/mine.py:CHECKPOINTER", "--python", str(python)]
+    # Without --install the file cannot be imported: a usage error, before any environment.
+    without = _run(tmp_path, *given, "--out", "without")
+    assert without.returncode == 2, without.stdout + without.stderr
+    assert "No module named 'my_checkpoints_pkg'" in without.stderr
+    result = _run(tmp_path, *given, "--install", str(project))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"install {project} into {torch_version()}: ok" in result.stderr
+    records = read_user_records(str(tmp_path / "checkpointer-matrix" / "results.json"))
+    assert len(records) == 3 and {r.outcome for r in records} == {"identical"}, records
+
+
 # A load that ends its process: the reader's environment dies.
 DIES_ON_LOAD = """
     import os
