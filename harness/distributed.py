@@ -5,8 +5,11 @@
 (gloo on 127.0.0.1, one process per rank, one CPU thread each), the way a sharded training
 job calls them. For each drawn training case and each (saving, loading) world size it starts
 a group of the saving size, builds the case's model on every rank from the same seed,
-shards it with FSDP2's ``fully_shard`` on a 1-D CPU device mesh (parameters and optimizer
-state become ``DTensor`` shards, ``Shard(0)``; world size 3 gives uneven shards), trains it
+shards it with FSDP2's ``fully_shard`` on a CPU device mesh (:func:`mesh_shape`: 1-D, the
+parameters and optimizer state ``DTensor`` shards with placement ``Shard(0)``, world size 3
+giving uneven shards; 2-D at an even world size of 4 or more, hybrid sharding: replicated
+over the first mesh dimension and sharded over the second, placements
+``(Replicate(), Shard(0))``), trains it
 a few steps and calls ``save`` on every rank; then it starts a group of the loading size,
 builds a fresh sharded state from another seed, calls ``load`` on every rank and gathers the
 full state (each ``DTensor``'s ``full_tensor()``) to compare it bit for bit with the
@@ -91,6 +94,7 @@ __all__ = [
     "distributed_cases",
     "find_fully_shard",
     "fully_shard_available",
+    "mesh_shape",
     "run_group",
 ]
 
@@ -404,16 +408,35 @@ def fully_shard_available() -> bool:
     return torch.distributed.is_available() and find_fully_shard() is not None
 
 
+def mesh_shape(world_size: int) -> tuple[int, ...]:
+    """The CPU device mesh a group of ``world_size`` ranks shards over: ``(2, world_size //
+    2)`` (hybrid sharding: FSDP2 replicates over the first dimension and shards over the
+    second) at an even world size of 4 or more, else ``(world_size,)`` (every rank a shard)."""
+    if world_size >= 4 and world_size % 2 == 0:
+        return (2, world_size // 2)
+    return (world_size,)
+
+
+def _shard_position(rank: int, world_size: int) -> tuple[int, int]:
+    """(which shard, of how many) rank ``rank`` holds on :func:`mesh_shape`'s mesh: ranks
+    are laid out row by row, so a rank's shard is its column."""
+    shards = mesh_shape(world_size)[-1]
+    return rank % shards, shards
+
+
 def _sharded(case: TrainingCase, init_seed: int, rank: int, world_size: int, dtype=None):
     """The case's state built from ``init_seed`` (the same on every rank), its model in
-    ``dtype`` where given, sharded over a 1-D CPU mesh of every rank, with its optimizer and
-    scheduler built over the sharded parameters."""
+    ``dtype`` where given, sharded over the CPU mesh of :func:`mesh_shape`, with its
+    optimizer and scheduler built over the sharded parameters."""
     from torch.distributed.device_mesh import init_device_mesh
 
     built = case.build(init_seed)
     if dtype is not None:
         built.model.to(dtype)
-    find_fully_shard()(built.model, mesh=init_device_mesh("cpu", (world_size,)))
+    shape = mesh_shape(world_size)
+    names = ("replicate", "shard")[-len(shape) :]
+    mesh = init_device_mesh("cpu", shape, mesh_dim_names=names)
+    find_fully_shard()(built.model, mesh=mesh)
     optimizer = build_optimizer(case.spec.optimizer, built.model)
     scheduler = build_scheduler(case.spec.scheduler, optimizer) if case.spec.scheduler else None
     return ShardedState(
@@ -462,13 +485,14 @@ def _shards_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _ranks_with_wrong_shards(saved: dict[str, Any], shards: Sequence[dict[str, Any]]) -> list[int]:
     """The ranks whose local shards of the model are not their rows of the saved tensors
-    (FSDP2 gives rank ``r`` the ``r``-th of ``torch.chunk(tensor, world_size)``, an empty
-    shard past the last chunk)."""
+    (FSDP2 gives the rank holding shard ``i`` of ``n`` (:func:`_shard_position`) the
+    ``i``-th of ``torch.chunk(tensor, n)``, an empty shard past the last chunk)."""
     wrong = []
     for rank, local in enumerate(shards):
+        index, count = _shard_position(rank, len(shards))
         for key, shard in local.items():
-            chunks = torch.chunk(saved[key], len(shards)) if saved[key].dim() else ()
-            expected = chunks[rank] if rank < len(chunks) else saved[key][:0]
+            chunks = torch.chunk(saved[key], count) if saved[key].dim() else ()
+            expected = chunks[index] if index < len(chunks) else saved[key][:0]
             if find_difference(expected.contiguous(), shard.contiguous()) is not None:
                 wrong.append(rank)
                 break

@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+from hypothesis import find
 from hypothesis.errors import InvalidArgument
 
 from harness import cli
@@ -23,7 +24,9 @@ from harness.distributed import (
     GroupFailed,
     GroupHung,
     check_distributed_checkpointer,
+    distributed_cases,
     fully_shard_available,
+    mesh_shape,
     run_group,
 )
 from tests.distributed_checkpointers import (
@@ -227,6 +230,58 @@ def test_own_file_per_rank_passes_at_equal_sizes_and_is_caught_when_resharding()
     assert not results["state_restored"].passed
     # Loaded at 1, rank 0 finds only its own shard; at 2, rank 1 finds no file of its own.
     assert "load raised" in message or "differ" in message, message
+
+
+def _placements(case, rank: int, world_size: int) -> tuple:
+    from harness.distributed import _sharded
+
+    parameter = next(_sharded(case, 0, rank, world_size).model.parameters())
+    return (
+        [type(p).__name__ for p in parameter.placements],
+        tuple(parameter.device_mesh.shape),
+        parameter.to_local().clone(),
+        parameter.full_tensor().clone(),
+    )
+
+
+def test_a_group_of_four_shards_hybrid_on_a_2d_mesh():
+    """At 4 ranks the model is replicated over the mesh's rows and sharded over its columns:
+    ranks 0 and 2 hold the first half of the rows, ranks 1 and 3 the second."""
+    assert [mesh_shape(size) for size in (1, 2, 3, 4, 5, 6)] == [
+        (1,),
+        (2,),
+        (3,),
+        (2, 2),
+        (5,),
+        (2, 3),
+    ]
+    case = find(distributed_cases(["linear"]), lambda case: True)
+    outcomes = run_group(4, functools.partial(_placements, case), timeout=60)
+    for rank, outcome in enumerate(outcomes):
+        placements, mesh, local, full = outcome.value
+        assert (placements, mesh) == (["Replicate", "Shard"], (2, 2))
+        assert torch.equal(local, torch.chunk(full, 2)[rank % 2])
+
+
+def test_the_plants_on_a_2d_mesh():
+    """Hybrid sharding at 4 ranks: the reference reshards to and from it; each rank's own
+    file restores at equal size; rank 0's file on every rank is wrong on exactly the ranks
+    holding the other column's shard."""
+    _, reference = _verdicts(DistributedCheckpoint(), ["state_restored"], ((4, 2), (2, 4)), 1)
+    assert reference["state_restored"].passed, reference["state_restored"].failures
+    _, own = _verdicts(OwnFilePerRank(), ["state_restored"], ((4, 4),), 1)
+    assert own["state_restored"].passed, own["state_restored"].failures
+    _, rank_zero = _verdicts(RankZeroOnly(), ["state_restored"], ((4, 4),), 1)
+    message = rank_zero["state_restored"].failures[0].message
+    # Silently wrong where the two columns' shards have one shape, else a shape error of
+    # their own load on exactly those ranks (the others fail only as their peers end).
+    raised = [f"rank {rank} raised: load raised" in message for rank in range(4)]
+    assert "the model shards of rank(s) [1, 3] wrong" in message or raised == [
+        False,
+        True,
+        False,
+        True,
+    ], message
 
 
 def test_optimizer_dropped_on_resize_is_caught_by_state_restored():
