@@ -186,6 +186,19 @@ def test_write_in_one_run_and_read_in_another_under_xdist(project):
     # The workers' records, merged once by the controller.
     merged = read_user_records(str(corpus / "results.json"))
     assert Counter(r.outcome for r in merged) == {"identical": 3, "differs": 3}
+    # The workflow's grid job: the readers' records alone, merged by the command.
+    records = project / "records"
+    for path in corpus.glob("*/*/*/results.json"):
+        copied = records / path.relative_to(corpus)
+        copied.parent.mkdir(parents=True)
+        copied.write_bytes(path.read_bytes())
+    command = [sys.executable, "-m", "matrix.user_code", "merge", str(records)]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"merged 6 loads into {records / 'results.json'}\n"
+    assert read_user_records(str(records / "results.json")) == merged
+    assert (records / "grid.md").read_text() == (corpus / "grid.md").read_text()
 
 
 def test_without_the_options_nothing_is_written(project):
