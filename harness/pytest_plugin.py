@@ -387,7 +387,8 @@ def check_checkpointer(request: pytest.FixtureRequest) -> Callable[..., Any]:
         failures = [] if report.ok else [report.to_markdown()]
         if corpus is not None:
             calls += 1
-            failures += _across_versions(corpus, nodeid, calls, checkpointer, purpose)
+            models = options.get("models")
+            failures += _across_versions(corpus, nodeid, calls, checkpointer, purpose, models)
         if failures:
             pytest.fail("\n\n".join(failures), pytrace=False)
         return report
@@ -396,24 +397,29 @@ def check_checkpointer(request: pytest.FixtureRequest) -> Callable[..., Any]:
 
 
 def _across_versions(
-    corpus: _Corpus, nodeid: str, call: int, checkpointer: Any, purpose: str
+    corpus: _Corpus, nodeid: str, call: int, checkpointer: Any, purpose: str, models: Any
 ) -> list[str]:
     """Write this call's corpus, then read every torch version's, as ``corpus`` asks; the
-    failure to report (one line per load that was not identical), if any."""
+    failure to report (one line per load that was not identical), if any. The corpus has a
+    case of each :class:`~harness.user_models.UserModel` of the call's ``models`` (a
+    strategy of them cannot be listed: it adds none)."""
     from dataclasses import replace
 
     from harness.capabilities import torch_version
     from harness.releases import version_key
     from harness.state import global_rng_state, set_global_rng_state
+    from harness.user_models import UserModel
     from matrix.user_code import MANIFEST, read_user_corpora, write_user_corpus, write_user_records
 
+    given = list(models) if isinstance(models, list | tuple) else [models]
+    own = [model for model in given if isinstance(model, UserModel)]
     version, test = torch_version(), _directory_name(nodeid)
     if corpus.write is not None:
         folder = _call_folder(corpus.write, version, test, call)
         shutil.rmtree(folder, ignore_errors=True)
         callers = global_rng_state()
         try:
-            write_user_corpus(checkpointer, purpose, str(folder))
+            write_user_corpus(checkpointer, purpose, str(folder), own)
         finally:
             set_global_rng_state(callers)
     if corpus.read is None:
@@ -426,7 +432,7 @@ def _across_versions(
             f"test (<torch version>/{test}/{call}/ there); write it with {_WRITE_OPTION} "
             "under each torch version"
         ]
-    records = read_user_corpora(checkpointer, [str(folder) for folder in written])
+    records = read_user_corpora(checkpointer, [str(folder) for folder in written], own)
     results = _call_folder(corpus.read, version, test, call)
     results.mkdir(parents=True, exist_ok=True)
     label = nodeid if call == 1 else f"{nodeid} (call {call})"

@@ -57,10 +57,20 @@ def test_resume(check_checkpointer, checkpointer):
     check_checkpointer(checkpointer, invariants=[])
 """
 
-# Two calls in one test, and one test with a property check as well.
+# Two calls in one test, a test with a property check as well, and one on a model of the
+# user's (a case of its own in the corpus).
 MORE_TESTS = """
+import torch
+
 import harness
+from harness.user_models import UserModel
 from test_users import ForgetsOptimizer
+
+MODEL = UserModel(
+    lambda: torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)),
+    example_input=lambda: (torch.randn(5, 3),),
+    name="LinearNorm",
+)
 
 
 def test_both_purposes(check_checkpointer):
@@ -72,6 +82,10 @@ def test_checked_too(check_checkpointer):
     check_checkpointer(
         ForgetsOptimizer(), max_examples=2, seed=0, invariants=["state_restored"]
     )
+
+
+def test_own_model(check_checkpointer):
+    check_checkpointer(harness.TrainingCheckpoint(), models=MODEL, invariants=[])
 """
 
 # The three resume cases and the three inference cases of matrix.user_code.
@@ -135,6 +149,15 @@ def test_write_then_read_in_one_run_fails_the_loads_that_differ(project):
         f"test_more.py::test_both_purposes (call 2): {case}" for case in sorted(INFERENCE)
     ]
     assert {r.outcome for r in second} == {"identical"}, second
+    own_model = corpus / VERSION / "test_more.py_test_own_model" / "1"
+    own = json.loads((own_model / "manifest.json").read_text())
+    assert [case["kind"] for case in own["cases"]] == [
+        "checkpointer:resume:Adam",
+        "checkpointer:resume:SGD",
+        "checkpointer:resume:AdamW",
+        "checkpointer:resume:user_model",
+    ]
+    assert own["cases"][-1]["spec"]["label"] == "LinearNorm"
     # The merged records: every call's, once, named after its test.
     merged = read_user_records(str(corpus / "results.json"))
     by_test = Counter((r.artifact.split(": ")[0], r.outcome) for r in merged)
@@ -144,12 +167,13 @@ def test_write_then_read_in_one_run_fails_the_loads_that_differ(project):
         ("test_more.py::test_both_purposes", "identical"): 3,
         ("test_more.py::test_both_purposes (call 2)", "identical"): 3,
         ("test_more.py::test_checked_too", "differs"): 3,
+        ("test_more.py::test_own_model", "identical"): 4,
     }
     grid = (corpus / "grid.md").read_text()
     assert grid.startswith("# Your checkpointer across torch versions (inference, resume)")
     assert f"| {VERSION} | {VERSION} | {FORGETS}: {RESUME[0]} | differs |" in grid
     assert (corpus / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = f"15 loads (6 differs, 9 identical) across torch {VERSION}: {corpus}/results.json"
+    summary = f"19 loads (6 differs, 13 identical) across torch {VERSION}: {corpus}/results.json"
     assert summary in result.stdout
 
 
