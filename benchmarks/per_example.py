@@ -39,10 +39,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from benchmarks.operations import under_test
-from benchmarks.payloads import size_label, state_dict
+from benchmarks.payloads import size_label, state_dict, tensor_bytes
 from harness import profiles
 from harness.checkpointer import RESUME_STEPS
-from harness.devices import storages_tagged_as
+from harness.devices import CPU_MAP_LOCATIONS, storages_tagged_as
 from harness.persistence import DEFAULT_OPTIONS, UnsupportedOptions, load, round_trip, save
 from harness.recipes import TrainingCheckpoint
 from harness.state import seed_global_rngs
@@ -56,8 +56,11 @@ __all__ = [
     "Summary",
     "Workload",
     "format_rounds",
+    "harness_round",
     "measure_round",
+    "bare_seconds",
     "run_rounds",
+    "sized_workload",
     "summarize",
     "workload",
 ]
@@ -80,10 +83,31 @@ def _bundle_bare(example: tuple[dict, Any], directory: str) -> None:
     round_trip(bundle, options, directory)
 
 
+def _bundle_promised(example: tuple[dict, Any], directory: str) -> None:
+    bundle, options = example
+    round_trip(bundle, options, directory)
+    if not options.to_buffer:  # the second save of "saving twice writes the same bytes"
+        (first,) = os.listdir(directory)
+        os.replace(os.path.join(directory, first), os.path.join(directory, f"{first}.first"))
+        save(bundle, options, directory)
+
+
 def _cuda_bare(bundle: dict, directory: str) -> None:
     with storages_tagged_as("cuda:0"):
         source = save(bundle, DEFAULT_OPTIONS, directory)
     load(source, map_location="cpu")
+
+
+def _cuda_promised(bundle: dict, directory: str) -> None:
+    with storages_tagged_as("cuda:0"):
+        source = save(bundle, DEFAULT_OPTIONS, directory)
+    for _, map_location in CPU_MAP_LOCATIONS:
+        load(source, map_location=map_location)
+    if tensor_bytes(bundle):
+        try:
+            load(source)  # refused on a CPU-only host, after reading the first storage
+        except RuntimeError:
+            pass
 
 
 def _checkpointed(case: Any, directory: str) -> Any:
@@ -125,6 +149,9 @@ class Workload:
             of drawn ones (no generation, no known hazards), or None: the invariant's own
             strategy and hazards.
         examples: examples per round for a fixed example, or None: the round's number.
+        promised: ``promised(example, directory)``: every torch call the promise itself
+            names, where that is more than ``bare`` (the other ``map_location`` spellings,
+            the second save of an observation), or None: ``bare`` is all of them.
     """
 
     name: str
@@ -133,6 +160,7 @@ class Workload:
     bare_work: str
     fixed: Callable[[], Any] | None = None
     examples: int | None = None
+    promised: Callable[[Any, str], None] | None = None
 
 
 @functools.cache
@@ -168,9 +196,23 @@ _CUDA_BARE = "save with storages tagged cuda:0, load with map_location='cpu'"
 _SMALL, _LARGE = 4 * 2**10, 256 * 2**20
 
 
-def _sized(name: str, bare: Callable[[Any, str], None], work: str, fixed, size: int) -> Workload:
+# The round trips measured on fixed examples: the bare work, in words, the example of a size,
+# and the promise's torch calls.
+_FIXED: dict[str, tuple[Callable[[Any, str], None], str, Callable[[int], Any], Any]] = {
+    "state_dict_round_trip": (_state_dict_bare, _STATE_DICT_BARE, _fixed_model, None),
+    "bundle_round_trip": (_bundle_bare, _BUNDLE_BARE, _fixed_bundle_with_options, _bundle_promised),
+    "cuda_checkpoint_on_cpu": (_cuda_bare, _CUDA_BARE, _fixed_bundle, _cuda_promised),
+}
+
+
+def sized_workload(name: str, size: int) -> Workload:
+    """The round trip ``name`` (``state_dict_round_trip``, ``bundle_round_trip`` or
+    ``cuda_checkpoint_on_cpu``) on one fixed example of ``size`` tensor bytes: a square
+    ``Linear`` model, or a bundle of one state dict and an epoch."""
+    bare, work, fixed, promised = _FIXED[name]
     examples = None if size < 2**20 else 2
-    return Workload(f"{name}[{size_label(size)}]", name, bare, work, fixed(size), examples)
+    label = size_label(size)
+    return Workload(f"{name}[{label}]", name, bare, work, fixed(size), examples, promised)
 
 
 #: The workloads, registered once: the round trips of the main job and the checkpointer
@@ -178,8 +220,20 @@ def _sized(name: str, bare: Callable[[Any, str], None], work: str, fixed, size: 
 #: drawn examples, and the round trips on one fixed example of 4 KiB.
 WORKLOADS: tuple[Workload, ...] = (
     Workload("state_dict_round_trip", "state_dict_round_trip", _state_dict_bare, _STATE_DICT_BARE),
-    Workload("bundle_round_trip", "bundle_round_trip", _bundle_bare, _BUNDLE_BARE),
-    Workload("cuda_checkpoint_on_cpu", "cuda_checkpoint_on_cpu", _cuda_bare, _CUDA_BARE),
+    Workload(
+        "bundle_round_trip",
+        "bundle_round_trip",
+        _bundle_bare,
+        _BUNDLE_BARE,
+        promised=_bundle_promised,
+    ),
+    Workload(
+        "cuda_checkpoint_on_cpu",
+        "cuda_checkpoint_on_cpu",
+        _cuda_bare,
+        _CUDA_BARE,
+        promised=_cuda_promised,
+    ),
     Workload(
         "training_checkpoint_restored",
         "training_checkpoint_restored",
@@ -193,18 +247,12 @@ WORKLOADS: tuple[Workload, ...] = (
         _resumed_bare,
         f"as training_checkpoint_restored, then {RESUME_STEPS} training steps",
     ),
-    _sized("state_dict_round_trip", _state_dict_bare, _STATE_DICT_BARE, _fixed_model, _SMALL),
-    _sized("bundle_round_trip", _bundle_bare, _BUNDLE_BARE, _fixed_bundle_with_options, _SMALL),
-    _sized("cuda_checkpoint_on_cpu", _cuda_bare, _CUDA_BARE, _fixed_bundle, _SMALL),
+    *(sized_workload(name, _SMALL) for name in _FIXED),
 )
 
 #: The same round trips on one fixed example of 256 MiB (two examples a round, seconds
 #: each): run with ``--large``.
-LARGE_WORKLOADS: tuple[Workload, ...] = (
-    _sized("state_dict_round_trip", _state_dict_bare, _STATE_DICT_BARE, _fixed_model, _LARGE),
-    _sized("bundle_round_trip", _bundle_bare, _BUNDLE_BARE, _fixed_bundle_with_options, _LARGE),
-    _sized("cuda_checkpoint_on_cpu", _cuda_bare, _CUDA_BARE, _fixed_bundle, _LARGE),
-)
+LARGE_WORKLOADS: tuple[Workload, ...] = tuple(sized_workload(name, _LARGE) for name in _FIXED)
 
 
 def workload(name: str) -> Workload:
@@ -226,11 +274,18 @@ class Round:
     examples: int
     harness_seconds: float
     bare_seconds: float
+    promised_seconds: float | None = None
 
     @property
     def ratio(self) -> float:
         """Harness time over bare time: 1.5 is half again the bare work."""
         return self.harness_seconds / self.bare_seconds
+
+    @property
+    def promise_ratio(self) -> float:
+        """Harness time over the time of every torch call the promise names (the bare
+        work where that is all of them)."""
+        return self.harness_seconds / (self.promised_seconds or self.bare_seconds)
 
 
 def _invariant(name: str) -> Invariant:
@@ -259,9 +314,10 @@ def _harness(invariant: Invariant, settings_: settings, seed: int) -> None:
         raise AssertionError(f"{invariant.name} failed at seed {seed}: {result.failures}")
 
 
-def measure_round(record: Workload, seed: int, examples: int) -> Round:
-    """Time the invariant of ``record`` on ``examples`` examples drawn from ``seed``, then
-    its bare work on every example the check was called with (the known hazards too)."""
+def harness_round(record: Workload, seed: int, examples: int) -> list[Any]:
+    """Run the invariant of ``record`` on ``examples`` examples drawn from ``seed`` (or on
+    its fixed example), as the main job does; return every example the check was called
+    with (the known hazards too)."""
     invariant = _invariant(record.invariant)
     drawn: list[Any] = []
 
@@ -274,22 +330,38 @@ def measure_round(record: Workload, seed: int, examples: int) -> Round:
         example = record.fixed()
         # Distinct draws, so that Hypothesis checks the one example as often as asked.
         strategy, explicit = (lambda: st.integers(0, 2**16).map(lambda _: example)), tuple
-        examples = record.examples or examples
     recorded = Invariant(invariant.name, invariant.description, strategy, recording, explicit)
-    settings_ = _settings(examples)
+    _harness(recorded, _settings(examples), seed)
+    return drawn
+
+
+def measure_round(record: Workload, seed: int, examples: int) -> Round:
+    """Time the invariant of ``record`` on ``examples`` examples drawn from ``seed``, then
+    its bare work on every example the check was called with (the known hazards too)."""
+    if record.fixed is not None:
+        examples = record.examples or examples
     started = time.perf_counter()
-    _harness(recorded, settings_, seed)
+    drawn = harness_round(record, seed, examples)
     harness_seconds = time.perf_counter() - started
+    bare = bare_seconds(record.bare, drawn)
+    promised = bare_seconds(record.promised, drawn) if record.promised else None
+    return Round(record.name, seed, len(drawn), harness_seconds, bare, promised)
+
+
+def bare_seconds(work: Callable[[Any, str], None], examples: Sequence[Any]) -> float:
+    """Seconds ``work`` takes on every example, in one folder, emptied after each example
+    as the harness empties its own."""
     with tempfile.TemporaryDirectory(prefix="bare-") as directory, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the harness counts warnings; nothing prints them
         started = time.perf_counter()
-        for example in drawn:
+        for example in examples:
             try:
-                record.bare(example, directory)
+                work(example, directory)
             except (UnsupportedOptions, pickle.UnpicklingError):
                 pass  # options torch refuses, a lazy module's state: the harness stops too
-        bare_seconds = time.perf_counter() - started
-    return Round(record.name, seed, len(drawn), harness_seconds, bare_seconds)
+            for name in os.listdir(directory):
+                os.unlink(os.path.join(directory, name))
+        return time.perf_counter() - started
 
 
 def run_rounds(
@@ -326,6 +398,7 @@ class Summary:
     high: float
     harness_ms: float
     bare_ms: float
+    promise_median: float
 
 
 def summarize(rounds: Sequence[Round]) -> list[Summary]:
@@ -346,6 +419,7 @@ def summarize(rounds: Sequence[Round]) -> list[Summary]:
                 max(ratios),
                 statistics.median(1000 * r.harness_seconds / r.examples for r in mine),
                 statistics.median(1000 * r.bare_seconds / r.examples for r in mine),
+                statistics.median(r.promise_ratio for r in mine),
             )
         )
     return summaries
@@ -353,8 +427,18 @@ def summarize(rounds: Sequence[Round]) -> list[Summary]:
 
 def format_rounds(rounds: Sequence[Round]) -> str:
     """The table: per workload the median ratio and its range over the rounds, the harness's
-    and the bare work's milliseconds per example, and every round's ratio."""
-    header = ["workload", "x bare (median)", "range", "harness ms/ex", "bare ms/ex", "per round"]
+    and the bare work's milliseconds per example, the median ratio to every torch call the
+    promise names (``x promise``: the bare ratio where the bare work is all of them), and
+    every round's ratio."""
+    header = [
+        "workload",
+        "x bare (median)",
+        "range",
+        "harness ms/ex",
+        "bare ms/ex",
+        "x promise",
+        "per round",
+    ]
     body = []
     for summary in summarize(rounds):
         per_round = " ".join(f"{r.ratio:.2f}" for r in rounds if r.workload == summary.workload)
@@ -365,14 +449,15 @@ def format_rounds(rounds: Sequence[Round]) -> str:
                 f"{summary.low:.2f}-{summary.high:.2f}",
                 f"{summary.harness_ms:.2f}",
                 f"{summary.bare_ms:.2f}",
+                f"{summary.promise_median:.2f}",
                 per_round,
             ]
         )
-    widths = [max(len(line[column]) for line in [header, *body]) for column in range(6)]
+    widths = [max(len(line[column]) for line in [header, *body]) for column in range(7)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            cell.ljust(width) if column in (0, 5) else cell.rjust(width)
+            cell.ljust(width) if column in (0, 6) else cell.rjust(width)
             for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 

@@ -199,6 +199,7 @@ def cuda_checkpoint_on_cpu(bundle: dict) -> Iterator[str]:
             else:
                 loaded = load(source, map_location=map_location)
             assert_identical(bundle, loaded, name=f"bundle loaded with map_location={spelling}")
+            del loaded  # else it would still be held while the next spelling loads
         if _has_storage(bundle) and not probe().cuda_available:
             try:
                 load(source)

@@ -280,6 +280,15 @@ def _element_bits(dtype: torch.dtype) -> st.SearchStrategy[int]:
     return _signed_bits(width) if dtype.is_signed else _unsigned_bits(width)
 
 
+@functools.cache
+def _changes(dtype: torch.dtype, count: int) -> st.SearchStrategy[list[tuple[int, int]]]:
+    """Up to 16 (position, bits) changes to a storage of ``count`` elements of ``dtype``:
+    built once per dtype and count, not at every draw (building and validating a strategy
+    costs more than drawing from it)."""
+    changes = st.tuples(st.integers(0, count - 1), _element_bits(dtype))
+    return st.lists(changes, max_size=min(count, _DRAWN_ELEMENTS))
+
+
 @st.composite
 def _storage_bits(draw: st.DrawFn, dtype: torch.dtype, count: int) -> tuple[int, ...]:
     """One fill pattern for every element, then up to 16 elements drawn one by one.
@@ -287,13 +296,15 @@ def _storage_bits(draw: st.DrawFn, dtype: torch.dtype, count: int) -> tuple[int,
     The draws do not depend on the shape beyond ``count``, so shrinking the shape does not
     disturb the element draws.
     """
-    elements = _element_bits(dtype)
-    bits = [draw(elements)] * count
+    bits = [draw(_element_bits(dtype))] * count
     if count:
-        changes = st.tuples(st.integers(0, count - 1), elements)
-        for position, value in draw(st.lists(changes, max_size=min(count, _DRAWN_ELEMENTS))):
+        for position, value in draw(_changes(dtype, count)):
             bits[position] = value
     return tuple(bits)
+
+
+_STEPS = st.integers(2, 3)
+_OFFSETS = st.integers(1, 4)
 
 
 @st.composite
@@ -311,7 +322,7 @@ def _drawn_specs(
     if not _applies(layout, len(shape)):
         layout = "contiguous"
     # Drawn for every layout, so that shrinking the layout keeps later draws in step.
-    step, offset = draw(st.integers(2, 3)), draw(st.integers(1, 4))
+    step, offset = draw(_STEPS), draw(_OFFSETS)
     step = step if layout == "strided_slice" else 1
     offset = offset if layout == "offset_view" else 0
     count = math.prod(_base_shape(shape, layout, step, offset))
