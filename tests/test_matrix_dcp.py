@@ -213,3 +213,20 @@ def test_torch_1_13_writes_nothing_and_reads_with_an_error(corpus, tmp_path):
     )
     assert len(read) == len(entries) * len(dcp.LOAD_MODES)
     assert all(outcome == "error" and message.startswith(reason) for _, outcome, message in read)
+
+
+def test_hyperparameters_one_torch_lacks_are_left_out_of_the_description_only():
+    """What the reader leaves out where the writer's and its own Adam keep other
+    hyperparameters: those entries of every param group, and nothing else."""
+    model = torch.nn.Linear(2, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    without = copy.deepcopy(state)
+    for group in without["optimizer"]["param_groups"]:
+        del group["amsgrad"], group["lr"]
+    left = dcp._without_keys(describe(state), {"amsgrad", "lr"})
+    assert left == describe(without)
+    assert dcp._without_keys(describe(state), set()) == describe(state)
+    assert dcp._group_keys(state) == sorted(dcp._this_torchs_group_keys())
