@@ -46,12 +46,13 @@ failing the test with the report and the pytest command that reruns it with the 
 
 **Your checkpointer across torch versions** (``docs/your-code-across-versions.md``), only
 when asked: with ``--harness-write-corpus DIR``, every ``check_checkpointer`` call also saves
-the fixed cases of ``python -m matrix run --checkpointer`` with the checkpointer it is given
-(:func:`matrix.user_code.write_user_corpus`) into ``DIR/<torch version>/<test>/<n>/``, ``n``
-counting the calls in the test; with ``--harness-read-corpus DIR``, it loads every torch
-version's corpus of that call under ``DIR`` with the checkpointer
-(:func:`matrix.user_code.read_user_corpora`), writes the records beside this torch's corpus
-as ``results.json``, and fails the test with one line per load that is not identical. At the
+the fixed cases of ``python -m matrix run --checkpointer`` (and one per ``UserModel`` of its
+``models=``) with the checkpointer it is given (:func:`matrix.user_code.write_call_corpus`)
+into ``DIR/<torch version>/<test>/<n>/``, ``n`` counting the calls in the test; with
+``--harness-read-corpus DIR``, it loads every torch version's corpus of that call under
+``DIR`` with the checkpointer (:func:`matrix.user_code.read_call_corpora`), writes the
+records beside this torch's corpus as ``results.json``, and fails the test with one line per
+load that is not identical. At the
 end of the run, ``DIR/results.json`` and ``DIR/grid.md`` (and ``grid.png`` where matplotlib is
 installed) merge every reader's records (:func:`matrix.user_code.merge_user_records`). Given
 together, each call writes, then reads.
@@ -62,7 +63,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,11 +103,6 @@ class _Corpus:
 
     write: Path | None
     read: Path | None
-
-
-def _call_folder(root: Path, version: str, test: str, call: int) -> Path:
-    """The folder of one ``check_checkpointer`` call's corpus, and of its reader's records."""
-    return root / version / test / str(call)
 
 
 _PROFILE_IN_USE = pytest.StashKey[_ProfileInUse]()
@@ -162,8 +157,6 @@ def _asked_profile(config: pytest.Config) -> tuple[str, str, bool] | None:
     return name, reason, explicit is not None
 
 
-# tryfirst: before Hypothesis's own plugin, which loads --hypothesis-profile (registered by
-# then) and applies --hypothesis-verbosity on top of the loaded profile.
 def _corpus_root(config: pytest.Config, option: str) -> Path | None:
     """The folder ``option`` names, absolute (the folder to write is created); a one-line
     usage error where it cannot serve."""
@@ -201,6 +194,8 @@ def _configure_corpus(config: pytest.Config) -> None:
     config.stash[_CORPUS] = _Corpus(write, read)
 
 
+# tryfirst: before Hypothesis's own plugin, which loads --hypothesis-profile (registered by
+# then) and applies --hypothesis-verbosity on top of the loaded profile.
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     _configure_corpus(config)
@@ -403,41 +398,25 @@ def _across_versions(
     failure to report (one line per load that was not identical), if any. The corpus has a
     case of each :class:`~harness.user_models.UserModel` of the call's ``models`` (a
     strategy of them cannot be listed: it adds none)."""
-    from dataclasses import replace
-
     from harness.capabilities import torch_version
-    from harness.releases import version_key
-    from harness.state import global_rng_state, set_global_rng_state
     from harness.user_models import UserModel
-    from matrix.user_code import MANIFEST, read_user_corpora, write_user_corpus, write_user_records
+    from matrix.user_code import call_folder, read_call_corpora, write_call_corpus
 
     given = list(models) if isinstance(models, list | tuple) else [models]
     own = [model for model in given if isinstance(model, UserModel)]
-    version, test = torch_version(), _directory_name(nodeid)
+    test = _directory_name(nodeid)
     if corpus.write is not None:
-        folder = _call_folder(corpus.write, version, test, call)
-        shutil.rmtree(folder, ignore_errors=True)
-        callers = global_rng_state()
-        try:
-            write_user_corpus(checkpointer, purpose, str(folder), own)
-        finally:
-            set_global_rng_state(callers)
+        write_call_corpus(checkpointer, purpose, str(corpus.write), test, call, own)
     if corpus.read is None:
         return []
-    manifests = corpus.read.glob(f"*/{test}/{call}/{MANIFEST}")
-    written = sorted((path.parent for path in manifests), key=lambda f: version_key(f.parts[-3]))
-    if not written:
+    label = nodeid if call == 1 else f"{nodeid} (call {call})"
+    records = read_call_corpora(checkpointer, str(corpus.read), test, call, label, own)
+    if not records:
         return [
             f"{_READ_OPTION} {corpus.read}: no corpus of check_checkpointer call {call} of this "
             f"test (<torch version>/{test}/{call}/ there); write it with {_WRITE_OPTION} "
             "under each torch version"
         ]
-    records = read_user_corpora(checkpointer, [str(folder) for folder in written], own)
-    results = _call_folder(corpus.read, version, test, call)
-    results.mkdir(parents=True, exist_ok=True)
-    label = nodeid if call == 1 else f"{nodeid} (call {call})"
-    labelled = [replace(record, artifact=f"{label}: {record.artifact}") for record in records]
-    write_user_records(labelled, str(results / "results.json"))
     failed = [record for record in records if record.outcome != "identical"]
     if not failed:
         return []
@@ -448,7 +427,8 @@ def _across_versions(
     for record in failed:
         line = f"  {record.writer} -> {record.reader} {record.artifact}: {record.outcome}"
         lines.append(f"{line} ({record.message})" if record.message else line)
-    lines.append(f"Records: {results / 'results.json'}")
+    results = call_folder(str(corpus.read), torch_version(), test, call)
+    lines.append(f"Records: {os.path.join(results, 'results.json')}")
     lines.append(f"Reproduce: `pytest '{nodeid}' {_READ_OPTION} {corpus.read}`")
     return ["\n".join(lines)]
 

@@ -41,7 +41,7 @@ import sys
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from harness.releases import version_key
@@ -57,16 +57,19 @@ __all__ = [
     "Environment",
     "Regression",
     "UserRecord",
+    "call_folder",
     "changed_pairs",
     "environment",
     "merge_user_records",
     "load_models",
+    "read_call_corpora",
     "read_user_corpora",
     "read_user_records",
     "regressions",
     "render_user_grid",
     "run_command",
     "run_user_matrix",
+    "write_call_corpus",
     "write_user_corpus",
     "write_user_records",
 ]
@@ -730,6 +733,59 @@ def render_user_grid(
     figure.savefig(picture, dpi=80)
     plt.close(figure)
     return [markdown, picture]
+
+
+# --- pytest's --harness-write-corpus and --harness-read-corpus: a corpus per call ---------
+
+
+def call_folder(root: str, version: str, test: str, call: int) -> str:
+    """Where pytest's corpus options keep call ``call`` (from 1) of ``check_checkpointer`` in
+    the test ``test`` (a folder name) under ``root``: the corpus torch ``version`` wrote, and
+    the records it read."""
+    return os.path.join(root, version, test, str(call))
+
+
+def write_call_corpus(
+    checkpointer: Any, purpose: str, root: str, test: str, call: int, models: list[Any]
+) -> str:
+    """:func:`write_user_corpus` into this torch's :func:`call_folder`, replacing an earlier
+    corpus there, with the caller's global RNGs left as they were; the folder."""
+    from harness.capabilities import torch_version
+    from harness.state import global_rng_state, set_global_rng_state
+
+    folder = call_folder(root, torch_version(), test, call)
+    shutil.rmtree(folder, ignore_errors=True)
+    callers = global_rng_state()
+    try:
+        write_user_corpus(checkpointer, purpose, folder, models)
+    finally:
+        set_global_rng_state(callers)
+    return folder
+
+
+def read_call_corpora(
+    checkpointer: Any, root: str, test: str, call: int, label: str, models: list[Any]
+) -> list[UserRecord]:
+    """:func:`read_user_corpora` of every torch's corpus of the call (its
+    :func:`call_folder` under each version, oldest first); the records go, each case's
+    artifact prefixed with ``label``, to ``results.json`` in this torch's folder of the call.
+    The records as read; none where no torch wrote the call's corpus."""
+    import glob
+
+    from harness.capabilities import torch_version
+
+    pattern = os.path.join(glob.escape(root), "*", glob.escape(test), str(call), MANIFEST)
+    # root/<version>/<test>/<call>/manifest.json
+    versions = sorted((path.split(os.sep)[-4] for path in glob.glob(pattern)), key=version_key)
+    if not versions:
+        return []
+    folders = [call_folder(root, version, test, call) for version in versions]
+    records = read_user_corpora(checkpointer, folders, models)
+    own = call_folder(root, torch_version(), test, call)
+    os.makedirs(own, exist_ok=True)
+    labelled = [replace(record, artifact=f"{label}: {record.artifact}") for record in records]
+    write_user_records(labelled, os.path.join(own, "results.json"))
+    return records
 
 
 def merge_user_records(root: str) -> list[UserRecord]:
