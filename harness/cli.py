@@ -626,6 +626,11 @@ def _check(args: argparse.Namespace) -> int:
     _validated(args.invariant, list(by_name), "check")
     invariants = [by_name[name] for name in args.invariant] if args.invariant else list(INVARIANTS)
     jobs = args.jobs or default_jobs()
+    import torch
+
+    # Every example of the main job is small: a second intra-op thread only adds wake-ups
+    # (measured in docs/benchmarks.md, "Torch threads"); the workers have one each too.
+    torch.set_num_threads(1)
     sandboxed = {invariant.name for invariant in invariants} & {i.name for i in safety_invariants()}
     if sandboxed and jobs == 1:
         sandbox.start()  # the sandbox's server imports torch while the first invariants run
