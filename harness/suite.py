@@ -13,11 +13,12 @@ here.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 import random
 import shutil
 import signal
@@ -459,48 +460,67 @@ _END_S = 30.0
 
 
 def _worker(
-    tasks: Any,
-    messages: Any,
+    connection: Any,
     invariants: Sequence[Invariant],
     run_one: Callable[[Invariant, Callable[[str], None] | None], InvariantResult],
     start: Callable[[], None] | None,
 ) -> None:
-    """Run the invariants whose positions come on ``tasks`` until a None, telling the parent
-    on ``messages`` when each starts, its progress lines and its result."""
+    """Run the invariants whose positions come on ``connection`` until a None, telling the
+    parent on it when each starts, its progress lines and its result.
+
+    One pipe per worker, no queue shared between them: a worker stopped while it writes
+    leaves no lock held that the others would wait for.
+    """
     import torch
 
     # Each worker has a core of its own: a second intra-op thread only adds wake-ups.
     torch.set_num_threads(1)
     # The parent stops the workers on Ctrl-C; SIGTERM interrupts a check as Ctrl-C would.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stopped = threading.Event()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stopped.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    sending = threading.Lock()  # the heartbeat's thread sends too
+
+    def send(kind: int, position: int, payload: Any = None) -> None:
+        with sending:
+            connection.send((kind, position, payload))
+
     position = None
     try:
         if start is not None:
             start()
-        while (position := tasks.get()) is not None:
-            messages.put((_STARTED, position, None))
+        while (position := connection.recv()) is not None:
+            send(_STARTED, position)
 
             def forward(line: str, position: int = position) -> None:
-                messages.put((_PROGRESS, position, line))
+                send(_PROGRESS, position, line)
 
             try:
                 result = run_one(invariants[position], forward)
             except Exception as error:  # outside any check (run_invariant lets nothing else out)
-                messages.put((_FAILED, position, _first_lines(error)))
+                result = error
+            if stopped.is_set():
+                # Stopped, but the interruption surfaced as something else (Hypothesis may
+                # turn it into an error of its own): no result of an interrupted run counts.
+                raise KeyboardInterrupt
+            if isinstance(result, Exception):
+                send(_FAILED, position, _first_lines(result))
             else:
-                messages.put((_FINISHED, position, result))
+                send(_FINISHED, position, result)
     except KeyboardInterrupt:
         if position is not None:  # a check was interrupted: the run stops, as in one process
-            messages.put((_INTERRUPTED, position, None))
-        messages.cancel_join_thread()  # the parent may no longer read what is left
+            with contextlib.suppress(OSError):
+                send(_INTERRUPTED, position)
+    except (EOFError, OSError):
+        pass  # the parent is gone
     finally:
         _stop_sandbox()
-        messages.close()
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+        connection.close()
 
 
 def _stop_sandbox() -> None:
@@ -520,63 +540,80 @@ def _run_in_workers(
     start: Callable[[], None] | None,
 ) -> None:
     """Run ``invariants`` in ``jobs`` forked worker processes, each invariant whole in one
-    worker, and put the results in ``report`` in the order of ``invariants``."""
+    worker (the next one goes to the first worker that is free), and put the results in
+    ``report`` in the order of ``invariants``."""
     context = multiprocessing.get_context(_FORK)
-    tasks, messages = context.SimpleQueue(), context.Queue()
-    for position in range(len(invariants)):
-        tasks.put(position)
-    for _ in range(jobs):
-        tasks.put(None)
-    workers = [
-        context.Process(target=_worker, args=(tasks, messages, invariants, run_one, start))
-        for _ in range(jobs)
-    ]
-    results: dict[int, InvariantResult] = {}
-    running: dict[int, float] = {}
     total = len(invariants)
+    waiting = collections.deque(range(total))
+    workers, current = {}, {}  # by the parent's end of each worker's pipe
+    results: dict[int, InvariantResult] = {}
+    started: dict[int, float] = {}
 
     def prefix(position: int) -> str:
         return f"[{position + 1}/{total}]"
 
+    def dispatch(connection: Any) -> None:
+        current[connection] = waiting.popleft() if waiting else None
+        with contextlib.suppress(OSError):  # a worker that died: its end of the pipe says so
+            connection.send(current[connection])
+
+    def lost(connection: Any) -> None:
+        """The worker of ``connection`` ended: what it was checking failed."""
+        position = current.pop(connection)
+        workers.pop(connection).join()
+        if position is None or position in results:
+            return
+        if position not in started:  # it died before it began this one: another worker will
+            waiting.appendleft(position)
+            return
+        results[position] = _lost(invariants[position], started[position])
+        say(_finished_line(prefix(position), results[position]))
+
     try:
-        for worker in workers:
+        for _ in range(jobs):
+            mine, theirs = context.Pipe()
+            worker = context.Process(target=_worker, args=(theirs, invariants, run_one, start))
             worker.start()
-        while len(results) < total:
-            try:
-                kind, position, payload = messages.get(timeout=_POLL_S)
-            except queue.Empty:
-                if not any(worker.is_alive() for worker in workers):
-                    for position in sorted(set(range(total)) - set(results)):
-                        results[position] = _lost(invariants[position], running.get(position))
-                continue
-            invariant = invariants[position]
-            if kind == _STARTED:
-                running[position] = time.perf_counter()
-                say(f"{prefix(position)} {invariant.name} ...")
-            elif kind == _PROGRESS:
-                say(payload)
-            elif kind == _INTERRUPTED:
-                raise KeyboardInterrupt
-            else:
-                if kind == _FINISHED:
-                    results[position] = payload
+            theirs.close()
+            workers[mine] = worker
+            dispatch(mine)
+        while workers:
+            for connection in multiprocessing.connection.wait(list(workers), timeout=_POLL_S):
+                try:
+                    kind, position, payload = connection.recv()
+                except (EOFError, OSError):
+                    lost(connection)
+                    continue
+                invariant = invariants[position]
+                if kind == _STARTED:
+                    started[position] = time.perf_counter()
+                    say(f"{prefix(position)} {invariant.name} ...")
+                elif kind == _PROGRESS:
+                    say(payload)
+                elif kind == _INTERRUPTED:
+                    raise KeyboardInterrupt
                 else:
-                    results[position] = _lost(invariant, running.get(position), payload)
-                running.pop(position, None)
-                say(_finished_line(prefix(position), results[position]))
+                    results[position] = (
+                        payload if kind == _FINISHED else _lost(invariant, None, payload)
+                    )
+                    say(_finished_line(prefix(position), results[position]))
+                    dispatch(connection)
+        for position in waiting:  # every worker ended early: these were never checked
+            results[position] = _lost(invariants[position], None)
     except KeyboardInterrupt:
-        _stop(workers)
-        _collect_finished(messages, results)
+        _stop(list(workers.values()))
+        _collect_finished(list(workers), results)
         first = min(set(range(total)) - set(results))
         report.interrupted = invariants[first].name
         report.not_run = [invariants[p].name for p in range(total) if p not in results]
-        for position in sorted(running):
+        for position in sorted(p for p in current.values() if p is not None and p not in results):
             say(f"{prefix(position)} {invariants[position].name}: interrupted")
     finally:
-        for worker in workers:  # each ends after its last invariant
+        for worker in workers.values():  # each ends after its last invariant
             worker.join(timeout=_END_S)
-        _stop(workers)
-        messages.close()
+        _stop(list(workers.values()))
+        for connection in workers:
+            connection.close()
     report.results.extend(results[position] for position in sorted(results))
 
 
@@ -598,15 +635,18 @@ def _stop(workers: Sequence[Any]) -> None:
         worker.join()
 
 
-def _collect_finished(messages: Any, results: dict[int, InvariantResult]) -> None:
-    """Add to ``results`` what the workers reported before they were stopped."""
-    while True:
-        try:
-            kind, position, payload = messages.get(timeout=_POLL_S)
-        except (queue.Empty, OSError, EOFError):
-            return
-        if kind == _FINISHED:
-            results[position] = payload
+def _collect_finished(connections: Sequence[Any], results: dict[int, InvariantResult]) -> None:
+    """Add to ``results`` what the stopped workers reported before they ended."""
+    for connection in connections:
+        while True:
+            try:
+                if not connection.poll():
+                    break
+                kind, position, payload = connection.recv()
+            except (EOFError, OSError):
+                break
+            if kind == _FINISHED:
+                results[position] = payload
 
 
 def _lost(invariant: Invariant, started: float | None, error: str | None = None) -> InvariantResult:
