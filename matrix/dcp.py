@@ -24,8 +24,14 @@ is used, and what an item needs but the torch lacks makes it unwritable (and its
   ``FileSystemReader``; DTensor in ``torch.distributed._tensor``, whose ``DeviceMesh``
   builds the mesh on 2.0 (``init_device_mesh`` is in
   ``torch.distributed._tensor.device_mesh`` on 2.1). ``training`` needs more.
-- 2.2 on: ``save``/``load`` with ``checkpoint_id`` (``save_state_dict`` deprecated), and
+- 2.2 on: ``save``/``load`` (``save_state_dict`` deprecated; ``checkpoint_id`` only from
+  2.3, so every version is given a ``FileSystemWriter``/``FileSystemReader``), and
   ``init_device_mesh`` in ``torch.distributed.device_mesh``.
+- What the matrix found besides (``matrix/results.json``): FSDP2 on a CPU mesh trains only
+  from 2.7 (2.3 and 2.4 need a CUDA driver, 2.5 "FSDP requires CUDA for streams", 2.6 a
+  stream without ``record_event``), so ``training`` is written from 2.7 on; 2.3's ``load``
+  leaves the state dict's non-tensor values (the ``int``) as they were
+  (pytorch/pytorch#125528, #125096).
 - ``training`` needs ``get_state_dict``/``set_state_dict`` of
   ``torch.distributed.checkpoint.state_dict`` (documented from 2.3) and FSDP2's
   ``fully_shard`` (``torch.distributed._composable.fsdp``, public in
@@ -128,19 +134,16 @@ def _mesh(world_size: int) -> Any:
 
 
 def _save(state: dict[str, Any], path: str) -> None:
+    # ``storage_writer=`` in every version: 2.2's ``save`` has no ``checkpoint_id`` yet.
     dcp = _dcp()
-    if hasattr(dcp, "save"):
-        dcp.save(state, checkpoint_id=path)
-    else:
-        dcp.save_state_dict(state, storage_writer=dcp.FileSystemWriter(path))
+    save = dcp.save if hasattr(dcp, "save") else dcp.save_state_dict
+    save(state, storage_writer=dcp.FileSystemWriter(path))
 
 
 def _load(state: dict[str, Any], path: str) -> None:
     dcp = _dcp()
-    if hasattr(dcp, "load"):
-        dcp.load(state, checkpoint_id=path)
-    else:
-        dcp.load_state_dict(state, storage_reader=dcp.FileSystemReader(path))
+    load = dcp.load if hasattr(dcp, "load") else dcp.load_state_dict
+    load(state, storage_reader=dcp.FileSystemReader(path))
 
 
 def _api_name() -> str:

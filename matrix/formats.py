@@ -14,12 +14,15 @@ manifest, one record per file in the format's one load mode:
   storage layout nor key order) and the metadata must be the writer's.
 - ``torchscript:<artifact>``: ``torch.jit.script`` (``script_<family>``) or ``torch.jit.trace``
   (``trace_<family>``) of the eval-mode model, ``torch.jit.save``; read with ``torch.jit.load``
-  (load mode ``jit_load``): its eval outputs on the saved example input must be the writer's
-  eager outputs bit for bit.
+  (load mode ``jit_load``): its eval outputs on the saved example input must be the ones the
+  archive gave in the writer before it was saved, bit for bit (the entry also says whether
+  those were the eager module's: ``eager_differs``).
 - ``export:<artifact>``: ``torch.export.export`` of the eval-mode model on its example input
   and ``torch.export.save``; read with ``torch.export.load(...).module()`` (load mode
   ``export_load``): its outputs on the example input and on a second input
-  (:func:`harness.formats.second_input`) must be the writer's eager outputs bit for bit.
+  (:func:`harness.formats.second_input`) must be the ones the program gave in the writer
+  before it was saved, bit for bit (``eager_differs_on``: the inputs on which those were not
+  the eager module's: an exported kernel of its own, not a loss of persistence).
 
 A writer whose torch or safetensors lacks the format records each artifact ``unwritable``
 with the reason (``AttributeError: torch 2.0.1 has no torch.export``); a reader lacking it
@@ -231,21 +234,28 @@ def _saved_as_torchscript(how: str, family: str):
     def write(path: str) -> dict[str, Any]:
         case = _model(family)
         inputs = case.example_input
-        expected = _eval_outputs(case.module, inputs)
         with torch.no_grad():
             if how == "script":
                 archive = torch.jit.script(case.module)
             else:
                 archive = torch.jit.trace(case.module, inputs, check_trace=False)
+        # What must come back is what the archive gave before it was saved (and whether
+        # that is the eager module's).
+        expected = _eval_outputs(archive, inputs)
         torch.jit.save(archive, path)
-        return {"expected": expected, "inputs": [_plain_tensor(t) for t in inputs]}
+        return {
+            "expected": expected,
+            "inputs": [_plain_tensor(t) for t in inputs],
+            "eager_differs": _eval_outputs(case.module, inputs) != expected,
+        }
 
     return write
 
 
 def write_torchscript(directory: str, progress: Progress = print) -> list[dict[str, Any]]:
     """Write the TorchScript archives of the corpus into ``directory``; their manifest
-    entries (with the example inputs and the eager module's eval outputs)."""
+    entries (with the example inputs, the archive's eval outputs before it was saved, and
+    whether those are not the eager module's)."""
     items = [
         (f"{how}_{family}", _saved_as_torchscript(how, family))
         for how, family in TORCHSCRIPT_ARTIFACTS
@@ -291,19 +301,27 @@ def _exported(family: str):
         export = _torch_export()
         case = _model(family)
         inputs = {"example": case.example_input, "second": second_input(case)}
-        expected = {name: _eval_outputs(case.module, given) for name, given in inputs.items()}
         with torch.no_grad():
             program = export.export(case.module, case.example_input)
+        # What must come back is what the program gave before it was saved; where that is
+        # not the eager module's (an exported kernel of its own), the entry says so.
+        expected = {name: _eval_outputs(program.module(), given) for name, given in inputs.items()}
         export.save(program, path)
         plain = {name: [_plain_tensor(t) for t in given] for name, given in inputs.items()}
-        return {"expected": expected, "inputs": plain}
+        eager = [
+            name
+            for name, given in inputs.items()
+            if _eval_outputs(case.module, given) != expected[name]
+        ]
+        return {"expected": expected, "inputs": plain, "eager_differs_on": eager}
 
     return write
 
 
 def write_export(directory: str, progress: Progress = print) -> list[dict[str, Any]]:
     """Write the ``torch.export`` archives of the corpus into ``directory``; their manifest
-    entries (with the inputs and the eager module's eval outputs on each)."""
+    entries (with the inputs, the program's eval outputs on each before it was saved, and
+    the inputs on which those are not the eager module's)."""
     items = [(family, _exported(family)) for family in EXPORT_FAMILIES]
     return _write_each("export", ".pt2", items, directory, progress)
 
