@@ -706,10 +706,18 @@ def render_user_grid(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
     colormap = ListedColormap([_COLOURS[o] for o in SEVERITY])
     shown = kinds or [f"checkpointer:{purpose}:none"]
-    figure, axes = plt.subplots(1, len(shown), figsize=(4 + 3 * len(shown), 4), squeeze=False)
+    # A panel grows with the versions; past a handful a cell holds the outcome's symbol and
+    # count (the legend names the colours), not its name.
+    side = max(3.0, 0.32 * len(versions) + 1.2)
+    compact = len(versions) > 6
+    symbols = {**_SYMBOLS, "crashed": "✗"}  # the grid.md symbol is not in matplotlib's font
+    figure, axes = plt.subplots(
+        1, len(shown), figsize=(1 + side * len(shown), side + 1.2), squeeze=False
+    )
     for axis, kind in zip(axes.flat, shown, strict=True):
         cells = _by_cell(records, kind)
         grid = [[float("nan")] * len(versions) for _ in versions]
@@ -720,15 +728,25 @@ def render_user_grid(
                     worst = _worst(outcomes)
                     grid[i][j] = SEVERITY.index(worst)
                     if worst != "identical":
-                        count = str(sum(o == worst for o in outcomes))
-                        axis.text(j, i, f"{worst}\n{count}", ha="center", va="center", fontsize=8)
+                        count = sum(o == worst for o in outcomes)
+                        text = f"{symbols[worst]}{count}" if compact else f"{worst}\n{count}"
+                        axis.text(j, i, text, ha="center", va="center", fontsize=7)
         axis.imshow(grid, cmap=colormap, vmin=-0.5, vmax=len(SEVERITY) - 0.5)
         axis.set_xticks(range(len(versions)), versions, rotation=90, fontsize=8)
         axis.set_yticks(range(len(versions)), versions, fontsize=8)
         axis.set_xlabel("reader (your load)")
         axis.set_ylabel("writer (your save)")
         axis.set_title(kind, fontsize=9)
-    figure.tight_layout()
+    outcomes = [o for o in SEVERITY if o != "refused as promised"]
+    figure.legend(
+        handles=[Patch(color=_COLOURS[o], label=f"{symbols[o]} {o}") for o in outcomes],
+        loc="lower center",
+        ncol=len(outcomes),
+        fontsize=8,
+        title="worst outcome of the cell's cases (and how many ended so)",
+        title_fontsize=8,
+    )
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     picture = os.path.join(directory, "grid.png")
     figure.savefig(picture, dpi=80)
     plt.close(figure)
