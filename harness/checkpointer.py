@@ -28,7 +28,6 @@ import pickle
 import random
 import signal
 import sys
-import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,7 +58,7 @@ from harness.state import (
     set_global_rng_state,
     snapshot,
 )
-from harness.suite import Invariant, Unshrinkable, run_suite
+from harness.suite import Invariant, Unshrinkable, run_suite, scratch_directory
 from harness.user_models import user_cases
 from strategies.hazards import HAZARD_REGISTRY, hazard_cases
 from strategies.model_specs import available_families
@@ -597,7 +596,7 @@ def state_restored(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
     """
     original, fresh = _prepare(purpose, case)
     with _explained(_evidence("state_restored", purpose, case, original, fresh)) as evidence:
-        with tempfile.TemporaryDirectory() as directory:
+        with scratch_directory() as directory:
             path = os.path.join(directory, "checkpoint.pt")
             calls.save(original, path)
             _disturb_global_rng()
@@ -646,7 +645,7 @@ def resume_equivalence(calls: _Calls, purpose: str, case: Any) -> Iterator[str]:
     """
     original, fresh = _prepare("resume", case)
     with _explained(_evidence("resume_equivalence", purpose, case, original, fresh)) as evidence:
-        with tempfile.TemporaryDirectory() as directory:
+        with scratch_directory() as directory:
             path = os.path.join(directory, "checkpoint.pt")
             rng_at_save = global_rng_state()
             calls.save(original, path)
@@ -689,7 +688,7 @@ def save_changes_nothing(calls: _Calls, purpose: str, case: Any) -> Iterator[str
         _evidence("save_changes_nothing", purpose, case, original, original)
     ) as evidence:
         modes = _modes(original.model)
-        with tempfile.TemporaryDirectory() as directory:
+        with scratch_directory() as directory:
             calls.save(original, os.path.join(directory, "checkpoint.pt"))
         evidence.loaded = snapshot(original)
         assert_identical(evidence.saved, evidence.loaded, name="live state after save")
@@ -721,7 +720,7 @@ def cuda_tagged_round_trip(calls: _Calls, purpose: str, case: Any) -> Iterator[s
     with _explained(
         _evidence("cuda_tagged_round_trip", purpose, case, original, fresh)
     ) as evidence:
-        with tempfile.TemporaryDirectory() as directory:
+        with scratch_directory() as directory:
             path = os.path.join(directory, "checkpoint.pt")
             with storages_tagged_as("cuda:0", only=_gpu_resident(original)):
                 calls.save(original, path)
@@ -738,7 +737,7 @@ def hostile_file_runs_nothing(calls: _Calls, purpose: str, example) -> Iterator[
     never hangs."""
     case, payload = example
     fresh = _fresh(purpose, case)
-    with tempfile.TemporaryDirectory() as directory:
+    with scratch_directory() as directory:
         path = os.path.join(directory, "checkpoint.pt")
         sentinel = os.path.join(directory, "payload-ran")
         payload.write(path, sentinel)
@@ -785,7 +784,7 @@ def written_files_run_nothing(
     by load in a forked child: no code runs, nothing crashes or hangs, no memory attack is
     accepted."""
     original, fresh = _prepare(purpose, case)
-    with tempfile.TemporaryDirectory() as directory:
+    with scratch_directory() as directory:
         path = os.path.join(directory, "checkpoint.pt")
         calls.save(original, path)
         if _layout(written_files(directory)) in layouts.passed:
@@ -846,7 +845,7 @@ def damaged_files_detected(
             return "the global RNG states differ from those the undamaged files restore"
         return _what_differs(expected, expected_extra, fresh)
 
-    with tempfile.TemporaryDirectory() as directory:
+    with scratch_directory() as directory:
         path = os.path.join(directory, "checkpoint.pt")
         calls.save(original, path)
         if _layout(written_files(directory)) in layouts.passed:

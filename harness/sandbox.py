@@ -45,6 +45,7 @@ __all__ = [
     "load_many_in_child",
     "load_requests_in_child",
     "start",
+    "stop",
 ]
 
 # Address space a load may use beyond what the child maps when it is forked.
@@ -476,7 +477,9 @@ def _running_server() -> _Server:
 
 
 @atexit.register
-def _stop_server() -> None:
+def stop() -> None:
+    """Stop this process's sandbox server, if it runs (at exit, or before a fork whose
+    children must start their own)."""
     if _server is not None:
         _server.stop()
 

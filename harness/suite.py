@@ -528,7 +528,7 @@ def _stop_sandbox() -> None:
     the interpreter's ``atexit`` hooks, one of which does that."""
     from harness import sandbox
 
-    sandbox._stop_server()
+    sandbox.stop()
 
 
 def _run_in_workers(

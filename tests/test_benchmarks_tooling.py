@@ -298,3 +298,15 @@ def test_versions_table_gives_each_version_its_fraction_of_the_memory_copy(tmp_p
     assert "| 2.9.1 | 50.0% (640) |" in table and "| 2.10.0 | 25.0% (640) |" in table
     plot(figures, tmp_path / "versions.png")
     assert (tmp_path / "versions.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_promise_ratio_falls_back_to_the_bare_ratio():
+    assert per_example.Round("w", 0, 10, 4.0, 2.0).promise_ratio == 2.0
+    assert per_example.Round("w", 0, 10, 4.0, 2.0, 4.0).promise_ratio == 1.0
+
+
+def test_scaling_measures_both_sides():
+    from benchmarks import scaling
+
+    (point,) = scaling.measure(["bundle_round_trip"], [1000])
+    assert point.examples == 20 and point.harness_ms > 0 and point.bare_ms > 0
