@@ -397,6 +397,7 @@ def test_a_checkpointer_that_forgets_buffers_fails_on_the_users_model():
         models=[MLP, CNN],
         optimizers=[SGD],
         invariants=["state_restored"],
+        shrink=False,
     )
     (result,) = report.failures
     (failure,) = result.failures
