@@ -32,7 +32,9 @@ pytestmark = pytest.mark.skipif(
 
 def _descendants() -> set[int]:
     """The processes below this one but multiprocessing's forkserver and resource tracker
-    (which serve every launch and end with this process)."""
+    (which serve every launch and end with this process). Other tests of the same process
+    may leave helpers of their own running (the sandbox's server): a test compares what runs
+    after its launches with what ran before them."""
     from multiprocessing import forkserver, resource_tracker
 
     children: dict[int, list[int]] = {}
@@ -111,9 +113,10 @@ def test_the_checkpoint_holds_the_seeded_values(corpus):
 
 def test_read_back_at_one_and_three_ranks_is_identical(corpus):
     directory, entries = corpus
+    before = _descendants()
     outcomes = _outcomes(entries, directory)
     assert set(outcomes.values()) == {("identical", "")}, outcomes
-    assert _descendants() == set()
+    assert _descendants() <= before
 
 
 def test_writing_twice_gives_the_same_manifest(corpus, tmp_path):
@@ -153,6 +156,7 @@ def test_a_damaged_shard_is_an_error_of_its_checkpoint_alone(
 ):
     directory, entries = _copy(corpus, tmp_path)
     damage(os.path.join(directory, f"dcp--{damaged}", shard))
+    before = _descendants()
     outcomes = _outcomes(entries, directory)
     for (name, _), (outcome, message) in outcomes.items():
         if name == f"dcp/{damaged}":
@@ -160,7 +164,7 @@ def test_a_damaged_shard_is_an_error_of_its_checkpoint_alone(
             assert message.startswith("CheckpointException: rank ") and f": {cause}: " in message
         else:  # read in the same launches
             assert (outcome, message) == ("identical", ""), message
-    assert _descendants() == set()
+    assert _descendants() <= before
 
 
 def test_ranks_past_the_time_limit_are_crashed_and_ended(corpus, monkeypatch):
@@ -168,11 +172,12 @@ def test_ranks_past_the_time_limit_are_crashed_and_ended(corpus, monkeypatch):
     # A microsecond: no group can start, load and end in it (0.05 s was enough for a warm
     # forkserver's group of one rank).
     monkeypatch.setattr(dcp, "TIMEOUT", 1e-6)
+    before = _descendants()
     outcomes = _outcomes(entries[:1], directory)
     for mode in dcp.LOAD_MODES:
         outcome, message = outcomes[("dcp/state_dict", mode)]
         assert outcome == "crashed" and "did not finish within 1e-06 s" in message, message
-    assert _descendants() == set()
+    assert _descendants() <= before
 
 
 _TWO_VERSIONS = os.environ.get("HARNESS_MATRIX_TWO_VERSIONS") == "1" and os.path.isfile(OLDEST)
