@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import io
 import os
 import shutil
 import time
@@ -221,14 +222,34 @@ def _read_state_dict(path: str, world_size: int) -> dict[str, Any]:
     return _full(state)
 
 
-def _training(seed: int, lr: float, world_size: int) -> tuple[torch.nn.Module, Any]:
-    """A small model built from ``seed``, sharded with ``fully_shard`` over every rank, and
-    its Adam optimizer."""
+def _training(seed: int, lr: float, step_size: int, world_size: int) -> tuple:
+    """A small model built from ``seed``, sharded with ``fully_shard`` over every rank, its
+    Adam optimizer and a ``StepLR`` scheduler of it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = torch.nn.Sequential(torch.nn.Linear(4, 7), torch.nn.Tanh(), torch.nn.Linear(7, 5))
     _fully_shard()(model, mesh=_mesh(world_size))
-    return model, torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma=0.5)
+
+
+class _SchedulerState:
+    """The scheduler as DCP's recipe saves it: a ``Stateful`` whose state is an
+    ``io.BytesIO`` of ``torch.save`` of its ``state_dict()`` (plain Python values, whose keys
+    a fresh target does not know in advance)."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def state_dict(self) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        torch.save(self.scheduler.state_dict(), buffer)
+        buffer.seek(0)
+        return {"state": buffer}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict["state"].seek(0)
+        self.scheduler.load_state_dict(torch.load(state_dict["state"], weights_only=True))
 
 
 def _training_state(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
@@ -238,27 +259,28 @@ def _training_state(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
 
 
 def _write_training(path: str, world_size: int) -> dict[str, Any]:
-    model, optimizer = _training(_WRITTEN_SEED, _WRITTEN_LR, world_size)
+    model, optimizer, scheduler = _training(_WRITTEN_SEED, _WRITTEN_LR, 2, world_size)
     generator = torch.Generator().manual_seed(_WRITTEN_SEED)
     inputs, targets = torch.randn(6, 4, generator=generator), torch.randn(6, 5, generator=generator)
     for _ in range(_TRAINING_STEPS):
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(model(inputs), targets).backward()
         optimizer.step()
+        scheduler.step()
     state = _training_state(model, optimizer)
-    _save(state, path)
-    return _full(state)
+    _save({**state, "scheduler": _SchedulerState(scheduler)}, path)
+    return _full({**state, "scheduler": scheduler.state_dict()})
 
 
 def _read_training(path: str, world_size: int) -> dict[str, Any]:
     _, set_state_dict = _state_dict_functions()
-    model, optimizer = _training(_FRESH_SEED, _FRESH_LR, world_size)
+    model, optimizer, scheduler = _training(_FRESH_SEED, _FRESH_LR, 5, world_size)
     state = _training_state(model, optimizer)
-    _load(state, path)
+    _load({**state, "scheduler": _SchedulerState(scheduler)}, path)
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
-    return _full(_training_state(model, optimizer))
+    return _full({**_training_state(model, optimizer), "scheduler": scheduler.state_dict()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,8 +321,9 @@ ITEMS = (
     ),
     DcpItem(
         "training",
-        f"a model sharded with `fully_shard` and its Adam state after {_TRAINING_STEPS} "
-        "steps, through `get_state_dict`",
+        f"a model sharded with `fully_shard`, its Adam state through `get_state_dict` and its "
+        f"`StepLR` (a `Stateful` of bytes, as DCP's recipe saves it) after {_TRAINING_STEPS} "
+        "steps",
         _write_training,
         _read_training,
         (_state_dict_functions, _fully_shard),
@@ -348,17 +371,20 @@ def _why(error: BaseException) -> str:
 
 
 def _group_keys(state: Any) -> list[str]:
-    """The hyperparameter names of the first param group of ``state``'s optimizer (none for
-    a state without one)."""
+    """The hyperparameter names of the first param group of ``state``'s optimizer and the
+    entries of its scheduler's state (none for a state without them)."""
     if not isinstance(state, dict) or "optimizer" not in state:
         return []
-    return sorted(set(state["optimizer"]["param_groups"][0]) - {"params"})
+    keys = set(state["optimizer"]["param_groups"][0]) - {"params"}
+    return sorted(keys | set(state.get("scheduler", {})))
 
 
 def _this_torchs_group_keys() -> set[str]:
-    """The hyperparameter names this torch's Adam keeps in a param group."""
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    return set(torch.optim.Adam([parameter]).param_groups[0]) - {"params"}
+    """The hyperparameter names this torch's Adam keeps in a param group, and the entries of
+    its ``StepLR``'s state."""
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2)
+    return set(optimizer.param_groups[0]) - {"params"} | set(scheduler.state_dict())
 
 
 def _without_keys(description: Any, keys: set[str]) -> Any:
@@ -407,10 +433,10 @@ def _read_task(
     jobs: list[tuple[str, str, Any, list[str]]], rank: int, world_size: int
 ) -> list[tuple[str, str]]:
     """On every rank: load each ``(item, path, expected, the writer's param group keys)``;
-    ``(outcome, message)`` each. Hyperparameters only one of the writer's and this torch's
-    Adam has (a newer torch adds ``decoupled_weight_decay``, ...; an older one drops what
-    it does not know when DCP loads) are left out of the comparison, and the message names
-    them."""
+    ``(outcome, message)`` each. Entries only one of the writer's and this torch's Adam
+    param group or ``StepLR`` state has (a newer torch adds ``decoupled_weight_decay``, ...;
+    an older one drops what it does not know when DCP loads) are left out of the
+    comparison, and the message names them."""
     failures = _failures()
     results = []
     for name, path, expected, writer_keys in jobs:
@@ -424,7 +450,8 @@ def _read_task(
             expected, actual = _without_keys(expected, one_sided), _without_keys(actual, one_sided)
         difference = first_difference(expected, actual)
         note = (
-            f"hyperparameters one torch has and the other lacks, not compared: "
+            f"optimizer hyperparameters or scheduler entries one torch has and the other "
+            f"lacks, not compared: "
             f"{', '.join(sorted(one_sided))}"
             if one_sided
             else ""

@@ -224,11 +224,13 @@ def test_torch_1_13_writes_nothing_and_reads_with_an_error(corpus, tmp_path):
 
 def test_hyperparameters_one_torch_lacks_are_left_out_of_the_description_only():
     """What the reader leaves out where the writer's and its own Adam keep other
-    hyperparameters: those entries of every param group, and nothing else."""
+    hyperparameters (or StepLR other entries): those entries, and nothing else."""
     model = torch.nn.Linear(2, 3)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2)  # adds initial_lr to the groups
     model(torch.ones(1, 2)).sum().backward()
     optimizer.step()
+    scheduler.step()
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     without = copy.deepcopy(state)
     for group in without["optimizer"]["param_groups"]:
@@ -236,4 +238,5 @@ def test_hyperparameters_one_torch_lacks_are_left_out_of_the_description_only():
     left = dcp._without_keys(describe(state), {"amsgrad", "lr"})
     assert left == describe(without)
     assert dcp._without_keys(describe(state), set()) == describe(state)
-    assert dcp._group_keys(state) == sorted(dcp._this_torchs_group_keys())
+    with_scheduler = {**state, "scheduler": scheduler.state_dict()}
+    assert dcp._group_keys(with_scheduler) == sorted(dcp._this_torchs_group_keys())
