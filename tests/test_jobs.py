@@ -17,30 +17,19 @@ from hypothesis.errors import InvalidArgument
 
 from harness.cli import main
 from harness.suite import Invariant, default_jobs, run_suite
+from tests.test_suite import at_most_five, two_ways
 
 ROOT = Path(__file__).resolve().parents[1]
 # No database: a failure saved by one run would be replayed first by the next.
 SEEDED = settings(max_examples=15, database=None, deadline=None)
 
 
-def small(value: int):
-    assert value <= 5, f"{value} is more than five"
-    yield "even" if value % 2 == 0 else "odd"
-
-
-def two_ways(value: int):
-    if value > 50:
-        raise OverflowError(f"{value} is too big")
-    assert value >= -50, f"{value} is too small"
-    yield from ()
-
-
 def observes(value: int):
     yield str(value)
 
 
-HOLDS = Invariant("holds", "small integers are small", lambda: st.integers(0, 5), small)
-BREAKS = Invariant("breaks", "all integers are small", lambda: st.integers(0, 100), small)
+HOLDS = Invariant("holds", "small integers are small", lambda: st.integers(0, 5), at_most_five)
+BREAKS = Invariant("breaks", "all integers are small", lambda: st.integers(0, 100), at_most_five)
 BREAKS_TWICE = Invariant("breaks_twice", "moderate", lambda: st.integers(-100, 100), two_ways)
 DRAWS = Invariant("draws", "any integer", lambda: st.integers(), observes)
 
