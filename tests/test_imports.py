@@ -1,6 +1,7 @@
 """Imports run in one direction: the foundation of :data:`harness.FOUNDATION` below
 ``strategies``, ``strategies`` below the rest of ``harness``, and ``matrix`` and ``benchmarks``
-on top, neither importing the other.
+on top, neither importing the other. Above them all, the entry points of :data:`ENTRY_POINTS`,
+which no project module imports.
 
 Two checks of every module of the four packages. What importing it alone loads: each module is
 imported in a child forked from an interpreter that has imported only torch, numpy and
@@ -25,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("harness", "strategies", "matrix", "benchmarks")
 #: Importing it runs the command line.
 RUNS_ON_IMPORT = {"harness.__main__"}
+#: Modules only something outside the project loads, which may import any package but
+#: ``benchmarks``: pytest loads the plugin (pyproject's ``pytest11``), whose corpus options
+#: drive ``matrix.user_code``.
+ENTRY_POINTS = {"harness.pytest_plugin"}
 
 #: Imports each module named on the command line in a child of its own (forked after the
 #: third-party libraries are loaded, to keep it cheap) and prints, per module, the project
@@ -73,6 +78,10 @@ def _forbidden(importer: str, imported: str) -> bool:
     package, other = importer.split(".")[0], imported.split(".")[0]
     if imported == importer or imported == "harness":  # the package: its names load lazily
         return False
+    if imported in ENTRY_POINTS:
+        return True
+    if importer in ENTRY_POINTS:
+        return other == "benchmarks"
     if importer in FOUNDATION:
         return imported not in FOUNDATION
     if package == "strategies":
