@@ -40,22 +40,11 @@ import shutil
 import sys
 import tempfile
 
-from matrix.driver import CORPUS, RESULTS, ROOT
+from matrix.driver import CORPUS, RESULTS, ROOT, corpora
 
 MERGED = os.path.join(ROOT, "matrix", "results.json")
 # Where ``run --checkpointer`` writes, relative to the current directory.
 _USER_OUT = "checkpointer-matrix"
-
-
-def _corpora() -> list[str]:
-    from harness.releases import version_key
-
-    found = [
-        path
-        for path in glob.glob(os.path.join(CORPUS, "*"))
-        if os.path.isfile(os.path.join(path, "manifest.json"))
-    ]
-    return sorted(found, key=lambda path: version_key(os.path.basename(path)))
 
 
 def _write(arguments) -> int:
@@ -97,16 +86,16 @@ def _read(arguments) -> int:
     from matrix.reader import malformed_records, payload_records, read_corpus
     from matrix.results import write_records
 
-    corpora = _corpora()
+    folders = corpora(CORPUS)
     records = []
-    for directory in corpora:
+    for directory in folders:
         records += read_corpus(directory)
     if not arguments.skip_payloads:
         records += payload_records() + malformed_records()
     out = arguments.out or os.path.join(RESULTS, f"{torch_version()}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     write_records(records, out)
-    print(f"read {len(corpora)} corpora: {len(records)} records in {out}")
+    print(f"read {len(folders)} corpora: {len(records)} records in {out}")
     return 0
 
 
@@ -237,7 +226,7 @@ def _run(arguments) -> int:
         return 2
     from matrix.recipes import committed_versions
 
-    committed = {os.path.basename(path) for path in _corpora()}
+    committed = {os.path.basename(path) for path in corpora(CORPUS)}
     steps = plan(versions, committed, committed_versions(), arguments.rewrite, arguments.bench)
     to_write = [step.version for step in steps if step.phase == "write"]
     need_gb = GB_PER_ENV * arguments.jobs

@@ -16,6 +16,7 @@ it in under a minute with a cache inside the environment, which goes with it.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -27,10 +28,11 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from harness.releases import version_key
 from matrix.results import read_records
 from matrix.versions import tox_env
 
-__all__ = ["CORPUS", "GB_PER_ENV", "RESULTS", "ROOT", "Step", "run_steps"]
+__all__ = ["CORPUS", "GB_PER_ENV", "RESULTS", "ROOT", "Step", "corpora", "run_steps"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The committed corpora, one folder per torch version, each with its manifest.json.
@@ -39,6 +41,16 @@ CORPUS = os.path.join(ROOT, "matrix", "corpus")
 RESULTS = os.path.join(ROOT, "matrix", "results")
 # Measured: an environment with torch's CUDA build and its uv cache takes up to 5 GB.
 GB_PER_ENV = 5.5
+
+
+def corpora(folder: str) -> list[str]:
+    """The corpus folders in ``folder`` (each ``<version>/`` with its ``manifest.json``), by
+    torch version."""
+    found = glob.glob(os.path.join(folder, "*", "manifest.json"))
+    return sorted(
+        (os.path.dirname(path) for path in found),
+        key=lambda path: version_key(os.path.basename(path)),
+    )
 
 
 class Step:

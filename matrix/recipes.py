@@ -18,8 +18,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from harness.releases import version_key
-from matrix.driver import ROOT
+from matrix.driver import ROOT, corpora
 
 __all__ = [
     "RECIPES",
@@ -46,17 +45,9 @@ def _corpus_dir(purpose: str) -> str:
     return os.path.join(RECIPES_DIR, purpose, "corpus")
 
 
-def _corpora(purpose: str) -> list[str]:
-    found = glob.glob(os.path.join(_corpus_dir(purpose), "*", "manifest.json"))
-    return sorted(
-        (os.path.dirname(path) for path in found),
-        key=lambda path: version_key(os.path.basename(path)),
-    )
-
-
 def committed_versions() -> set[str]:
     """The torch versions whose corpus of every recipe is committed."""
-    per_purpose = [{os.path.basename(path) for path in _corpora(p)} for p in RECIPES]
+    per_purpose = [{os.path.basename(path) for path in corpora(_corpus_dir(p))} for p in RECIPES]
     return set.intersection(*per_purpose)
 
 
@@ -80,12 +71,12 @@ def read_recipes(say: Callable[[str], None] = print) -> None:
     from matrix.user_code import read_user_corpora, write_user_records
 
     for purpose in RECIPES:
-        corpora = _corpora(purpose)
-        records = read_user_corpora(_recipe(purpose), corpora)
+        folders = corpora(_corpus_dir(purpose))
+        records = read_user_corpora(_recipe(purpose), folders)
         out = os.path.join(RECIPES_DIR, purpose, "results", f"{torch_version()}.json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         write_user_records(records, out)
-        say(f"{RECIPES[purpose]}: read {len(corpora)} corpora, {len(records)} records")
+        say(f"{RECIPES[purpose]}: read {len(folders)} corpora, {len(records)} records")
 
 
 def merge_recipes(say: Callable[[str], None] = print) -> None:

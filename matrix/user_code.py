@@ -514,28 +514,33 @@ def environment(python: str, timeout: float = 120.0) -> Environment:
     return Environment(python, found.stdout.strip().splitlines()[-1])
 
 
+def _run_logged(command: list[str], log: str, timeout: float, **options: Any) -> int | None:
+    """Run ``command`` with its output appended to ``log`` (after the command line): its
+    exit status, or None where it ran past ``timeout`` seconds. ``options`` go to
+    :func:`subprocess.run`."""
+    with open(log, "a") as handle:
+        handle.write(f"$ {' '.join(command)}\n")
+        handle.flush()
+        try:
+            done = subprocess.run(
+                command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout, **options
+            )
+        except subprocess.TimeoutExpired:
+            return None
+    return done.returncode
+
+
 def _run_child(
     env: Environment, arguments: list[str], log: str, timeout: float
 ) -> tuple[bool, str]:
     """Run ``python -m matrix.user_code ARGUMENTS`` in ``env``, output into ``log``:
     (ok, why not)."""
     command = [env.python, "-m", "matrix.user_code", *arguments]
-    with open(log, "a") as handle:
-        handle.write(f"$ {' '.join(command)}\n")
-        handle.flush()
-        try:
-            done = subprocess.run(
-                command,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                env=_child_env(),
-                cwd=os.path.dirname(log),
-            )
-        except subprocess.TimeoutExpired:
-            return False, f"ran past its time limit of {timeout:g} s"
-    if done.returncode != 0:
-        return False, f"exited {done.returncode}; see {log}"
+    status = _run_logged(command, log, timeout, env=_child_env(), cwd=os.path.dirname(log))
+    if status is None:
+        return False, f"ran past its time limit of {timeout:g} s"
+    if status != 0:
+        return False, f"exited {status}; see {log}"
     return True, ""
 
 
@@ -552,16 +557,11 @@ def _installed(
     for env in environments:
         log = os.path.join(run, f"install-{env.version}.log")
         command = [env.python, "-m", "pip", "install", "--quiet", install]
-        with open(log, "w") as handle:
-            handle.write(f"$ {' '.join(command)}\n")
-            handle.flush()
-            try:
-                done = subprocess.run(
-                    command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout
-                )
-                why = "" if done.returncode == 0 else f"exited {done.returncode}"
-            except subprocess.TimeoutExpired:
-                why = f"ran past its time limit of {timeout:g} s"
+        status = _run_logged(command, log, timeout)
+        if status is None:
+            why = f"ran past its time limit of {timeout:g} s"
+        else:
+            why = "" if status == 0 else f"exited {status}"
         said = f"FAILED ({why}; see {log})" if why else "ok"
         say(f"install {install} into {env.version}: {said}")
         if not why:
