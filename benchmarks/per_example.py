@@ -13,6 +13,11 @@ machine busier at one moment slows both sides of a ratio alike. The round trips 
 measured on one fixed example of 4 KiB and (``--large``) of 256 MiB, checked in every round
 (no generation there): what the checks cost as the checkpoint grows.
 
+Each round also times the *floor*: :func:`harness.suite.run_invariant` on as many examples
+of one drawn integer and a check that does nothing, what every example costs under
+Hypothesis before any check; ``least`` (every torch call the promise names, plus the floor,
+over the bare work) is the lowest ratio a check of that promise run by Hypothesis can reach.
+
 Run ``python -m benchmarks.per_example [--rounds N] [--examples N] [--seed S]`` for the
 table; ``benchmarks/test_harness_ratios.py`` runs the same rounds under pytest-benchmark so
 that ``python -m benchmarks.regression check`` judges the ratios with the other figures.
@@ -59,6 +64,7 @@ __all__ = [
     "harness_round",
     "measure_round",
     "bare_seconds",
+    "floor_seconds",
     "run_rounds",
     "sized_workload",
     "summarize",
@@ -275,6 +281,7 @@ class Round:
     harness_seconds: float
     bare_seconds: float
     promised_seconds: float | None = None
+    floor_seconds: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -286,6 +293,14 @@ class Round:
         """Harness time over the time of every torch call the promise names (the bare
         work where that is all of them)."""
         return self.harness_seconds / (self.promised_seconds or self.bare_seconds)
+
+    @property
+    def least_ratio(self) -> float:
+        """The lowest ratio a check of the promise under Hypothesis could reach: every
+        torch call the promise names plus the floor, over the bare work."""
+        return ((self.promised_seconds or self.bare_seconds) + self.floor_seconds) / (
+            self.bare_seconds
+        )
 
 
 def _invariant(name: str) -> Invariant:
@@ -345,7 +360,24 @@ def measure_round(record: Workload, seed: int, examples: int) -> Round:
     harness_seconds = time.perf_counter() - started
     bare = bare_seconds(record.bare, drawn)
     promised = bare_seconds(record.promised, drawn) if record.promised else None
-    return Round(record.name, seed, len(drawn), harness_seconds, bare, promised)
+    floor = floor_seconds(seed, len(drawn))
+    return Round(record.name, seed, len(drawn), harness_seconds, bare, promised, floor)
+
+
+def _nothing(_: int) -> None:
+    return None
+
+
+_FLOOR = Invariant("floor", "nothing is checked", lambda: st.integers(0, 2**16), _nothing)
+
+
+def floor_seconds(seed: int, examples: int) -> float:
+    """Seconds :func:`harness.suite.run_invariant` takes on ``examples`` examples of one
+    drawn integer with a check that does nothing: Hypothesis's and the harness's own cost
+    of an example, before any check."""
+    started = time.perf_counter()
+    _harness(_FLOOR, _settings(examples), seed)
+    return time.perf_counter() - started
 
 
 def bare_seconds(work: Callable[[Any, str], None], examples: Sequence[Any]) -> float:
@@ -399,6 +431,8 @@ class Summary:
     harness_ms: float
     bare_ms: float
     promise_median: float
+    floor_ms: float
+    least_median: float
 
 
 def summarize(rounds: Sequence[Round]) -> list[Summary]:
@@ -420,6 +454,8 @@ def summarize(rounds: Sequence[Round]) -> list[Summary]:
                 statistics.median(1000 * r.harness_seconds / r.examples for r in mine),
                 statistics.median(1000 * r.bare_seconds / r.examples for r in mine),
                 statistics.median(r.promise_ratio for r in mine),
+                statistics.median(1000 * r.floor_seconds / r.examples for r in mine),
+                statistics.median(r.least_ratio for r in mine),
             )
         )
     return summaries
@@ -428,8 +464,9 @@ def summarize(rounds: Sequence[Round]) -> list[Summary]:
 def format_rounds(rounds: Sequence[Round]) -> str:
     """The table: per workload the median ratio and its range over the rounds, the harness's
     and the bare work's milliseconds per example, the median ratio to every torch call the
-    promise names (``x promise``: the bare ratio where the bare work is all of them), and
-    every round's ratio."""
+    promise names (``x promise``: the bare ratio where the bare work is all of them), the
+    floor's milliseconds per example and the median of ``least`` (:attr:`Round.least_ratio`),
+    and every round's ratio."""
     header = [
         "workload",
         "x bare (median)",
@@ -437,6 +474,8 @@ def format_rounds(rounds: Sequence[Round]) -> str:
         "harness ms/ex",
         "bare ms/ex",
         "x promise",
+        "floor ms/ex",
+        "least",
         "per round",
     ]
     body = []
@@ -450,14 +489,16 @@ def format_rounds(rounds: Sequence[Round]) -> str:
                 f"{summary.harness_ms:.2f}",
                 f"{summary.bare_ms:.2f}",
                 f"{summary.promise_median:.2f}",
+                f"{summary.floor_ms:.2f}",
+                f"{summary.least_median:.2f}",
                 per_round,
             ]
         )
-    widths = [max(len(line[column]) for line in [header, *body]) for column in range(7)]
+    widths = [max(len(line[column]) for line in [header, *body]) for column in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            cell.ljust(width) if column in (0, 6) else cell.rjust(width)
+            cell.ljust(width) if column in (0, len(header) - 1) else cell.rjust(width)
             for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 

@@ -22,6 +22,7 @@ once), and the tree is left that way afterwards. Results are data: one record pe
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import functools
 import io
@@ -39,7 +40,7 @@ import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -95,6 +96,8 @@ _FAILURES = frozenset({"crashed", "hung", "out_of_memory"})
 _SELECT_S = 1.0
 # Exit status of a child that could not report (the report itself failed).
 _UNREPORTED = 70
+# The last bytes of a child's output kept in Isolated.output.
+_OUTPUT_KEPT = 4096
 
 
 class IsolationUnavailable(RuntimeError):
@@ -115,6 +118,8 @@ class Isolated:
             ``hung`` child, killed by the parent).
         exit_status: the status of a child that exited without reporting (``crashed``).
         seconds: wall-clock time from the fork to the result.
+        output: the last 4 KiB of what the child wrote to its stdout and stderr (which go
+            to a file of their own, not to the caller's terminal); not compared.
     """
 
     outcome: str
@@ -124,6 +129,7 @@ class Isolated:
     signal: str | None = None
     exit_status: int | None = None
     seconds: float = 0.0
+    output: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return f"{self.outcome}: {self.error}" if self.error else self.outcome
@@ -175,10 +181,18 @@ def _report(function: Callable[[], Any]) -> bytes:
         return pickle.dumps(("raised", None, type(error).__name__, why))
 
 
-def _child(function: Callable[[], Any], write: int, memory_bytes: int) -> None:
+def _child(function: Callable[[], Any], write: int, output: int, memory_bytes: int) -> None:
     """The forked child: never returns."""
     status = _UNREPORTED
     try:
+        # What the loaded code and torch print (a C++ log line, a logging traceback) is the
+        # child's output, kept for its result, not the caller's terminal.
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.close(output)
+        # Python's own streams too, where the caller had replaced them (pytest's capture).
+        sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
         try:
             os.setpgid(0, 0)  # its own process group: the parent kills what it starts too
         except OSError:  # the parent did it first
@@ -192,6 +206,9 @@ def _child(function: Callable[[], Any], write: int, memory_bytes: int) -> None:
         _write_all(write, _report(function))
         status = 0
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(status)
 
 
@@ -265,6 +282,8 @@ def run_isolated(
     killed (with its process group) when it has not reported within ``timeout`` seconds.
     It sends back a small pickled result through a pipe: what ``function`` returned (which
     must pickle; else the outcome is ``raised``), or the exception's type and first line.
+    What it writes to stdout and stderr goes to a temporary file, whose end is kept in
+    ``Isolated.output``.
     The parent always reaps the child; an exception in the parent while it waits (Ctrl-C's
     ``KeyboardInterrupt`` included) kills the child first. Whatever ``function`` changes in
     the process (the state it loads into, memory it corrupts) dies with the child.
@@ -281,12 +300,22 @@ def run_isolated(
         )
     sys.stdout.flush()  # else the child would write the parent's pending output again
     sys.stderr.flush()
+    with tempfile.TemporaryFile(prefix="isolated-output-") as output:
+        ended = _fork_and_wait(function, timeout, memory_bytes, output.fileno())
+        output.seek(max(0, os.fstat(output.fileno()).st_size - _OUTPUT_KEPT))
+        text = output.read().decode("utf-8", "replace")
+    return replace(ended, output=text)
+
+
+def _fork_and_wait(
+    function: Callable[[], Any], timeout: float, memory_bytes: int, output: int
+) -> Isolated:
     read, write = os.pipe()
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        _child(function, write, memory_bytes)
+        _child(function, write, output, memory_bytes)
     os.close(write)
     reaped = False
     try:

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -395,6 +396,22 @@ def _flat_tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+@contextlib.contextmanager
+def _stdout_discarded() -> Iterator[None]:
+    """File descriptor 1 goes nowhere meanwhile: the exporter writes the whole graph of a
+    model it fails to export to stdout from C++, ``verbose=False`` or not (torch 2.13), and
+    the error it raises already says why."""
+    sys.stdout.flush()
+    kept = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as nowhere:
+            os.dup2(nowhere.fileno(), 1)
+        yield
+    finally:
+        os.dup2(kept, 1)
+        os.close(kept)
+
+
 def _onnx_outputs(case: ModelCase) -> list[Any]:
     """The model exported by ``torch.onnx.export`` and run by onnxruntime on the example
     input; raises :class:`Refused` when the exporter or the runtime does not take it."""
@@ -403,7 +420,8 @@ def _onnx_outputs(case: ModelCase) -> list[Any]:
     buffer = io.BytesIO()
     try:
         # dynamo=False: the TorchScript-based exporter, which needs no onnxscript.
-        torch.onnx.export(case.module, case.example_input, buffer, dynamo=False)
+        with _stdout_discarded():
+            torch.onnx.export(case.module, case.example_input, buffer, dynamo=False)
     except Exception as error:
         raise Refused(f"torch.onnx.export: {explain_error(error)}") from error
     try:

@@ -272,7 +272,7 @@ def run_invariant(
 
     started = time.perf_counter()
     failure: BaseException | None = None
-    with warnings.catch_warnings(record=True) as captured:
+    with warnings.catch_warnings(record=True) as captured, _every_torch_warning():
         # Appended: whatever the filters do not ignore or turn into errors is counted each time.
         warnings.filterwarnings("always", append=True)
         heartbeat = _Heartbeat(progress_interval, say) if progress else contextlib.nullcontext()
@@ -308,6 +308,21 @@ def run_invariant(
         warnings=dict(Counter(_warning_key(message) for message in captured)),
         explicit=len(explicit),
     )
+
+
+@contextlib.contextmanager
+def _every_torch_warning() -> Iterator[None]:
+    """torch's C++ warnings that warn once per process warn every time meanwhile, so that
+    what an invariant's result counts does not depend on which invariants ran before it in
+    the same process (one process runs them all; a ``--jobs`` worker runs some)."""
+    import torch
+
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        yield
+    finally:
+        torch.set_warn_always(before)
 
 
 # The attribute of an exception raised by a check that holds the example it was raised on:

@@ -212,6 +212,15 @@ def test_rounds_summarize_per_workload_in_order():
     assert table.splitlines()[2].split()[-3:] == ["3.00", "5.00", "2.00"]
 
 
+def test_least_is_every_promised_call_and_the_floor_over_the_bare_work():
+    plain = per_example.Round("a", 0, 10, harness_seconds=9, bare_seconds=2, floor_seconds=1)
+    assert plain.least_ratio == 1.5  # the bare work is all the promise names
+    promised = per_example.Round("b", 0, 10, 9, 2, promised_seconds=3, floor_seconds=1)
+    assert (promised.least_ratio, promised.promise_ratio) == (2.0, 3.0)
+    (summary,) = per_example.summarize([promised])
+    assert (summary.floor_ms, summary.least_median) == (100, 2.0)
+
+
 def test_a_round_runs_the_bare_work_on_the_examples_the_harness_drew():
     record = per_example.workload("bundle_round_trip")
     calls = []
@@ -221,7 +230,7 @@ def test_a_round_runs_the_bare_work_on_the_examples_the_harness_drew():
     result = per_example.measure_round(bare, seed=3, examples=3)
     assert result.examples == len(calls) == 3
     assert all(isinstance(bundle, dict) for bundle, _ in calls)
-    assert result.harness_seconds > 0 and result.bare_seconds > 0
+    assert result.harness_seconds > 0 and result.bare_seconds > 0 and result.floor_seconds > 0
     again = per_example.measure_round(record, seed=3, examples=3)
     assert again.examples == 3 and again.ratio > 0
     with pytest.raises(KeyError, match="the workloads"):

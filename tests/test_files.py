@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import pickle
 import signal
@@ -256,6 +257,25 @@ def test_an_exception_comes_back_as_its_type_and_first_line():
         "ValueError",
         "ValueError: first line",
     )
+
+
+def test_what_the_child_prints_is_its_output_not_the_caller_s(capfd):
+    def noisy():
+        print("from print")
+        logger = logging.getLogger("harness-test-isolated-output")
+        logger.propagate = False  # pytest's own handler raises on a malformed call
+        logger.addHandler(logging.StreamHandler())
+        logger.warning("a %s needing %s", "format")  # malformed, as torch has one
+        os.write(2, b"x" * 5000 + b"\nlast line of C++ output\n")
+        return 1
+
+    ended = run_isolated(noisy, timeout=20)
+    assert ended.outcome == "returned"
+    assert capfd.readouterr() == ("", "")
+    assert ended.output.endswith("last line of C++ output\n") and len(ended.output) == 4096
+    crashed = run_isolated(lambda: (print("before", flush=True), os._exit(3)), timeout=20)
+    assert (crashed.outcome, crashed.output) == ("crashed", "before\n")
+    assert capfd.readouterr() == ("", "")
 
 
 def test_a_value_that_does_not_pickle_is_reported_as_raised():

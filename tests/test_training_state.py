@@ -216,6 +216,19 @@ def test_training_checkpoint_passes_resume_and_restore():
     assert report.ok, [f.message for result in report.failures for f in result.failures]
 
 
+def test_seeding_the_global_rngs_gives_torch_manual_seed_s_cpu_stream():
+    with torch.random.fork_rng(devices=[]):
+        before = global_rng_state()
+        seed_global_rngs(11)
+        seeded = global_rng_state()
+        torch.manual_seed(11)
+        random.seed(11)
+        numpy.random.seed(11)
+        expected = global_rng_state()
+        set_global_rng_state(before)
+    harness.assert_identical(seeded, expected)
+
+
 def test_training_checkpoint_file_holds_every_part_and_loads_weights_only(tmp_path):
     case = _case(**_every_flag())
     state, _ = _trained(case, 0, 3)
