@@ -283,7 +283,7 @@ def run_isolated(
     It sends back a small pickled result through a pipe: what ``function`` returned (which
     must pickle; else the outcome is ``raised``), or the exception's type and first line.
     What it writes to stdout and stderr goes to a temporary file, whose end is kept in
-    ``Isolated.output``.
+    ``Isolated.output``; a crash's ``error`` quotes its last line.
     The parent always reaps the child; an exception in the parent while it waits (Ctrl-C's
     ``KeyboardInterrupt`` included) kills the child first. Whatever ``function`` changes in
     the process (the state it loads into, memory it corrupts) dies with the child.
@@ -304,7 +304,16 @@ def run_isolated(
         ended = _fork_and_wait(function, timeout, memory_bytes, output.fileno())
         output.seek(max(0, os.fstat(output.fileno()).st_size - _OUTPUT_KEPT))
         text = output.read().decode("utf-8", "replace")
+    if ended.outcome == "crashed" and (last := _last_line(text)):
+        # What a dying process says last (an abort's reason) is what the caller would
+        # otherwise have seen on the terminal.
+        ended = replace(ended, error=f"{ended.error}; it last wrote: {last}")
     return replace(ended, output=text)
+
+
+def _last_line(text: str, limit: int = 200) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
 
 
 def _fork_and_wait(

@@ -275,6 +275,7 @@ def test_what_the_child_prints_is_its_output_not_the_caller_s(capfd):
     assert ended.output.endswith("last line of C++ output\n") and len(ended.output) == 4096
     crashed = run_isolated(lambda: (print("before", flush=True), os._exit(3)), timeout=20)
     assert (crashed.outcome, crashed.output) == ("crashed", "before\n")
+    assert crashed.error == "exited with status 3; it last wrote: before"
     assert capfd.readouterr() == ("", "")
 
 
