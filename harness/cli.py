@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from harness import profiles
 from harness.report import first_line
 
-__all__ = ["main"]
+__all__ = ["UsageError", "load_objects", "main"]
 
 PROG = "python -m harness"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -414,6 +414,14 @@ def _load_reference(target: str, example: str, option: str = "") -> tuple[Path, 
     return path, name, getattr(module, name)
 
 
+def load_objects(target: str, example: str, option: str) -> tuple[str, list[Any]]:
+    """The name ``FILE.py:NAME`` gives and the objects it names: the items of a list or
+    tuple, else the one object. :class:`UsageError` (the message starting with ``option``)
+    where the reference is not of that form or names nothing."""
+    _, name, value = _load_reference(target, example, option=option)
+    return name, list(value) if isinstance(value, list | tuple) else [value]
+
+
 def _load_checkpointer(target: str, arguments: dict[str, Any]):
     """The checkpointer ``FILE.py:NAME`` names: an instance, or a class or a factory function
     called with ``arguments``."""
@@ -459,8 +467,7 @@ def _user_parts(args: argparse.Namespace) -> dict[str, list[Any]]:
             if option == "schedulers" and target == "none":
                 found.append(None)
                 continue
-            _, _, value = _load_reference(target, example, option=f"--{option}: ")
-            found += list(value) if isinstance(value, list | tuple) else [value]
+            found += load_objects(target, example, option=f"--{option}: ")[1]
         if getattr(args, option):
             parts[option] = found
     return parts

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import importlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -272,7 +273,7 @@ def run_invariant(
 
     started = time.perf_counter()
     failure: BaseException | None = None
-    with warnings.catch_warnings(record=True) as captured, _every_torch_warning():
+    with warnings.catch_warnings(record=True) as captured:
         # Appended: whatever the filters do not ignore or turn into errors is counted each time.
         warnings.filterwarnings("always", append=True)
         heartbeat = _Heartbeat(progress_interval, say) if progress else contextlib.nullcontext()
@@ -308,21 +309,6 @@ def run_invariant(
         warnings=dict(Counter(_warning_key(message) for message in captured)),
         explicit=len(explicit),
     )
-
-
-@contextlib.contextmanager
-def _every_torch_warning() -> Iterator[None]:
-    """torch's C++ warnings that warn once per process warn every time meanwhile, so that
-    what an invariant's result counts does not depend on which invariants ran before it in
-    the same process (one process runs them all; a ``--jobs`` worker runs some)."""
-    import torch
-
-    before = torch.is_warn_always_enabled()
-    torch.set_warn_always(True)
-    try:
-        yield
-    finally:
-        torch.set_warn_always(before)
 
 
 # The attribute of an exception raised by a check that holds the example it was raised on:
@@ -423,6 +409,7 @@ def run_suite(
         )
 
     if jobs > 1 and len(invariants) > 1 and _can_fork():
+        _import_shared_modules()
         _run_in_workers(invariants, min(jobs, len(invariants)), run_one, say, report, worker_start)
         return report
     for position, invariant in enumerate(invariants, start=1):
@@ -455,6 +442,20 @@ def default_jobs() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+# Modules that checks import lazily and that each worker would otherwise import again:
+# torch._dynamo (1.4 s here) comes with the first optimizer step, export or ONNX export.
+_SHARED_MODULES = ("torch._dynamo",)
+
+
+def _import_shared_modules() -> None:
+    """Import :data:`_SHARED_MODULES` here, once, before the workers are forked from this
+    process: in one process the first check that needs them pays for them once; in workers
+    each would."""
+    for name in _SHARED_MODULES:
+        with contextlib.suppress(ImportError):  # torch before 2.0 has no torch._dynamo
+            importlib.import_module(name)
 
 
 def _can_fork() -> bool:

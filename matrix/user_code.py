@@ -165,11 +165,10 @@ _USER_MODEL_OPTIMIZERS = ("Adam", "SGD")
 def load_models(reference: str) -> list[Any]:
     """The :class:`harness.UserModel` records ``FILE.py:NAME`` names (one, or a list or
     tuple of them): ``harness.cli.UsageError`` where it names something else."""
-    from harness.cli import UsageError, _load_reference
+    from harness.cli import UsageError, load_objects
     from harness.user_models import UserModel
 
-    _, name, found = _load_reference(reference, "my_models.py:MODELS", option="--models: ")
-    models = list(found) if isinstance(found, list | tuple) else [found]
+    name, models = load_objects(reference, "my_models.py:MODELS", option="--models: ")
     for model in models:
         if not isinstance(model, UserModel):
             raise UsageError(

@@ -174,3 +174,33 @@ def test_ctrl_c_during_a_run_in_workers_writes_the_partial_report_and_exits_130(
     assert data["interrupted"] == "resume_equivalence"
     assert data["not_run"] == ["resume_equivalence", "training_checkpoint_restored"]
     assert "interrupted" in rest and data["headline"] in rest
+
+
+_SEES_DYNAMO = """
+import sys
+from hypothesis import settings, strategies as st
+from harness.suite import Invariant, run_suite
+
+def sees(value):
+    yield f"torch._dynamo imported: {'torch._dynamo' in sys.modules}"
+
+invariants = [Invariant(name, "d", lambda: st.integers(0, 3), sees) for name in ("a", "b")]
+few = settings(max_examples=2, database=None, deadline=None)
+report = run_suite(invariants, profile="dev", settings_=few, random_seed=1, jobs=2)
+print(sorted({text for result in report.results for text in result.observations}))
+"""
+
+
+def test_workers_inherit_the_modules_checks_import_lazily():
+    # torch._dynamo comes with an optimizer's first step (1.4 s): imported before the fork,
+    # the workers share it instead of each importing it again.
+    ran = subprocess.run(
+        [sys.executable, "-c", _SEES_DYNAMO],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "['torch._dynamo imported: True']"

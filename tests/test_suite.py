@@ -8,7 +8,6 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
@@ -199,18 +198,6 @@ def test_warnings_are_captured_and_counted_not_printed(capsys):
     }
     captured = capsys.readouterr()
     assert "careful" not in captured.out + captured.err
-
-
-def test_a_torch_warning_given_once_per_process_is_counted_in_every_run():
-    def transposes(value: int):
-        assert torch.zeros(2, 3, 4).T.shape == (4, 3, 2)  # torch warns once per process
-
-    checked = Invariant("transposes", "d", lambda: st.integers(0, 3), transposes)
-    runs = [run_invariant(checked, settings_=FEW) for _ in range(2)]
-    for result in runs:  # the second as the first, whatever ran before in this process
-        (key,) = result.warnings
-        assert "x.T" in key and result.warnings[key] == result.examples > 1
-    assert not torch.is_warn_always_enabled()  # left as it was
 
 
 def test_ansi_escapes_never_reach_the_report(tmp_path):
