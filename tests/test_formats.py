@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import logging
 import os
 import pickle
 import tempfile
@@ -199,6 +200,46 @@ def test_onnx_names_the_exporter_for_a_model_it_refuses(capfd) -> None:
     assert verdict.verdict == "refused", verdict
     assert verdict.detail.startswith("torch.onnx.export: UnsupportedOperatorError"), verdict
     assert "aten::bilinear" in verdict.detail
+
+
+@pytest.mark.skipif(not _HAS_ONNXRUNTIME, reason="onnxruntime is not installed")
+def test_finding_30_a_failed_onnx_export_prints_the_whole_graph(capfd) -> None:
+    # torch 2.13.0: the TorchScript-based exporter writes the graph to stdout from C++ on a
+    # failed export, with verbose=False and ONNX logging off. If this starts failing, the
+    # export is quiet: update docs/findings.md (30).
+    assert not torch._C._jit_is_onnx_log_enabled()
+    inputs = (torch.ones(1, 1), torch.ones(1, 1))
+    with pytest.raises(Exception, match="bilinear"):
+        torch.onnx.export(torch.nn.Bilinear(1, 1, 1), inputs, io.BytesIO(), dynamo=False)
+    assert capfd.readouterr().out.startswith("Torch IR graph at exception: graph(")
+
+
+class _Plain:
+    """A class torch.load(weights_only=True) refuses (not allowlisted)."""
+
+
+def test_finding_31_export_load_s_fallback_warning_cannot_be_formatted() -> None:
+    # torch 2.13.0: deserialize_torch_artifact, which torch.export.load calls for each pickled
+    # record, logs its retry with weights_only=False with two %s and one argument, so the
+    # handler prints "--- Logging error ---" instead (pytorch/pytorch#189679, merged upstream
+    # as 68e717a). If this starts failing: update docs/findings.md (31).
+    serialize = pytest.importorskip("torch._export.serde.serialize")
+    records: list[logging.LogRecord] = []
+    keeper = logging.Handler()
+    keeper.emit = records.append
+    logger = logging.getLogger(serialize.__name__)
+    propagates, logger.propagate = logger.propagate, False
+    handlers, logger.handlers = logger.handlers, [keeper]
+    try:
+        buffer = io.BytesIO()
+        torch.save({"value": _Plain()}, buffer)
+        assert isinstance(serialize.deserialize_torch_artifact(buffer.getvalue())["value"], _Plain)
+    finally:
+        logger.propagate, logger.handlers = propagates, handlers
+    (record,) = records
+    assert record.msg.startswith("Fallback to weights_only=False succeeded")
+    with pytest.raises(TypeError, match="not enough arguments for format string"):
+        record.getMessage()
 
 
 @functools.cache
