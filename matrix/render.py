@@ -22,7 +22,9 @@ __all__ = ["PANELS", "SEVERITY", "panel_of", "render", "shown_outcome"]
 
 # What a cell shows, worst first: the outcomes, with "refused" split in two. A weights_only
 # refusal of a whole-model pickle or a hostile payload is the promise kept ("as promised");
-# of anything else it is a loss.
+# of anything else it is a loss. A user checkpointer's case restored identical whose resumed
+# training or outputs could not be compared (the reader's torch trains it otherwise) is
+# "restored": less than identical, shown apart from it.
 SEVERITY = (
     "crashed",
     "executed",
@@ -31,10 +33,14 @@ SEVERITY = (
     "refused",
     "unwritable",
     "refused as promised",
+    "restored",
     "identical",
 )
+# What the torch matrix's grid can show: every outcome but a user checkpointer's.
+_MATRIX_SHOWN = tuple(outcome for outcome in SEVERITY if outcome != "restored")
 _SYMBOLS = {
     "identical": "✓",
+    "restored": "✓°",
     "refused as promised": "r",
     "differs": "≠",
     "refused": "R",
@@ -45,6 +51,7 @@ _SYMBOLS = {
 }
 _COLOURS = {
     "identical": "#4caf50",
+    "restored": "#aed581",
     "unwritable": "#d9d9d9",
     "refused as promised": "#64b5f6",
     "refused": "#fdd835",
@@ -187,7 +194,7 @@ def _differences(records: list[Record]) -> list[str]:
 def _markdown(records: list[Record]) -> str:
     versions = _versions(records)
     cells = _cells(records, "weights_only")
-    legend = ", ".join(f"{_SYMBOLS[o]} {o}" for o in SEVERITY)
+    legend = ", ".join(f"{_SYMBOLS[o]} {o}" for o in _MATRIX_SHOWN)
     parts = [
         "# The cross-version matrix",
         "",
@@ -274,7 +281,7 @@ def _picture(records: list[Record], path: str) -> None:
         axis.set_title(f"{panel}: {title}", fontsize=10)
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
-    handles = [Patch(color=_COLOURS[o], label=o) for o in SEVERITY]
+    handles = [Patch(color=_COLOURS[o], label=o) for o in _MATRIX_SHOWN]
     figure.legend(
         handles=handles,
         loc="lower center",

@@ -659,8 +659,15 @@ def _by_cell(records: list[UserRecord], kind: str | None = None) -> dict[tuple, 
     cells: dict[tuple, list[str]] = {}
     for record in records:
         if kind is None or record.kind == kind:
-            cells.setdefault((record.writer, record.reader), []).append(record.outcome)
+            cells.setdefault((record.writer, record.reader), []).append(_shown(record))
     return cells
+
+
+def _shown(record: UserRecord) -> str:
+    """What the grid shows of a record: its outcome, or ``restored`` for a case restored
+    identical whose resumed training or outputs were not compared."""
+    restored = record.outcome == "identical" and record.message == _NOT_COMPARED
+    return "restored" if restored else record.outcome
 
 
 def render_user_grid(
@@ -679,7 +686,10 @@ def render_user_grid(
         "",
         f"{len(records)} loads from `results.json`. Rows: the torch whose environment saved "
         "with your `save`; columns: the torch that loaded with your `load`. A cell shows ✓ "
-        f"when every case loaded identical, else each other outcome with its count ({legend}).",
+        f"when every case loaded identical, else each other outcome with its count ({legend}). "
+        "Restored (✓°): the state came back identical, but this torch builds or trains the "
+        "case otherwise than the writer's, so the resumed training (or the outputs) could "
+        "not be compared.",
     ]
     for kind in [None, *kinds]:
         cells = {key: value for key, value in _by_cell(records, kind).items()}

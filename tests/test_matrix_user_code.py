@@ -15,6 +15,7 @@ import textwrap
 import pytest
 
 from harness.capabilities import torch_version
+from matrix import user_code
 from matrix.user_code import (
     LOAD_MODE,
     Regression,
@@ -22,6 +23,7 @@ from matrix.user_code import (
     changed_pairs,
     read_user_records,
     regressions,
+    render_user_grid,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -386,3 +388,21 @@ def test_1_13_1_refuses_a_python_float(tmp_path):
     )
     found = subprocess.run([OLDEST, "-c", code], capture_output=True, text=True, timeout=120)
     assert found.stdout.splitlines() == ["1 loads", "0.5 Unsupported operand 71"]
+
+
+def test_the_grid_shows_a_state_restored_but_not_resumed_apart_from_identical(tmp_path):
+    def record(writer: str, reader: str, artifact: str, message: str = "") -> UserRecord:
+        kind = "checkpointer:resume:Adam"
+        return UserRecord(writer, reader, artifact, kind, LOAD_MODE, "identical", message)
+
+    not_compared = user_code._NOT_COMPARED  # what the reader records where kernels differ
+    records = [
+        record("2.0.1", "2.0.1", "a"),
+        record("2.0.1", "2.0.1", "b"),
+        record("2.0.1", "2.13.0", "a"),
+        record("2.0.1", "2.13.0", "b", not_compared),
+    ]
+    render_user_grid(records, str(tmp_path), "resume", picture=False)
+    rows = [line for line in (tmp_path / "grid.md").read_text().splitlines() if "**2.0.1**" in line]
+    assert rows[0] == "| **2.0.1** | ✓ | ✓°1 |"  # every case; then the Adam table, the same
+    assert "Restored (✓°)" in (tmp_path / "grid.md").read_text()
