@@ -14,11 +14,24 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
 
 from harness.releases import version_key
 from matrix.results import Record, kind_facts
 
-__all__ = ["PANELS", "SEVERITY", "panel_of", "render", "shown_outcome"]
+__all__ = [
+    "COLOURS",
+    "PANELS",
+    "SEVERITY",
+    "SYMBOLS",
+    "cell_table",
+    "heatmap",
+    "panel_of",
+    "render",
+    "shown_outcome",
+    "worst",
+]
 
 # What a cell shows, worst first: the outcomes, with "refused" split in two. A weights_only
 # refusal of a whole-model pickle or a hostile payload is the promise kept ("as promised");
@@ -38,7 +51,8 @@ SEVERITY = (
 )
 # What the torch matrix's grid can show: every outcome but a user checkpointer's.
 _MATRIX_SHOWN = tuple(outcome for outcome in SEVERITY if outcome != "restored")
-_SYMBOLS = {
+#: The symbol of each outcome in a Markdown cell.
+SYMBOLS = {
     "identical": "✓",
     "restored": "✓°",
     "refused as promised": "r",
@@ -49,7 +63,8 @@ _SYMBOLS = {
     "executed": "☠",
     "unwritable": "–",
 }
-_COLOURS = {
+#: The colour of each outcome in a picture.
+COLOURS = {
     "identical": "#4caf50",
     "restored": "#aed581",
     "unwritable": "#d9d9d9",
@@ -102,7 +117,8 @@ def _in_view(record: Record, load_mode: str) -> bool:
     return load_mode == "weights_only" and own
 
 
-def _worst(outcomes: list[str]) -> str:
+def worst(outcomes: list[str]) -> str:
+    """The worst of ``outcomes`` (by :data:`SEVERITY`)."""
     return min(outcomes, key=SEVERITY.index)
 
 
@@ -134,11 +150,10 @@ def _reader_panel_rows(records: list[Record], panel: str) -> list[str]:
 
 def _cell_text(outcomes: list[str]) -> str:
     counts = Counter(outcomes)
-    worst = _worst(outcomes)
-    if worst == "identical":
-        return _SYMBOLS["identical"]
+    if worst(outcomes) == "identical":
+        return SYMBOLS["identical"]
     return " ".join(
-        f"{_SYMBOLS[outcome]}{counts[outcome]}"
+        f"{SYMBOLS[outcome]}{counts[outcome]}"
         for outcome in SEVERITY
         if counts[outcome] and outcome != "identical"
     )
@@ -148,9 +163,11 @@ def _versions(records: list[Record]) -> list[str]:
     return sorted({r.writer for r in records} | {r.reader for r in records}, key=version_key)
 
 
-def _table(
+def cell_table(
     cells: dict[tuple[str, str], list[str]], rows: list[str], columns: list[str], corner: str
 ) -> str:
+    """A Markdown table of ``cells`` (outcomes by (row, column)): ✓ where every outcome is
+    identical, else each other outcome's symbol and count."""
     lines = [f"| {corner} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in rows:
         texts = [
@@ -194,7 +211,7 @@ def _differences(records: list[Record]) -> list[str]:
 def _markdown(records: list[Record]) -> str:
     versions = _versions(records)
     cells = _cells(records, "weights_only")
-    legend = ", ".join(f"{_SYMBOLS[o]} {o}" for o in _MATRIX_SHOWN)
+    legend = ", ".join(f"{SYMBOLS[o]} {o}" for o in _MATRIX_SHOWN)
     parts = [
         "# The cross-version matrix",
         "",
@@ -210,7 +227,7 @@ def _markdown(records: list[Record]) -> str:
             "",
             f"## {panel}: {title}",
             "",
-            _table(cells.get(panel, {}), versions, versions, "writer \\ reader"),
+            cell_table(cells.get(panel, {}), versions, versions, "writer \\ reader"),
         ]
     with_mmap = _cells(records, "weights_only_mmap")
     for panel, (rows_are, title) in READER_PANELS.items():
@@ -223,7 +240,7 @@ def _markdown(records: list[Record]) -> str:
                     "",
                     f"## {panel}: {title}, loaded with weights_only=True{options}",
                     "",
-                    _table(found, rows, readers, f"{rows_are} \\ torch"),
+                    cell_table(found, rows, readers, f"{rows_are} \\ torch"),
                 ]
     parts += [
         "",
@@ -236,17 +253,50 @@ def _markdown(records: list[Record]) -> str:
     return "\n".join(parts) + "\n"
 
 
+# Outcomes whose colour is dark: their cells' labels are white.
+_DARK = ("executed", "crashed", "error")
+
+
+def heatmap(
+    axis: Any,
+    cells: dict[tuple[str, str], list[str]],
+    rows: list[str],
+    columns: list[str],
+    label: Callable[[str, int], str],
+    aspect: str = "equal",
+) -> None:
+    """Draw ``cells`` (outcomes by (row, column)) on the matplotlib ``axis``: each cell in
+    the colour of its worst outcome, labelled ``label(worst, how many ended so)`` where that
+    is not identical; the rows and columns named on the axes."""
+    from matplotlib.colors import ListedColormap
+
+    grid = [[float("nan")] * len(columns) for _ in rows]
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            outcomes = cells.get((row, column))
+            if not outcomes:
+                continue
+            shown = worst(outcomes)
+            grid[i][j] = SEVERITY.index(shown)
+            if shown != "identical":
+                text = label(shown, sum(o == shown for o in outcomes))
+                colour = "white" if shown in _DARK else "black"
+                axis.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+    colormap = ListedColormap([COLOURS[o] for o in SEVERITY])
+    axis.imshow(grid, cmap=colormap, vmin=-0.5, vmax=len(SEVERITY) - 0.5, aspect=aspect)
+    axis.set_xticks(range(len(columns)), columns, rotation=90, fontsize=8)
+    axis.set_yticks(range(len(rows)), rows, fontsize=8)
+
+
 def _picture(records: list[Record], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
     versions = _versions(records)
     cells = _cells(records, "weights_only")
-    colormap = ListedColormap([_COLOURS[o] for o in SEVERITY])
     panels = [(name, versions) for name in PANELS]
     panels += [
         (name, rows) for name in READER_PANELS if (rows := _reader_panel_rows(records, name))
@@ -258,22 +308,7 @@ def _picture(records: list[Record], path: str) -> None:
     lines = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(lines, columns, figsize=(32, 8.5 * lines))
     for axis, (panel, rows) in zip(axes.flat, panels, strict=False):
-        grid = [[float("nan")] * len(versions) for _ in rows]
-        for i, row in enumerate(rows):
-            for j, reader in enumerate(versions):
-                outcomes = cells.get(panel, {}).get((row, reader))
-                if outcomes:
-                    worst = _worst(outcomes)
-                    grid[i][j] = SEVERITY.index(worst)
-                    bad = sum(o == worst for o in outcomes)
-                    if worst != "identical":
-                        colour = "white" if worst in ("executed", "crashed", "error") else "black"
-                        axis.text(
-                            j, i, str(bad), ha="center", va="center", fontsize=7, color=colour
-                        )
-        axis.imshow(grid, cmap=colormap, vmin=-0.5, vmax=len(SEVERITY) - 0.5, aspect="auto")
-        axis.set_xticks(range(len(versions)), versions, rotation=90, fontsize=8)
-        axis.set_yticks(range(len(rows)), rows, fontsize=8)
+        heatmap(axis, cells.get(panel, {}), rows, versions, lambda _, count: str(count), "auto")
         loader = "its format's loader" if panel in own_loader else "torch.load, weights_only=True"
         axis.set_xlabel(f"reader ({loader})")
         rows_are, title = READER_PANELS.get(panel, ("writer (torch.save)", PANELS.get(panel)))
@@ -281,7 +316,7 @@ def _picture(records: list[Record], path: str) -> None:
         axis.set_title(f"{panel}: {title}", fontsize=10)
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
-    handles = [Patch(color=_COLOURS[o], label=o) for o in _MATRIX_SHOWN]
+    handles = [Patch(color=COLOURS[o], label=o) for o in _MATRIX_SHOWN]
     figure.legend(
         handles=handles,
         loc="lower center",

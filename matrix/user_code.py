@@ -676,11 +676,11 @@ def render_user_grid(
     """Write ``grid.md`` (a table per case kind and every load that was not identical) and,
     unless ``picture`` is False, ``grid.png`` (a heatmap per case kind: worst outcome, and
     how many cases ended so) of ``records`` into ``directory``; their paths."""
-    from matrix.render import _COLOURS, _SYMBOLS, SEVERITY, _table, _worst
+    from matrix.render import COLOURS, SEVERITY, SYMBOLS, cell_table, heatmap
 
     versions = _versions(records)
     kinds = sorted({record.kind for record in records})
-    legend = ", ".join(f"{_SYMBOLS[o]} {o}" for o in SEVERITY if o != "refused as promised")
+    legend = ", ".join(f"{SYMBOLS[o]} {o}" for o in SEVERITY if o != "refused as promised")
     parts = [
         f"# Your checkpointer across torch versions ({purpose})",
         "",
@@ -694,7 +694,7 @@ def render_user_grid(
     for kind in [None, *kinds]:
         cells = {key: value for key, value in _by_cell(records, kind).items()}
         parts += ["", f"## {kind or 'every case'}", ""]
-        parts.append(_table(cells, versions, versions, "writer \\ reader"))
+        parts.append(cell_table(cells, versions, versions, "writer \\ reader"))
     parts += ["", "## Every load that was not identical, or a note on it", ""]
     parts += ["| writer | reader | case | outcome | message |", "|---|---|---|---|---|"]
     for record in sorted(records, key=UserRecord.sort_key):
@@ -714,41 +714,31 @@ def render_user_grid(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    colormap = ListedColormap([_COLOURS[o] for o in SEVERITY])
     shown = kinds or [f"checkpointer:{purpose}:none"]
     # A panel grows with the versions; past a handful a cell holds the outcome's symbol and
     # count (the legend names the colours), not its name.
     side = max(3.0, 0.32 * len(versions) + 1.2)
     compact = len(versions) > 6
-    symbols = {**_SYMBOLS, "crashed": "✗"}  # the grid.md symbol is not in matplotlib's font
+    symbols = {**SYMBOLS, "crashed": "✗"}  # the grid.md symbol is not in matplotlib's font
     figure, axes = plt.subplots(
         1, len(shown), figsize=(1 + side * len(shown), side + 1.2), squeeze=False
     )
     for axis, kind in zip(axes.flat, shown, strict=True):
-        cells = _by_cell(records, kind)
-        grid = [[float("nan")] * len(versions) for _ in versions]
-        for i, writer in enumerate(versions):
-            for j, reader in enumerate(versions):
-                outcomes = cells.get((writer, reader))
-                if outcomes:
-                    worst = _worst(outcomes)
-                    grid[i][j] = SEVERITY.index(worst)
-                    if worst != "identical":
-                        count = sum(o == worst for o in outcomes)
-                        text = f"{symbols[worst]}{count}" if compact else f"{worst}\n{count}"
-                        axis.text(j, i, text, ha="center", va="center", fontsize=7)
-        axis.imshow(grid, cmap=colormap, vmin=-0.5, vmax=len(SEVERITY) - 0.5)
-        axis.set_xticks(range(len(versions)), versions, rotation=90, fontsize=8)
-        axis.set_yticks(range(len(versions)), versions, fontsize=8)
+        heatmap(
+            axis,
+            _by_cell(records, kind),
+            versions,
+            versions,
+            lambda worst, count: f"{symbols[worst]}{count}" if compact else f"{worst}\n{count}",
+        )
         axis.set_xlabel("reader (your load)")
         axis.set_ylabel("writer (your save)")
         axis.set_title(kind, fontsize=9)
     outcomes = [o for o in SEVERITY if o != "refused as promised"]
     figure.legend(
-        handles=[Patch(color=_COLOURS[o], label=f"{symbols[o]} {o}") for o in outcomes],
+        handles=[Patch(color=COLOURS[o], label=f"{symbols[o]} {o}") for o in outcomes],
         loc="lower center",
         ncol=len(outcomes),
         fontsize=8,
