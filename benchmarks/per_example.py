@@ -16,7 +16,9 @@ measured on one fixed example of 4 KiB and (``--large``) of 256 MiB, checked in 
 Each round also times the *floor*: :func:`harness.suite.run_invariant` on as many examples
 of one drawn integer and a check that does nothing, what every example costs under
 Hypothesis before any check; ``least`` (every torch call the promise names, plus the floor,
-over the bare work) is the lowest ratio a check of that promise run by Hypothesis can reach.
+over the bare work) is the lowest ratio a check of that promise run by Hypothesis can reach,
+and ``x least`` the harness's time over that least: what its own generation, comparing and
+bookkeeping add.
 
 Run ``python -m benchmarks.per_example [--rounds N] [--examples N] [--seed S]`` for the
 table; ``benchmarks/test_harness_ratios.py`` runs the same rounds under pytest-benchmark so
@@ -295,12 +297,22 @@ class Round:
         return self.harness_seconds / (self.promised_seconds or self.bare_seconds)
 
     @property
+    def least_seconds(self) -> float:
+        """Every torch call the promise names plus the floor: the least a check of the
+        promise run by Hypothesis can take."""
+        return (self.promised_seconds or self.bare_seconds) + self.floor_seconds
+
+    @property
     def least_ratio(self) -> float:
-        """The lowest ratio a check of the promise under Hypothesis could reach: every
-        torch call the promise names plus the floor, over the bare work."""
-        return ((self.promised_seconds or self.bare_seconds) + self.floor_seconds) / (
-            self.bare_seconds
-        )
+        """The lowest ratio a check of the promise under Hypothesis could reach:
+        :attr:`least_seconds` over the bare work."""
+        return self.least_seconds / self.bare_seconds
+
+    @property
+    def over_least(self) -> float:
+        """Harness time over :attr:`least_seconds`: what the harness's own generation,
+        comparing and bookkeeping add to the least."""
+        return self.harness_seconds / self.least_seconds
 
 
 def _invariant(name: str) -> Invariant:
@@ -433,6 +445,7 @@ class Summary:
     promise_median: float
     floor_ms: float
     least_median: float
+    over_least_median: float
 
 
 def summarize(rounds: Sequence[Round]) -> list[Summary]:
@@ -456,6 +469,7 @@ def summarize(rounds: Sequence[Round]) -> list[Summary]:
                 statistics.median(r.promise_ratio for r in mine),
                 statistics.median(1000 * r.floor_seconds / r.examples for r in mine),
                 statistics.median(r.least_ratio for r in mine),
+                statistics.median(r.over_least for r in mine),
             )
         )
     return summaries
@@ -465,8 +479,9 @@ def format_rounds(rounds: Sequence[Round]) -> str:
     """The table: per workload the median ratio and its range over the rounds, the harness's
     and the bare work's milliseconds per example, the median ratio to every torch call the
     promise names (``x promise``: the bare ratio where the bare work is all of them), the
-    floor's milliseconds per example and the median of ``least`` (:attr:`Round.least_ratio`),
-    and every round's ratio."""
+    floor's milliseconds per example, the medians of ``least`` (:attr:`Round.least_ratio`)
+    and of the harness over it (``x least``, :attr:`Round.over_least`), and every round's
+    ratio."""
     header = [
         "workload",
         "x bare (median)",
@@ -476,6 +491,7 @@ def format_rounds(rounds: Sequence[Round]) -> str:
         "x promise",
         "floor ms/ex",
         "least",
+        "x least",
         "per round",
     ]
     body = []
@@ -491,6 +507,7 @@ def format_rounds(rounds: Sequence[Round]) -> str:
                 f"{summary.promise_median:.2f}",
                 f"{summary.floor_ms:.2f}",
                 f"{summary.least_median:.2f}",
+                f"{summary.over_least_median:.2f}",
                 per_round,
             ]
         )

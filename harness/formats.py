@@ -397,10 +397,11 @@ def _flat_tensors(value: Any) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _stdout_discarded() -> Iterator[None]:
-    """File descriptor 1 goes nowhere meanwhile: the exporter writes the whole graph of a
-    model it fails to export to stdout from C++, ``verbose=False`` or not (torch 2.13), and
-    the error it raises already says why."""
+def _quiet_onnx_export() -> Iterator[None]:
+    """File descriptor 1 goes nowhere meanwhile, and ONNX logging is as it was after: an
+    export turns it on for good (docs/findings.md, 30), and a failed one then writes the
+    model's whole graph to stdout from C++; the error it raises already says why."""
+    enabled = torch._C._jit_is_onnx_log_enabled()
     sys.stdout.flush()
     kept = os.dup(1)
     try:
@@ -410,6 +411,7 @@ def _stdout_discarded() -> Iterator[None]:
     finally:
         os.dup2(kept, 1)
         os.close(kept)
+        torch._C._jit_set_onnx_log_enabled(enabled)
 
 
 def _onnx_outputs(case: ModelCase) -> list[Any]:
@@ -420,7 +422,7 @@ def _onnx_outputs(case: ModelCase) -> list[Any]:
     buffer = io.BytesIO()
     try:
         # dynamo=False: the TorchScript-based exporter, which needs no onnxscript.
-        with _stdout_discarded():
+        with _quiet_onnx_export():
             torch.onnx.export(case.module, case.example_input, buffer, dynamo=False)
     except Exception as error:
         raise Refused(f"torch.onnx.export: {explain_error(error)}") from error

@@ -217,8 +217,9 @@ def test_least_is_every_promised_call_and_the_floor_over_the_bare_work():
     assert plain.least_ratio == 1.5  # the bare work is all the promise names
     promised = per_example.Round("b", 0, 10, 9, 2, promised_seconds=3, floor_seconds=1)
     assert (promised.least_ratio, promised.promise_ratio) == (2.0, 3.0)
+    assert (promised.least_seconds, promised.over_least) == (4, 2.25)
     (summary,) = per_example.summarize([promised])
-    assert (summary.floor_ms, summary.least_median) == (100, 2.0)
+    assert (summary.floor_ms, summary.least_median, summary.over_least_median) == (100, 2.0, 2.25)
 
 
 def test_a_round_runs_the_bare_work_on_the_examples_the_harness_drew():

@@ -156,6 +156,8 @@ def test_ctrl_c_during_a_run_in_workers_writes_the_partial_report_and_exits_130(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # A shell that runs tests in the background may have the child ignore SIGINT.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
