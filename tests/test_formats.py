@@ -206,6 +206,13 @@ def test_onnx_names_the_exporter_for_a_model_it_refuses(capfd) -> None:
 
 
 @pytest.mark.skipif(not _HAS_ONNXRUNTIME, reason="onnxruntime is not installed")
+def test_onnxruntime_s_warnings_stay_off_the_terminal(capfd) -> None:
+    # onnxruntime warns from C++ about its own rewrite of an EmbeddingBag's graph.
+    (verdict,) = family_verdicts("onnx", ("embedding_bag",))
+    assert "onnxruntime" not in capfd.readouterr().err, verdict
+
+
+@pytest.mark.skipif(not _HAS_ONNXRUNTIME, reason="onnxruntime is not installed")
 def test_finding_30_an_onnx_export_leaves_onnx_logging_on(capfd) -> None:
     # torch 2.13.0: setup_onnx_logging, which every TorchScript-based export enters, tests
     # the function _C._jit_is_onnx_log_enabled (always true) instead of calling it: it turns
