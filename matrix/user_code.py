@@ -680,7 +680,9 @@ def render_user_grid(
 
     versions = _versions(records)
     kinds = sorted({record.kind for record in records})
-    legend = ", ".join(f"{SYMBOLS[o]} {o}" for o in SEVERITY if o != "refused as promised")
+    # Every outcome a user checkpointer's load can end in: none is a refusal as promised.
+    outcomes = [o for o in SEVERITY if o != "refused as promised"]
+    legend = ", ".join(f"{SYMBOLS[o]} {o}" for o in outcomes)
     parts = [
         f"# Your checkpointer across torch versions ({purpose})",
         "",
@@ -692,9 +694,8 @@ def render_user_grid(
         "not be compared.",
     ]
     for kind in [None, *kinds]:
-        cells = {key: value for key, value in _by_cell(records, kind).items()}
         parts += ["", f"## {kind or 'every case'}", ""]
-        parts.append(cell_table(cells, versions, versions, "writer \\ reader"))
+        parts.append(cell_table(_by_cell(records, kind), versions, versions, "writer \\ reader"))
     parts += ["", "## Every load that was not identical, or a note on it", ""]
     parts += ["| writer | reader | case | outcome | message |", "|---|---|---|---|---|"]
     for record in sorted(records, key=UserRecord.sort_key):
@@ -736,7 +737,6 @@ def render_user_grid(
         axis.set_xlabel("reader (your load)")
         axis.set_ylabel("writer (your save)")
         axis.set_title(kind, fontsize=9)
-    outcomes = [o for o in SEVERITY if o != "refused as promised"]
     figure.legend(
         handles=[Patch(color=COLOURS[o], label=f"{symbols[o]} {o}") for o in outcomes],
         loc="lower center",
